@@ -1,0 +1,27 @@
+"""The metrics core: pure functions of two arrays (numpy -> float64 analysis, torch -> differentiable).
+
+Conventions (preprocessing order, X = teacher, Y = student) are documented once in
+:mod:`repgeo.metrics._prep`.
+"""
+
+from .cka import cka
+from .gram import fg
+from .moments import Moments
+from .procrustes import bures, nbs, procrustes
+from .projection import proj_mse
+from .registry import MetricSpec, available, compare, get, register
+
+__all__ = [
+    "MetricSpec",
+    "Moments",
+    "available",
+    "bures",
+    "cka",
+    "compare",
+    "fg",
+    "get",
+    "nbs",
+    "procrustes",
+    "proj_mse",
+    "register",
+]

@@ -1,0 +1,141 @@
+"""Input checks and preprocessing shared by every metric.
+
+Conventions (stated once for the whole package)
+-----------------------------------------------
+* ``X`` is the reference (teacher), shape (n, p); ``Y`` the candidate (student), shape (n, q). Rows are the
+  same n stimuli (sentences or tokens); columns are features, and p != q is normal.
+* Preprocessing always runs in this order:
+
+  1. ``normalize="rows"``: every row is divided by its Euclidean norm (samples on the unit sphere);
+  2. ``center=True``: column means are removed;
+  3. ``normalize="frobenius"``: each matrix is divided by its Frobenius norm (so ``||X||_F = 1``);
+     ``normalize=None`` leaves the scale alone.
+
+* Bad input raises ``TypeError`` / ``ValueError`` naming the argument: different row counts, too few rows,
+  not 2-D, NaN or Inf, complex/bool/object dtypes, numpy mixed with torch, tensors on different devices, a
+  zero row under ``normalize="rows"``, and a matrix that is zero after preprocessing when the metric must
+  divide by its norm (the metric is undefined there; we raise rather than return NaN).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from ._xp import Array, float_dtype, is_torch, namespace
+
+Normalize = Literal["frobenius", "rows"] | None
+NORMALIZE_CHOICES = ("frobenius", "rows", None)
+
+
+def as_matrix(a: object, name: str) -> Array:
+    """Validate one input matrix and convert it to the backend's compute dtype.
+
+    Integers are converted to floating point; bool, complex and object dtypes are refused.
+    """
+    if is_torch(a):
+        import torch
+
+        if a.dtype == torch.bool or a.is_complex():
+            raise TypeError(f"{name} has dtype {a.dtype}; expected a real floating or integer tensor")
+        x = a.to(float_dtype(None, a))
+    else:
+        if isinstance(a, np.ndarray):
+            arr = a
+        else:
+            try:
+                arr = np.asarray(a)
+            except Exception as exc:  # ragged lists and the like
+                raise TypeError(f"{name} cannot be converted to an array: {exc}") from exc
+        if arr.dtype == bool or arr.dtype.kind not in "iuf":
+            raise TypeError(f"{name} has dtype {arr.dtype}; expected a real floating or integer array")
+        x = arr.astype(np.float64, copy=False)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n samples x features); got shape {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} has no feature columns (shape {tuple(x.shape)})")
+    xp = namespace(x)
+    if not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return x
+
+
+def check_pair(X: object, Y: object, *, min_rows: int = 2) -> tuple[Array, Array]:
+    """Validate a pair: same backend, same device, same row count, at least ``min_rows`` rows."""
+    if is_torch(X) != is_torch(Y):
+        kinds = {True: "a torch tensor", False: "a numpy array"}
+        raise TypeError(
+            f"X and Y must use the same backend; X is {kinds[is_torch(X)]} and Y is {kinds[is_torch(Y)]}"
+        )
+    Xm, Ym = as_matrix(X, "X"), as_matrix(Y, "Y")
+    if is_torch(Xm) and Xm.device != Ym.device:
+        raise ValueError(f"X and Y are on different devices ({Xm.device} and {Ym.device})")
+    if is_torch(Xm) and Xm.dtype != Ym.dtype:
+        wider = Xm.dtype if Xm.dtype.itemsize >= Ym.dtype.itemsize else Ym.dtype
+        Xm, Ym = Xm.to(wider), Ym.to(wider)
+    if Xm.shape[0] != Ym.shape[0]:
+        raise ValueError(
+            f"X and Y must have the same number of rows (stimuli); got {Xm.shape[0]} and {Ym.shape[0]}"
+        )
+    if Xm.shape[0] < min_rows:
+        raise ValueError(f"X and Y need at least {min_rows} rows; got {Xm.shape[0]}")
+    return Xm, Ym
+
+
+def check_options(center: object, normalize: object) -> None:
+    if not isinstance(center, bool):
+        raise TypeError(f"center must be True or False; got {center!r}")
+    if normalize not in NORMALIZE_CHOICES:
+        raise ValueError(f"normalize must be one of 'frobenius', 'rows' or None; got {normalize!r}")
+
+
+def _max_abs(xp: Any, x: Array) -> Array:
+    return xp.max(xp.abs(x))
+
+
+def unit_rows(x: Array, name: str) -> Array:
+    """Divide every row by its Euclidean norm (overflow-safe); a zero row is an error."""
+    xp = namespace(x)
+    scale = xp.max(xp.abs(x), axis=1, keepdims=True)
+    if not bool(xp.all(scale > 0)):
+        raise ValueError(f"{name} has an all-zero row, which cannot be put on the unit sphere (normalize='rows')")
+    xs = x / scale
+    return xs / xp.sqrt(xp.sum(xs * xs, axis=1, keepdims=True))
+
+
+def unit_frobenius(x: Array, name: str) -> Array:
+    """Divide by the Frobenius norm (overflow-safe); an all-zero matrix is an error."""
+    xp = namespace(x)
+    scale = _max_abs(xp, x)
+    if not bool(scale > 0):
+        raise ValueError(
+            f"{name} is zero after preprocessing (constant columns are zero once centred); "
+            "the metric is undefined for it"
+        )
+    xs = x / scale
+    return xs / xp.sqrt(xp.sum(xs * xs))
+
+
+def preprocess(x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:
+    """Apply rows -> center -> frobenius, in that order (see module docstring)."""
+    xp = namespace(x)
+    if normalize == "rows":
+        x = unit_rows(x, name)
+    if center:
+        x = x - xp.mean(x, axis=0, keepdims=True)
+    if normalize == "frobenius":
+        x = unit_frobenius(x, name)
+    return x
+
+
+def prepare_pair(
+    X: object, Y: object, *, center: bool, normalize: Normalize, min_rows: int = 2
+) -> tuple[Array, Array]:
+    """Validate and preprocess a pair; returns arrays in the backend's compute dtype."""
+    check_options(center, normalize)
+    Xm, Ym = check_pair(X, Y, min_rows=min_rows)
+    return (
+        preprocess(Xm, "X", center=center, normalize=normalize),
+        preprocess(Ym, "Y", center=center, normalize=normalize),
+    )

@@ -1,0 +1,136 @@
+"""Second-order statistics of a preprocessed pair: the one input every linear metric is a function of.
+
+For preprocessed X (n x p) and Y (n x q) the linear metrics need only
+
+* ``x_sq = ||X||_F^2``, ``y_sq = ||Y||_F^2``;
+* the cross-product ``xy = X^T Y`` (p x q) and, for some metrics, ``xx = X^T X`` and ``yy = Y^T Y``;
+* the three inner products of the n x n sample Gram matrices K = X X^T and L = Y Y^T,
+  ``<K, K> = ||X^T X||_F^2``, ``<L, L> = ||Y^T Y||_F^2``, ``<K, L> = ||X^T Y||_F^2``.
+
+:class:`ArrayStats` computes them lazily from arrays in memory, choosing the cheaper of feature space
+(GEMMs of shape p x q) and sample space (n x n Grams) for the Gram inner products; :class:`FeatureStats`
+holds them ready-made, as :class:`repgeo.metrics.Moments` produces them from a stream. A metric written
+against this interface therefore gives the same number from both.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from ._xp import Array, namespace
+
+
+class FeatureStats:
+    """Statistics given in feature space (``xx``, ``yy``, ``xy`` already formed)."""
+
+    def __init__(self, n: int, xx: Array, yy: Array, xy: Array) -> None:
+        self.xp: Any = namespace(xy)
+        self.n = n
+        self.p, self.q = xy.shape
+        self.xx, self.yy, self.xy = xx, yy, xy
+
+    #: arrays of the rows, for metrics that are not functions of the moments (None here)
+    data: tuple[Array, Array] | None = None
+
+    @cached_property
+    def x_sq(self) -> Array:
+        return self.xp.linalg.trace(self.xx)
+
+    @cached_property
+    def y_sq(self) -> Array:
+        return self.xp.linalg.trace(self.yy)
+
+    def gram_inner(self) -> tuple[Array, Array, Array]:
+        """``(<K,K>, <L,L>, <K,L>)`` for the sample Gram matrices K = XX^T, L = YY^T."""
+        xp = self.xp
+        return xp.sum(self.xx * self.xx), xp.sum(self.yy * self.yy), xp.sum(self.xy * self.xy)
+
+    def gram_dist_sq(self) -> Array:
+        """``||K - L||_F^2`` (clamped at 0 against rounding)."""
+        kk, ll, kl = self.gram_inner()
+        return self.xp.clip(kk + ll - 2 * kl, min=0.0)
+
+    def check_nonzero(self, metric: str) -> None:
+        """Raise if either side is zero, where ``metric`` would divide by its norm."""
+        for name, value in (("X", self.x_sq), ("Y", self.y_sq)):
+            if not bool(value > 0):
+                raise ValueError(
+                    f"{metric} is undefined: {name} is zero after preprocessing "
+                    "(constant columns are zero once centred)"
+                )
+
+
+class ArrayStats(FeatureStats):
+    """Statistics of preprocessed arrays in memory, computed on demand and cached."""
+
+    def __init__(self, X: Array, Y: Array) -> None:
+        self.xp = namespace(X, Y)
+        self.n, self.p = X.shape
+        self.q = Y.shape[1]
+        self.data = (X, Y)
+
+    @property
+    def sample_space(self) -> bool:
+        """Whether n x n Gram matrices are cheaper than p x q cross-products."""
+        n, p, q = self.n, self.p, self.q
+        return n * (p + q) < p * p + q * q + p * q
+
+    @cached_property
+    def xy(self) -> Array:  # type: ignore[override]
+        X, Y = self.data
+        return X.T @ Y
+
+    @cached_property
+    def xx(self) -> Array:  # type: ignore[override]
+        X = self.data[0]
+        return X.T @ X
+
+    @cached_property
+    def yy(self) -> Array:  # type: ignore[override]
+        Y = self.data[1]
+        return Y.T @ Y
+
+    @cached_property
+    def x_sq(self) -> Array:
+        X = self.data[0]
+        return self.xp.sum(X * X)
+
+    @cached_property
+    def y_sq(self) -> Array:
+        Y = self.data[1]
+        return self.xp.sum(Y * Y)
+
+    @cached_property
+    def grams(self) -> tuple[Array, Array]:
+        X, Y = self.data
+        return X @ X.T, Y @ Y.T
+
+    def gram_inner(self) -> tuple[Array, Array, Array]:
+        if not self.sample_space:
+            return super().gram_inner()
+        xp = self.xp
+        K, L = self.grams
+        return xp.sum(K * K), xp.sum(L * L), xp.sum(K * L)
+
+    def gram_dist_sq(self) -> Array:
+        if not self.sample_space:
+            return super().gram_dist_sq()
+        K, L = self.grams
+        D = K - L
+        return self.xp.sum(D * D)
+
+
+def pair_stats(
+    X: object, Y: object = None, *, center: bool, normalize: Any, min_rows: int = 2
+) -> FeatureStats:
+    """Statistics of ``(X, Y)`` arrays, or of a :class:`~repgeo.metrics.Moments` given alone as ``X``."""
+    from ._prep import check_options, prepare_pair
+
+    if Y is None and hasattr(X, "stats"):
+        check_options(center, normalize)
+        return X.stats(center=center, normalize=normalize, min_rows=min_rows)
+    if Y is None:
+        raise TypeError("Y is missing: pass two arrays (X, Y) or a single Moments object")
+    Xp, Yp = prepare_pair(X, Y, center=center, normalize=normalize, min_rows=min_rows)
+    return ArrayStats(Xp, Yp)

@@ -1,0 +1,76 @@
+"""Array-namespace helpers: one code path for numpy (analysis) and torch (differentiable).
+
+Every metric is written once against the array API (through ``array-api-compat``). The backend is chosen by
+the inputs:
+
+* numpy (or anything ``numpy.asarray`` accepts) in -> computed and returned in float64 numpy;
+* torch in -> computed in torch on the tensors' device, differentiable; float16/bfloat16 are promoted to
+  float32, float32 and float64 are kept, integers become the default float dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+Array = Any  # a numpy array or a torch tensor
+
+
+def is_torch(x: object) -> bool:
+    """True for a torch tensor (without importing torch when it is not loaded)."""
+    return array_api_compat.is_torch_array(x)
+
+
+def namespace(*arrays: Array) -> Any:
+    """The array-API namespace shared by ``arrays`` (numpy or torch)."""
+    return array_api_compat.array_namespace(*arrays)
+
+
+def float_dtype(xp: Any, x: Array) -> Any:
+    """The floating dtype a metric computes in for input ``x`` (see module docstring)."""
+    if not is_torch(x):
+        return np.float64
+    import torch
+
+    if x.dtype in (torch.float32, torch.float64):
+        return x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return torch.get_default_dtype()
+
+
+def eps(x: Array) -> float:
+    """Machine epsilon of ``x``'s dtype."""
+    if is_torch(x):
+        import torch
+
+        return float(torch.finfo(x.dtype).eps)
+    return float(np.finfo(x.dtype).eps)
+
+
+def svdvals(xp: Any, a: Array) -> Array:
+    """Singular values. Through ``linalg.svdvals``, whose gradient is stable at repeated values."""
+    return xp.linalg.svdvals(a)
+
+
+def pinv_hermitian(xp: Any, a: Array, rtol: float) -> Array:
+    """Pseudo-inverse of a symmetric positive semi-definite matrix."""
+    if is_torch(a):
+        import torch
+
+        return torch.linalg.pinv(a, rtol=rtol, hermitian=True)
+    return np.linalg.pinv(a, rtol=rtol, hermitian=True)
+
+
+def solve(xp: Any, a: Array, b: Array) -> Array:
+    """Solve ``a @ x = b``."""
+    return xp.linalg.solve(a, b)
+
+
+def to_scalar_output(value: Array) -> Array:
+    """A 0-d result: numpy float64 for the analysis backend, a 0-d tensor for torch."""
+    if is_torch(value):
+        return value.reshape(())
+    return np.float64(value)

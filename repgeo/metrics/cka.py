@@ -1,0 +1,154 @@
+"""Centred kernel alignment (CKA): linear (biased and debiased HSIC) and RBF.
+
+With K = X X^T and L = Y Y^T the sample Gram matrices of the preprocessed inputs and H = I - 11^T/n::
+
+    CKA(X, Y) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),   HSIC(K, L) = <HKH, HLH>_F   (biased)
+
+For the linear kernel on centred inputs ``<K, L> = ||X^T Y||_F^2``, so linear CKA is computed in feature space
+(``||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F)``) and never forms n x n matrices when n is large; it lies in
+[0, 1]. Centring is part of the definition (Kornblith et al. 2019): ``center=False`` gives the *uncentred*
+alignment (cosine of the raw Gram matrices), which is a different quantity.
+
+``debiased=True`` uses the unbiased HSIC estimator of Song et al. (2012, JMLR 13, eq. 5), as proposed for CKA
+by Nguyen, Raghu & Kornblith (2021)::
+
+    HSIC_u(K, L) = [tr(K~L~) + (1^T K~ 1)(1^T L~ 1)/((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n (n-3))
+
+with K~, L~ the Gram matrices with zeroed diagonals; it needs n >= 4. For the linear kernel every term is
+computed in feature space in O(n (p + q)) beyond the cross-products. Debiased CKA is an inner-product cosine of
+U-centred matrices, so it lies in [-1, 1]: it can be slightly negative for unrelated inputs, by construction.
+It needs the rows themselves (not only second moments), so it is not computable from
+:class:`~repgeo.metrics.Moments`.
+
+``kernel="rbf"``: K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)). Bandwidth rule for ``sigma=None``:
+``sigma^2 = median`` of the squared pairwise distances (i != j), chosen separately for X and Y (the median
+heuristic, as in Kornblith et al. 2019 with threshold 1); a float ``sigma`` is used for both sides. The RBF
+kernel forms n x n matrices (O(n^2) memory).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ._prep import Normalize
+from ._stats import FeatureStats, pair_stats
+from ._xp import Array, to_scalar_output
+
+Kernel = Literal["linear", "rbf"]
+
+
+def cka_from_stats(s: FeatureStats) -> Array:
+    """Biased linear CKA from second-order statistics."""
+    s.check_nonzero("CKA")
+    xp = s.xp
+    kk, ll, kl = s.gram_inner()
+    return xp.clip(kl / xp.sqrt(kk * ll), min=0.0, max=1.0)
+
+
+def _hsic_unbiased_linear(A: Array, B: Array, cross_fro_sq: Array) -> Array:
+    """HSIC_u for linear kernels K = AA^T, L = BB^T, given ``||A^T B||_F^2`` (feature space)."""
+    from ._xp import namespace
+
+    xp = namespace(A, B)
+    n = A.shape[0]
+    da, db = xp.sum(A * A, axis=1), xp.sum(B * B, axis=1)  # diagonals of K and L
+    sa, sb = xp.sum(A, axis=0), xp.sum(B, axis=0)
+    trace_term = cross_fro_sq - xp.sum(da * db)  # tr(K~ L~)
+    ka1, kb1 = A @ sa - da, B @ sb - db  # K~ 1, L~ 1
+    sum_a, sum_b = xp.sum(sa * sa) - xp.sum(da), xp.sum(sb * sb) - xp.sum(db)  # 1^T K~ 1, 1^T L~ 1
+    value = trace_term + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * xp.sum(ka1 * kb1)
+    return value / (n * (n - 3))
+
+
+def _hsic_unbiased_matrix(xp: Any, K: Array, L: Array) -> Array:
+    """HSIC_u for explicit kernel matrices (used by the RBF kernel)."""
+    n = K.shape[0]
+    mask = 1.0 - xp.eye(n, dtype=K.dtype, device=getattr(K, "device", None))
+    Kt, Lt = K * mask, L * mask
+    k1, l1 = xp.sum(Kt, axis=1), xp.sum(Lt, axis=1)
+    value = xp.sum(Kt * Lt) + xp.sum(k1) * xp.sum(l1) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * xp.sum(k1 * l1)
+    return value / (n * (n - 3))
+
+
+def _centered_inner(xp: Any, K: Array, L: Array) -> Array:
+    """Biased HSIC numerator ``<HKH, HLH>`` for explicit kernel matrices."""
+
+    def center(M: Array) -> Array:
+        return M - xp.mean(M, axis=0, keepdims=True) - xp.mean(M, axis=1, keepdims=True) + xp.mean(M)
+
+    return xp.sum(center(K) * center(L))
+
+
+def _cosine(xp: Any, kl: Array, kk: Array, ll: Array, name: str, lo: float) -> Array:
+    if not (bool(kk > 0) and bool(ll > 0)):
+        raise ValueError(
+            f"{name} is undefined: the HSIC of X or Y with itself is not positive "
+            "(a constant input, or too few distinct rows)"
+        )
+    return xp.clip(kl / xp.sqrt(kk * ll), min=lo, max=1.0)
+
+
+def _sq_dists(xp: Any, A: Array) -> Array:
+    d = xp.sum(A * A, axis=1)
+    D2 = xp.clip(d[:, None] + d[None, :] - 2 * (A @ A.T), min=0.0)
+    n = A.shape[0]
+    return D2 * (1.0 - xp.eye(n, dtype=A.dtype, device=getattr(A, "device", None)))
+
+
+def rbf_gram(A: Array, sigma: float | None = None) -> Array:
+    """RBF kernel matrix with the median-heuristic bandwidth when ``sigma`` is None (see module docstring)."""
+    from ._xp import namespace
+
+    xp = namespace(A)
+    D2 = _sq_dists(xp, A)
+    if sigma is None:
+        n = A.shape[0]
+        off = xp.sort(xp.reshape(D2, (-1,)))[n:]  # drop the n zeros of the diagonal
+        m = off.shape[0]
+        s2 = (off[(m - 1) // 2] + off[m // 2]) / 2
+        if not bool(s2 > 0):
+            raise ValueError("the RBF bandwidth is zero: more than half of the rows are identical")
+    else:
+        s2 = sigma**2
+    return xp.exp(-D2 / (2 * s2))
+
+
+def cka(
+    X: object,
+    Y: object = None,
+    *,
+    debiased: bool = False,
+    kernel: Kernel = "linear",
+    sigma: float | None = None,
+    center: bool = True,
+    normalize: Normalize = "frobenius",
+) -> Array:
+    """Centred kernel alignment between teacher ``X`` and student ``Y`` (a similarity; 1 = identical geometry).
+
+    Linear biased CKA lies in [0, 1]; ``debiased=True`` (needs n >= 4) in [-1, 1]. ``kernel="rbf"`` with
+    bandwidth ``sigma`` (None: median heuristic). Only biased linear CKA can take a
+    :class:`~repgeo.metrics.Moments` as ``X``.
+    """
+    if kernel not in ("linear", "rbf"):
+        raise ValueError(f"kernel must be 'linear' or 'rbf'; got {kernel!r}")
+    if sigma is not None and not (isinstance(sigma, (int, float)) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number or None; got {sigma!r}")
+    s = pair_stats(X, Y, center=center, normalize=normalize, min_rows=4 if debiased else 2)
+    if kernel == "linear" and not debiased:
+        return to_scalar_output(cka_from_stats(s))
+    if s.data is None:
+        what = "debiased CKA" if debiased else "RBF CKA"
+        raise ValueError(f"{what} needs the rows themselves and cannot be computed from Moments")
+    xp = s.xp
+    A, B = s.data
+    if kernel == "linear":
+        kk_f, ll_f, kl_f = s.gram_inner()
+        kk, ll = _hsic_unbiased_linear(A, A, kk_f), _hsic_unbiased_linear(B, B, ll_f)
+        kl = _hsic_unbiased_linear(A, B, kl_f)
+        return to_scalar_output(_cosine(xp, kl, kk, ll, "debiased CKA", -1.0))
+    K, L = rbf_gram(A, sigma), rbf_gram(B, sigma)
+    if debiased:
+        terms = (_hsic_unbiased_matrix(xp, K, L), _hsic_unbiased_matrix(xp, K, K), _hsic_unbiased_matrix(xp, L, L))
+        return to_scalar_output(_cosine(xp, *terms, "debiased RBF CKA", -1.0))
+    terms = (_centered_inner(xp, K, L), _centered_inner(xp, K, K), _centered_inner(xp, L, L))
+    return to_scalar_output(_cosine(xp, *terms, "RBF CKA", 0.0))

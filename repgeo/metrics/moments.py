@@ -1,0 +1,257 @@
+"""Streaming, mergeable sufficient statistics of a (teacher, student) pair.
+
+Every linear metric (Procrustes and its kin, FG, biased linear CKA, projection-MSE) is a function of
+
+    n,  mean_x,  mean_y,  C_xx = sum (x - mean_x)(x - mean_x)^T,  C_yy,  C_xy
+
+so :class:`Moments` accumulates exactly these, chunk by chunk, in float64, in O(p^2 + q^2 + pq) memory
+whatever the number of rows. Chunks are combined with the pairwise update of Chan, Golub & LeVeque (1979)
+for *centred* co-moments::
+
+    C_ab = C_a + C_b + (n_a n_b / n) d d^T,   d = mean_b - mean_a
+
+so large means do not destroy precision, and two :class:`Moments` merge the same way (also across processes,
+:meth:`Moments.all_reduce`). Uncentred statistics (``center=False``) are recovered as ``C + n mean mean^T``.
+``normalize="rows"`` needs the statistics of the row-normalised stream, which are kept alongside when the
+object is made with ``rows=True`` (that doubles the cost of :meth:`update`).
+
+Not computable from moments (they need the rows): debiased CKA and RBF CKA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._prep import Normalize, check_options, check_pair, unit_rows
+from ._stats import FeatureStats
+from ._xp import Array, is_torch, namespace
+
+
+@dataclass
+class _CoMoments:
+    """Count, means and centred cross-products of one stream of row pairs."""
+
+    n: int
+    mx: Array
+    my: Array
+    cxx: Array
+    cyy: Array
+    cxy: Array
+
+    @classmethod
+    def of_chunk(cls, X: Array, Y: Array) -> _CoMoments:
+        xp = namespace(X, Y)
+        mx, my = xp.mean(X, axis=0), xp.mean(Y, axis=0)
+        Xc, Yc = X - mx, Y - my
+        return cls(X.shape[0], mx, my, Xc.T @ Xc, Yc.T @ Yc, Xc.T @ Yc)
+
+    def merge(self, other: _CoMoments) -> None:
+        """Add ``other``'s rows to this stream (Chan et al. pairwise update), in place."""
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        dx, dy = other.mx - self.mx, other.my - self.my
+        f = self.n * other.n / n
+        self.cxx += other.cxx + f * (dx[:, None] * dx[None, :])
+        self.cyy += other.cyy + f * (dy[:, None] * dy[None, :])
+        self.cxy += other.cxy + f * (dx[:, None] * dy[None, :])
+        self.mx = self.mx + dx * (other.n / n)
+        self.my = self.my + dy * (other.n / n)
+        self.n = n
+
+    def arrays(self) -> list[Array]:
+        return [self.mx, self.my, self.cxx, self.cyy, self.cxy]
+
+    def copy(self) -> _CoMoments:
+        xp = namespace(self.cxy)
+        return _CoMoments(self.n, *(xp.asarray(a, copy=True) for a in self.arrays()))
+
+
+class Moments:
+    """Streaming sufficient statistics for every linear metric of a pair (X: n x p teacher, Y: n x q student).
+
+    >>> m = Moments()
+    >>> for X_chunk, Y_chunk in stream:      # doctest: +SKIP
+    ...     m.update(X_chunk, Y_chunk)
+    >>> procrustes(m); m.compute(["cka", "fg"])   # doctest: +SKIP
+
+    Chunks may be numpy arrays or torch tensors (statistics are then kept as float64 tensors on the chunks'
+    device); they are detached: gradients do not flow through :class:`Moments` (use the in-memory metric
+    functions for losses). ``rows=True`` also keeps the statistics of the row-normalised stream, needed for
+    ``normalize="rows"``.
+    """
+
+    def __init__(self, *, rows: bool = False) -> None:
+        if not isinstance(rows, bool):
+            raise TypeError(f"rows must be True or False; got {rows!r}")
+        self.rows = rows
+        self._plain: _CoMoments | None = None
+        self._sphere: _CoMoments | None = None
+
+    # ----------------------------------------------------------------- accumulation
+    @property
+    def n(self) -> int:
+        """Number of rows seen."""
+        return 0 if self._plain is None else self._plain.n
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """``(p, q)``, or None before the first update."""
+        return None if self._plain is None else tuple(self._plain.cxy.shape)
+
+    def update(self, X: object, Y: object) -> Moments:
+        """Add a chunk of rows: X (m x p) and Y (m x q), the same m stimuli. Returns ``self``."""
+        Xm, Ym = check_pair(X, Y, min_rows=1)
+        if is_torch(Xm):
+            import torch
+
+            Xm, Ym = Xm.detach().to(torch.float64), Ym.detach().to(torch.float64)
+        if self.shape is not None:
+            if (Xm.shape[1], Ym.shape[1]) != self.shape:
+                raise ValueError(
+                    f"chunk widths (X: {Xm.shape[1]}, Y: {Ym.shape[1]}) differ from the earlier chunks' "
+                    f"(X: {self.shape[0]}, Y: {self.shape[1]})"
+                )
+            if is_torch(Xm) != is_torch(self._plain.cxy) or (
+                is_torch(Xm) and Xm.device != self._plain.cxy.device
+            ):
+                raise TypeError("chunks must all use the same backend and device as the first chunk")
+        self._add(Xm, Ym)
+        return self
+
+    def _add(self, X: Array, Y: Array) -> None:
+        parts = [("_plain", X, Y)]
+        if self.rows:
+            parts.append(("_sphere", unit_rows(X, "X"), unit_rows(Y, "Y")))
+        for attr, A, B in parts:
+            chunk = _CoMoments.of_chunk(A, B)
+            current = getattr(self, attr)
+            if current is None:
+                setattr(self, attr, chunk)
+            else:
+                current.merge(chunk)
+
+    def merge(self, other: Moments) -> Moments:
+        """Add all rows of ``other`` (in place; ``other`` is unchanged). Returns ``self``."""
+        if not isinstance(other, Moments):
+            raise TypeError(f"other must be a Moments; got {type(other).__name__}")
+        if other.rows != self.rows:
+            raise ValueError("cannot merge Moments made with different rows= settings")
+        if other._plain is None:
+            return self
+        if self.shape is not None and other.shape != self.shape:
+            raise ValueError(f"cannot merge Moments of shapes {self.shape} and {other.shape}")
+        for attr in ("_plain", "_sphere") if self.rows else ("_plain",):
+            mine, theirs = getattr(self, attr), getattr(other, attr)
+            if mine is None:
+                setattr(self, attr, theirs.copy())
+            else:
+                mine.merge(theirs)
+        return self
+
+    def all_reduce(self, group: Any = None) -> Moments:
+        """Merge the Moments of every rank of a ``torch.distributed`` process group, in place.
+
+        Every rank ends with the statistics of all ranks' rows, merged in rank order (identical on all ranks).
+        A rank that saw no rows takes part too. Returns ``self``.
+        """
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("all_reduce needs an initialised torch.distributed process group")
+        backend = dist.get_backend(group)
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        world = dist.get_world_size(group)
+        shape = self.shape or (0, 0)
+        header = torch.tensor([self.n, *shape], dtype=torch.int64, device=device)
+        headers = [torch.empty_like(header) for _ in range(world)]
+        dist.all_gather(headers, header, group=group)
+        dims = {tuple(h[1:].tolist()) for h in headers if int(h[0]) > 0}
+        if len(dims) > 1:
+            raise ValueError(f"ranks hold Moments of different shapes: {sorted(dims)}")
+        if not dims:
+            return self
+        p, q = dims.pop()
+        parts = ("_plain", "_sphere") if self.rows else ("_plain",)
+        size = len(parts) * (2 + p + q + p * p + q * q + p * q)  # n and a spare slot per part
+        flat = torch.zeros(size, dtype=torch.float64, device=device)
+        if self.n:
+            flat.copy_(self._flatten(parts))
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat, group=group)
+        like = self._plain.cxy if self._plain is not None else None
+        merged = Moments(rows=self.rows)
+        for h, g in zip(headers, gathered, strict=True):
+            if int(h[0]) > 0:
+                merged.merge(Moments._unflatten(g, parts, p, q, self.rows, like))
+        self._plain, self._sphere = merged._plain, merged._sphere
+        return self
+
+    def _flatten(self, parts: tuple[str, ...]) -> Any:
+        import torch
+
+        pieces = []
+        for attr in parts:
+            cm = getattr(self, attr)
+            pieces.append(torch.tensor([float(cm.n), 0.0], dtype=torch.float64))
+            pieces.extend(torch.as_tensor(a, dtype=torch.float64).cpu().reshape(-1) for a in cm.arrays())
+        return torch.cat(pieces)
+
+    @staticmethod
+    def _unflatten(flat: Any, parts: tuple[str, ...], p: int, q: int, rows: bool, like: Array) -> Moments:
+        sizes = [p, q, p * p, q * q, p * q]
+        shapes = [(p,), (q,), (p, p), (q, q), (p, q)]
+        out, pos = Moments(rows=rows), 0
+        for attr in parts:
+            n = int(flat[pos].item())
+            pos += 2
+            arrays = []
+            for size, shape in zip(sizes, shapes, strict=True):
+                chunk = flat[pos : pos + size].reshape(shape)
+                pos += size
+                if like is None or not is_torch(like):
+                    arrays.append(chunk.cpu().numpy().copy())
+                else:
+                    arrays.append(chunk.to(like.device).clone())
+            setattr(out, attr, _CoMoments(n, *arrays))
+        return out
+
+    # ----------------------------------------------------------------- read-out
+    def stats(self, *, center: bool = True, normalize: Normalize = "frobenius", min_rows: int = 2) -> FeatureStats:
+        """Second-order statistics of the preprocessed pair (see :mod:`repgeo.metrics._prep`)."""
+        check_options(center, normalize)
+        if self.n < min_rows:
+            raise ValueError(f"the metric needs at least {min_rows} rows; these Moments hold {self.n}")
+        if normalize == "rows" and not self.rows:
+            raise ValueError("normalize='rows' needs Moments(rows=True), which keeps row-normalised statistics")
+        cm = self._sphere if normalize == "rows" else self._plain
+        xx, yy, xy = cm.cxx, cm.cyy, cm.cxy
+        if not center:
+            n, mx, my = cm.n, cm.mx, cm.my
+            xx = xx + n * (mx[:, None] * mx[None, :])
+            yy = yy + n * (my[:, None] * my[None, :])
+            xy = xy + n * (mx[:, None] * my[None, :])
+        if normalize == "frobenius":
+            xp = namespace(xy)
+            sx, sy = xp.linalg.trace(xx), xp.linalg.trace(yy)
+            for name, s in (("X", sx), ("Y", sy)):
+                if not bool(s > 0):
+                    raise ValueError(
+                        f"{name} is zero after preprocessing (constant columns are zero once centred); "
+                        "the metric is undefined for it"
+                    )
+            xx, yy, xy = xx / sx, yy / sy, xy / xp.sqrt(sx * sy)
+        return FeatureStats(cm.n, xx, yy, xy)
+
+    def compute(
+        self, metrics: list[str] | None = None, *, center: bool = True, normalize: Normalize = "frobenius"
+    ) -> dict[str, Any]:
+        """Values of the named registered metrics (default: every streamable one), sharing one read-out."""
+        from .registry import compare
+
+        return compare(self, None, metrics, center=center, normalize=normalize)
+
+    def __repr__(self) -> str:
+        return f"Moments(n={self.n}, shape={self.shape}, rows={self.rows})"

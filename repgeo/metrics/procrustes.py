@@ -1,0 +1,89 @@
+"""Orthogonal Procrustes (shape) distance, its angular form, normalised Bures similarity and Bures distance.
+
+For preprocessed X (n x p) and Y (n x q) (see :mod:`repgeo.metrics._prep` for the conventions)::
+
+    d_P(X, Y)^2 = min_{Q: Q^T Q = I} ||X - Y Q||_F^2 = ||X||_F^2 + ||Y||_F^2 - 2 ||X^T Y||_*
+
+where ``||.||_*`` is the nuclear norm (sum of singular values). The closed form needs no padding or projection
+when p != q: it equals zero-padding the narrower side to the wider one. The angular form is
+``arccos(||X^T Y||_* / (||X||_F ||Y||_F))`` in [0, pi/2]; its cosine is the normalised Bures similarity (NBS,
+Harvey, Larsen & Williams 2023). The Bures distance between the n x n Gram matrices K = XX^T and L = YY^T,
+``B(K, L)^2 = tr K + tr L - 2 tr (K^1/2 L K^1/2)^1/2``, equals d_P because the fidelity term
+``tr (K^1/2 L K^1/2)^1/2 = ||X^T Y||_*``.
+
+Smoothness: ``kind="squared"`` is the loss form. ``sqrt`` (euclidean) and ``arccos`` (angular) have infinite
+slopes where the distance is 0, so they are not differentiable at identical inputs. Nuclear norms are taken
+with ``linalg.svdvals``, whose gradient U V^T stays finite at repeated singular values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from ._prep import Normalize
+from ._stats import FeatureStats, pair_stats
+from ._xp import Array, svdvals, to_scalar_output
+
+Kind = Literal["euclidean", "squared", "angular"]
+KINDS = ("euclidean", "squared", "angular")
+
+
+def nuclear_cross(s: FeatureStats) -> Array:
+    """``||X^T Y||_*``, the fidelity between the Gram matrices."""
+    return s.xp.sum(svdvals(s.xp, s.xy))
+
+
+def procrustes_from_stats(s: FeatureStats, kind: Kind = "euclidean") -> Array:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+    xp = s.xp
+    nuc = nuclear_cross(s)
+    if kind == "angular":
+        return xp.acos(nbs_from_stats(s, nuc))
+    d2 = xp.clip(s.x_sq + s.y_sq - 2 * nuc, min=0.0)
+    return d2 if kind == "squared" else xp.sqrt(d2)
+
+
+def nbs_from_stats(s: FeatureStats, nuc: Array | None = None) -> Array:
+    s.check_nonzero("NBS / angular Procrustes")
+    xp = s.xp
+    if nuc is None:
+        nuc = nuclear_cross(s)
+    return xp.clip(nuc / xp.sqrt(s.x_sq * s.y_sq), min=0.0, max=1.0)
+
+
+def procrustes(
+    X: object,
+    Y: object = None,
+    *,
+    kind: Kind = "euclidean",
+    center: bool = True,
+    normalize: Normalize = "frobenius",
+) -> Array:
+    """Orthogonal Procrustes distance between teacher ``X`` (n x p) and student ``Y`` (n x q).
+
+    ``kind``: ``"euclidean"`` (``d_P``), ``"squared"`` (``d_P^2``, the smooth loss form) or ``"angular"``
+    (``arccos NBS``, in [0, pi/2]). With the default unit-Frobenius normalisation the euclidean distance lies in
+    [0, sqrt(2)]. ``X`` may instead be a :class:`~repgeo.metrics.Moments` (then ``Y`` is omitted).
+    """
+    s = pair_stats(X, Y, center=center, normalize=normalize)
+    return to_scalar_output(procrustes_from_stats(s, kind))
+
+
+def nbs(X: object, Y: object = None, *, center: bool = True, normalize: Normalize = "frobenius") -> Array:
+    """Normalised Bures similarity ``||X^T Y||_* / (||X||_F ||Y||_F)`` in [0, 1] (cosine of angular Procrustes)."""
+    s = pair_stats(X, Y, center=center, normalize=normalize)
+    return to_scalar_output(nbs_from_stats(s))
+
+
+def bures(X: object, Y: object = None, *, center: bool = True, normalize: Normalize = "frobenius") -> Array:
+    """Bures distance between the sample Gram matrices XX^T and YY^T; equal to ``procrustes(kind="euclidean")``.
+
+    Computed through the fidelity identity ``tr (K^1/2 L K^1/2)^1/2 = ||X^T Y||_*`` in feature space, so it
+    never forms n x n matrices.
+    """
+    return procrustes(X, Y, kind="euclidean", center=center, normalize=normalize)
+
+
+ANGULAR_MAX = math.pi / 2

@@ -1,0 +1,54 @@
+"""Projection-MSE: how well a linear map of the student reproduces the teacher (FitNets / TinyBERT).
+
+For preprocessed X (n x p, teacher) and Y (n x q, student)::
+
+    proj_mse(X, Y) = min_W ||Y W - X||_F^2 = ||X||_F^2 - tr(X^T Y (Y^T Y)^+ Y^T X)        (ridge = 0)
+
+and with ``ridge = lam > 0`` the residual ``||Y W_lam - X||_F^2`` of the ridge solution
+``W_lam = (Y^T Y + lam I)^-1 Y^T X`` (scikit-learn's ``Ridge(alpha=lam, fit_intercept=False)`` on the
+preprocessed data). With the default unit-Frobenius normalisation it is the fraction of the teacher left
+unexplained, in [0, 1]. It is invariant to any invertible linear map of Y — which is exactly why it can be 0
+while the geometries differ (see :mod:`repgeo.counterexamples`).
+
+Computed from the feature-space moments ``Y^T Y`` and ``Y^T X``; the pseudo-inverse discards eigenvalues of
+``Y^T Y`` below ``rtol = q * eps`` times the largest, so the absolute accuracy is about ``eps * cond(Y)^2``.
+This is the analysis form; the distillation loss learns W instead (:mod:`repgeo.distill`).
+"""
+
+from __future__ import annotations
+
+from ._prep import Normalize
+from ._stats import FeatureStats, pair_stats
+from ._xp import Array, eps, pinv_hermitian, solve, to_scalar_output
+
+
+def proj_mse_from_stats(s: FeatureStats, ridge: float = 0.0) -> Array:
+    xp = s.xp
+    yy, yx = s.yy, s.xy.T
+    if ridge == 0:
+        W = pinv_hermitian(xp, yy, rtol=s.q * eps(yy)) @ yx
+        residual = s.x_sq - xp.sum(yx * W)
+    else:
+        eye = xp.eye(s.q, dtype=yy.dtype, device=getattr(yy, "device", None))
+        W = solve(xp, yy + ridge * eye, yx)
+        residual = s.x_sq - 2 * xp.sum(yx * W) + xp.sum(W * (yy @ W))
+    return xp.clip(residual, min=0.0)
+
+
+def proj_mse(
+    X: object,
+    Y: object = None,
+    *,
+    ridge: float = 0.0,
+    center: bool = True,
+    normalize: Normalize = "frobenius",
+) -> Array:
+    """Residual of the best linear map from student ``Y`` onto teacher ``X``: ``min_W ||YW - X||_F^2``.
+
+    Not symmetric: ``X`` is what is explained. ``ridge`` >= 0 is the L2 penalty on W. ``X`` may instead be a
+    :class:`~repgeo.metrics.Moments` (then ``Y`` is omitted).
+    """
+    if not (isinstance(ridge, (int, float)) and ridge >= 0):
+        raise ValueError(f"ridge must be a non-negative number; got {ridge!r}")
+    s = pair_stats(X, Y, center=center, normalize=normalize)
+    return to_scalar_output(proj_mse_from_stats(s, float(ridge)))
