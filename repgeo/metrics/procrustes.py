@@ -18,12 +18,11 @@ with ``linalg.svdvals``, whose gradient U V^T stays finite at repeated singular 
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, svdvals, to_scalar_output
+from ._xp import Array, to_scalar_output
 
 Kind = Literal["euclidean", "squared", "angular"]
 KINDS = ("euclidean", "squared", "angular")
@@ -31,7 +30,7 @@ KINDS = ("euclidean", "squared", "angular")
 
 def nuclear_cross(s: FeatureStats) -> Array:
     """``||X^T Y||_*``, the fidelity between the Gram matrices."""
-    return s.xp.sum(svdvals(s.xp, s.xy))
+    return s.xp.sum(s.cross_svdvals())
 
 
 def procrustes_from_stats(s: FeatureStats, kind: Kind = "euclidean") -> Array:
@@ -84,6 +83,3 @@ def bures(X: object, Y: object = None, *, center: bool = True, normalize: Normal
     never forms n x n matrices.
     """
     return procrustes(X, Y, kind="euclidean", center=center, normalize=normalize)
-
-
-ANGULAR_MAX = math.pi / 2

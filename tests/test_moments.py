@@ -1,0 +1,143 @@
+"""Streaming moments: any chunking, merging and all-reducing equals the in-memory computation."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import repgeo
+from repgeo import Moments
+from repgeo.metrics import available, get
+
+STREAMABLE = available(streamable=True)
+PREPS = [dict(), dict(center=False), dict(normalize=None), dict(normalize="rows"),
+         dict(center=False, normalize="rows")]
+
+
+def data(seed: int, n: int = 120, p: int = 9, q: int = 6, offset: float = 0.0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p)) + offset
+    Y = X @ rng.normal(size=(p, q)) + 0.3 * rng.normal(size=(n, q)) - offset
+    return X, Y
+
+
+def stream(X, Y, cuts, rows=True) -> Moments:
+    m = Moments(rows=rows)
+    edges = [0, *sorted(set(cuts)), len(X)]
+    for a, b in itertools.pairwise(edges):
+        if b > a:
+            m.update(X[a:b], Y[a:b])
+    return m
+
+
+@pytest.mark.parametrize("opts", PREPS)
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(1, 119), max_size=8))
+def test_any_chunking_equals_in_memory(opts, seed, cuts):
+    X, Y = data(seed)
+    m = stream(X, Y, cuts)
+    got = m.compute(**opts)
+    assert set(got) == set(STREAMABLE)
+    for name, value in got.items():
+        want = get(name)(X, Y, **opts)
+        assert value == pytest.approx(float(want), rel=1e-10, abs=1e-12), name
+
+
+def test_large_means_keep_precision():
+    """Chan's centred merge: a 1e6 offset in every feature does not destroy the centred statistics."""
+    X, Y = data(0, n=400, offset=1e6)
+    m = stream(X, Y, list(range(7, 400, 13)), rows=False)
+    for name in ("procrustes", "cka", "fg", "proj_mse"):
+        assert m.compute([name])[name] == pytest.approx(float(get(name)(X, Y)), rel=1e-9)
+
+
+def test_merge_equals_a_single_stream():
+    X, Y = data(1, n=200)
+    a, b, c = stream(X[:50], Y[:50], [20]), stream(X[50:130], Y[50:130], [3]), stream(X[130:], Y[130:], [])
+    merged = Moments(rows=True).merge(a).merge(b).merge(c)
+    whole = stream(X, Y, [])
+    assert merged.n == 200
+    for name, value in whole.compute(normalize="rows").items():
+        assert merged.compute([name], normalize="rows")[name] == pytest.approx(value, rel=1e-11)
+    assert a.n == 50  # merging leaves the other object unchanged
+
+
+def test_metric_functions_accept_moments_directly():
+    X, Y = data(2)
+    m = stream(X, Y, [40, 80])
+    assert repgeo.procrustes(m, kind="angular") == pytest.approx(repgeo.procrustes(X, Y, kind="angular"), rel=1e-10)
+    assert repgeo.fg(m, squared=True) == pytest.approx(repgeo.fg(X, Y, squared=True), rel=1e-9)
+    assert repgeo.proj_mse(m, ridge=0.5) == pytest.approx(repgeo.proj_mse(X, Y, ridge=0.5), rel=1e-10)
+
+
+def test_torch_chunks_accumulate_in_float64_on_their_device():
+    X, Y = data(3)
+    m = Moments()
+    for i in range(0, 120, 25):
+        m.update(torch.tensor(X[i : i + 25], dtype=torch.float32), torch.tensor(Y[i : i + 25], dtype=torch.float32))
+    value = repgeo.cka(m)
+    assert isinstance(value, torch.Tensor) and value.dtype == torch.float64
+    ref = repgeo.cka(X.astype(np.float32), Y.astype(np.float32))  # same float32-rounded inputs, in float64
+    assert float(value) == pytest.approx(float(ref), rel=1e-10)
+
+
+def test_row_wise_metrics_are_refused_by_moments():
+    X, Y = data(4)
+    m = stream(X, Y, [10])
+    for name in ("cka_debiased", "cka_rbf"):
+        with pytest.raises(ValueError, match="need the rows"):
+            m.compute([name])
+    with pytest.raises(ValueError, match="needs the rows"):
+        repgeo.cka(m, debiased=True)
+    with pytest.raises(ValueError, match=r"rows=True"):
+        stream(X, Y, [], rows=False).compute(normalize="rows")
+
+
+def test_chunk_shape_and_backend_changes_are_refused():
+    X, Y = data(5)
+    m = Moments().update(X[:10], Y[:10])
+    with pytest.raises(ValueError, match="chunk widths"):
+        m.update(X[10:20, :5], Y[10:20])
+    with pytest.raises(TypeError, match="same backend"):
+        m.update(torch.tensor(X[10:20]), torch.tensor(Y[10:20]))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        Moments().update(X[:1], Y[:1]).compute()
+
+
+def _all_reduce_worker(rank: int, world: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    X, Y = data(6, n=150)
+    shard = slice(0, 70) if rank == 0 else slice(70, 150)
+    m = Moments(rows=True)
+    for i in range(shard.start, shard.stop, 16):
+        m.update(X[i : min(i + 16, shard.stop)], Y[i : min(i + 16, shard.stop)])
+    m.all_reduce()
+    out[rank] = (m.n, m.compute(), m.compute(normalize="rows"))
+    dist.destroy_process_group()
+
+
+def test_all_reduce_over_two_gloo_processes_equals_one_process():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_all_reduce_worker, args=(2, port, out), nprocs=2, join=True)
+    X, Y = data(6, n=150)
+    for rank in (0, 1):
+        n, plain, rows = out[rank]
+        assert n == 150
+        for name in STREAMABLE:
+            assert plain[name] == pytest.approx(float(get(name)(X, Y)), rel=1e-10)
+            assert rows[name] == pytest.approx(float(get(name)(X, Y, normalize="rows")), rel=1e-10)
