@@ -56,7 +56,8 @@ def as_matrix(a: object, name: str) -> Array:
     if x.shape[1] < 1:
         raise ValueError(f"{name} has no feature columns (shape {tuple(x.shape)})")
     xp = namespace(x)
-    if not bool(xp.all(xp.isfinite(x))):
+    # one cheap pass: a NaN or Inf makes the sum non-finite; only then (or on overflow) look element-wise
+    if not bool(xp.isfinite(xp.sum(x))) and not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
 
@@ -90,8 +91,10 @@ def check_options(center: object, normalize: object) -> None:
         raise ValueError(f"normalize must be one of 'frobenius', 'rows' or None; got {normalize!r}")
 
 
-def _max_abs(xp: Any, x: Array) -> Array:
-    return xp.max(xp.abs(x))
+def _sum_sq(xp: Any, x: Array) -> Array:
+    """``sum(x**2)`` without a temporary (a BLAS dot product of the flattened array)."""
+    flat = xp.reshape(x, (-1,))
+    return flat @ flat
 
 
 def unit_rows(x: Array, name: str) -> Array:
@@ -104,29 +107,61 @@ def unit_rows(x: Array, name: str) -> Array:
     return xs / xp.sqrt(xp.sum(xs * xs, axis=1, keepdims=True))
 
 
-def unit_frobenius(x: Array, name: str) -> Array:
-    """Divide by the Frobenius norm (overflow-safe); an all-zero matrix is an error."""
+def frobenius_norm(x: Array, name: str) -> Array:
+    """``||x||_F``, computed without overflow or underflow; an all-zero matrix is an error."""
     xp = namespace(x)
-    scale = _max_abs(xp, x)
+    sq = _sum_sq(xp, x)
+    info = xp.finfo(x.dtype)
+    if bool(xp.isfinite(sq)) and bool(sq > info.smallest_normal / info.eps):  # no overflow, no underflow
+        return xp.sqrt(sq)
+    scale = xp.max(xp.abs(x))
     if not bool(scale > 0):
         raise ValueError(
             f"{name} is zero after preprocessing (constant columns are zero once centred); "
             "the metric is undefined for it"
         )
-    xs = x / scale
-    return xs / xp.sqrt(xp.sum(xs * xs))
+    return scale * xp.sqrt(_sum_sq(xp, x / scale))
+
+
+# Centring is folded into the statistics (X_c^T Y_c = X^T Y - n m_x m_y^T) instead of copying the data when the
+# column means carry at most this share of the energy: then the cancellation costs at most ~1 decimal digit.
+LAZY_CENTER_MAX_ENERGY_RATIO = 8.0
+
+
+def preprocess_scaled(
+    x: Array, name: str, *, center: bool, normalize: Normalize
+) -> tuple[Array, Array | None, Array | float]:
+    """Preprocess without copying the data where possible.
+
+    Returns ``(x', m, s)``: the preprocessed matrix is ``(x' - 1 m^T) / s``, with ``m`` None when ``x'`` is
+    already centred (or ``center=False``) and ``s = 1`` unless ``normalize="frobenius"``. Metrics apply ``m``
+    and ``s`` to the statistics; :func:`preprocess` materialises the matrix.
+    """
+    xp = namespace(x)
+    if normalize == "rows":
+        x = unit_rows(x, name)
+    mean = None
+    if center:
+        mean = xp.mean(x, axis=0, keepdims=True)
+        n = x.shape[0]
+        total, centred = _sum_sq(xp, x), None
+        if bool(xp.isfinite(total)):
+            centred = total - n * _sum_sq(xp, mean)
+        if centred is None or not bool(total <= LAZY_CENTER_MAX_ENERGY_RATIO * centred):
+            x, mean = x - mean, None
+    if normalize != "frobenius":
+        return x, mean, 1.0
+    if mean is None:
+        return x, None, frobenius_norm(x, name)
+    return x, mean, xp.sqrt(total - x.shape[0] * _sum_sq(xp, mean))
 
 
 def preprocess(x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:
     """Apply rows -> center -> frobenius, in that order (see module docstring)."""
-    xp = namespace(x)
-    if normalize == "rows":
-        x = unit_rows(x, name)
-    if center:
-        x = x - xp.mean(x, axis=0, keepdims=True)
-    if normalize == "frobenius":
-        x = unit_frobenius(x, name)
-    return x
+    x, mean, scale = preprocess_scaled(x, name, center=center, normalize=normalize)
+    if mean is not None:
+        x = x - mean
+    return x / scale if normalize == "frobenius" else x
 
 
 def prepare_pair(

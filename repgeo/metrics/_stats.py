@@ -68,13 +68,55 @@ class FeatureStats:
 
 
 class ArrayStats(FeatureStats):
-    """Statistics of preprocessed arrays in memory, computed on demand and cached."""
+    """Statistics of preprocessed arrays in memory, computed on demand and cached.
 
-    def __init__(self, X: Array, Y: Array) -> None:
+    The preprocessed matrices are ``(X - 1 mx^T) / sx`` and ``(Y - 1 my^T) / sy`` (see
+    :func:`repgeo.metrics._prep.preprocess_scaled`): means (None: already centred) and Frobenius scales are
+    applied to the statistics rather than to copies of the data.
+    """
+
+    def __init__(
+        self,
+        X: Array,
+        Y: Array,
+        sx: Array | float = 1.0,
+        sy: Array | float = 1.0,
+        mx: Array | None = None,
+        my: Array | None = None,
+    ) -> None:
         self.xp = namespace(X, Y)
         self.n, self.p = X.shape
         self.q = Y.shape[1]
-        self.data = (X, Y)
+        self._raw = (X, Y)
+        self._sx, self._sy = sx, sy
+        self._mx, self._my = mx, my
+
+    @cached_property
+    def data(self) -> tuple[Array, Array]:  # type: ignore[override]
+        """The preprocessed matrices, materialised."""
+        (X, Y), sx, sy = self._raw, self._sx, self._sy
+        if self._mx is not None:
+            X = X - self._mx
+        if self._my is not None:
+            Y = Y - self._my
+        return X / sx, Y / sy
+
+    def _cross(self, A: Array, B: Array, ma: Array | None, mb: Array | None) -> Array:
+        """``(A - 1 ma^T)^T (B - 1 mb^T)`` without forming the centred copies."""
+        out = A.T @ B
+        if ma is not None or mb is not None:
+            ma = self.xp.mean(A, axis=0, keepdims=True) if ma is None else ma
+            mb = self.xp.mean(B, axis=0, keepdims=True) if mb is None else mb
+            out = out - self.n * (ma.T @ mb)
+        return out
+
+    def _sq(self, A: Array, m: Array | None) -> Array:
+        flat = self.xp.reshape(A, (-1,))
+        out = flat @ flat
+        if m is not None:
+            mf = self.xp.reshape(m, (-1,))
+            out = out - self.n * (mf @ mf)
+        return out
 
     @property
     def sample_space(self) -> bool:
@@ -84,28 +126,26 @@ class ArrayStats(FeatureStats):
 
     @cached_property
     def xy(self) -> Array:  # type: ignore[override]
-        X, Y = self.data
-        return X.T @ Y
+        X, Y = self._raw
+        return self._cross(X, Y, self._mx, self._my) / (self._sx * self._sy)
 
     @cached_property
     def xx(self) -> Array:  # type: ignore[override]
-        X = self.data[0]
-        return X.T @ X
+        X = self._raw[0]
+        return self._cross(X, X, self._mx, self._mx) / self._sx**2
 
     @cached_property
     def yy(self) -> Array:  # type: ignore[override]
-        Y = self.data[1]
-        return Y.T @ Y
+        Y = self._raw[1]
+        return self._cross(Y, Y, self._my, self._my) / self._sy**2
 
     @cached_property
     def x_sq(self) -> Array:
-        X = self.data[0]
-        return self.xp.sum(X * X)
+        return self._sq(self._raw[0], self._mx) / self._sx**2
 
     @cached_property
     def y_sq(self) -> Array:
-        Y = self.data[1]
-        return self.xp.sum(Y * Y)
+        return self._sq(self._raw[1], self._my) / self._sy**2
 
     @cached_property
     def grams(self) -> tuple[Array, Array]:
@@ -125,7 +165,6 @@ class ArrayStats(FeatureStats):
         if n >= min(p, q):
             return super().cross_svdvals()
         X, Y = self.data
-        xp = self.xp
         if is_torch(X):
             import torch
 
@@ -133,7 +172,7 @@ class ArrayStats(FeatureStats):
                 Qx, Qy = torch.linalg.qr(X.T).Q, torch.linalg.qr(Y.T).Q
         else:
             Qx, Qy = np.linalg.qr(X.T).Q, np.linalg.qr(Y.T).Q
-        return svdvals(xp, (X @ Qx).T @ (Y @ Qy))
+        return svdvals(self.xp, (X @ Qx).T @ (Y @ Qy))
 
     def gram_inner(self) -> tuple[Array, Array, Array]:
         if not self.sample_space:
@@ -154,12 +193,14 @@ def pair_stats(
     X: object, Y: object = None, *, center: bool, normalize: Any, min_rows: int = 2
 ) -> FeatureStats:
     """Statistics of ``(X, Y)`` arrays, or of a :class:`~repgeo.metrics.Moments` given alone as ``X``."""
-    from ._prep import check_options, prepare_pair
+    from ._prep import check_options, check_pair, preprocess_scaled
 
+    check_options(center, normalize)
     if Y is None and hasattr(X, "stats"):
-        check_options(center, normalize)
         return X.stats(center=center, normalize=normalize, min_rows=min_rows)
     if Y is None:
         raise TypeError("Y is missing: pass two arrays (X, Y) or a single Moments object")
-    Xp, Yp = prepare_pair(X, Y, center=center, normalize=normalize, min_rows=min_rows)
-    return ArrayStats(Xp, Yp)
+    Xm, Ym = check_pair(X, Y, min_rows=min_rows)
+    Xp, mx, sx = preprocess_scaled(Xm, "X", center=center, normalize=normalize)
+    Yp, my, sy = preprocess_scaled(Ym, "Y", center=center, normalize=normalize)
+    return ArrayStats(Xp, Yp, sx, sy, mx, my)
