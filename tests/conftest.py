@@ -12,6 +12,13 @@ matplotlib.use("Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one BLAS/torch thread per worker: the workers share the cores
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    _BLAS_LIMIT = threadpool_limits(limits=1)
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
