@@ -1,0 +1,191 @@
+"""Speed and memory of the metrics core, as ratios to floors measured in the same run.
+
+For each n, dtype and BLAS thread count it times every registered linear metric, the whole linear suite from
+one :class:`repgeo.Moments` pass, the floor (one ``X^T Y`` GEMM of the same shapes, in the input dtype and in
+float64, which the analysis backend computes in), the three GEMMs the suite needs, a naive n x n Gram
+implementation of CKA and FG, and ``scipy.linalg.orthogonal_procrustes`` on zero-padded inputs. Then it streams
+``--stream-rows`` float32 rows through :class:`Moments` in a child process and reports rows/s and peak RSS.
+
+    python benchmarks/metrics_speed.py                 # the full study (about 15 minutes on 2 cores)
+    python benchmarks/metrics_speed.py --quick         # a smoke run with small sizes
+
+Writes ``benchmarks/results/metrics_speed.json`` (or ``--out``) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+from threadpoolctl import threadpool_limits
+
+import repgeo
+from repgeo.metrics._prep import prepare_pair
+
+HERE = Path(__file__).resolve().parent
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def naive_gram_cka_fg(X: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+    """The textbook n x n implementation: centre with H, form both Gram matrices."""
+    Xp, Yp = prepare_pair(X, Y, center=True, normalize="frobenius")
+    K, L = Xp @ Xp.T, Yp @ Yp.T
+    cka = np.sum(K * L) / (np.linalg.norm(K) * np.linalg.norm(L))
+    return float(cka), float(np.linalg.norm(K - L))
+
+
+def scipy_procrustes(X: np.ndarray, Y: np.ndarray) -> float:
+    Xp, Yp = prepare_pair(X, Y, center=True, normalize="frobenius")
+    width = max(Xp.shape[1], Yp.shape[1])
+    A = np.pad(Xp, ((0, 0), (0, width - Xp.shape[1])))
+    B = np.pad(Yp, ((0, 0), (0, width - Yp.shape[1])))
+    R, _ = scipy.linalg.orthogonal_procrustes(B, A)
+    return float(np.linalg.norm(A - B @ R))
+
+
+def suite_from_moments(X: np.ndarray, Y: np.ndarray, chunk: int) -> dict[str, float]:
+    m = repgeo.Moments()
+    for i in range(0, len(X), chunk):
+        m.update(X[i : i + chunk], Y[i : i + chunk])
+    return m.compute()
+
+
+def available_gb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1]) / 1e6
+    return float("inf")
+
+
+def run_config(n: int, p: int, q: int, dtype: str, threads: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p), dtype=np.float32).astype(dtype)
+    Y = (X @ rng.standard_normal((p, q), dtype=np.float32).astype(dtype) / np.sqrt(p)).astype(dtype)
+    Y += rng.standard_normal((n, q), dtype=np.float32).astype(dtype)
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    repeats = 3 if n <= 10_000 else 2
+    row: dict = {"n": n, "p": p, "q": q, "dtype": dtype, "threads": threads}
+    with threadpool_limits(limits=threads):
+        t = row["times_s"] = {}
+        t["gemm_xty"] = best_time(lambda: X.T @ Y, repeats)
+        t["gemm_xty_float64"] = best_time(lambda: X64.T @ Y64, repeats)
+        t["three_gemms_float64"] = best_time(lambda: (X64.T @ X64, Y64.T @ Y64, X64.T @ Y64), repeats)
+        for name in [*repgeo.available(streamable=True), "cka_debiased"]:
+            spec = repgeo.get(name)
+            t[name] = best_time(lambda spec=spec: spec(X, Y), repeats)
+        t["linear_suite_moments"] = best_time(lambda: suite_from_moments(X, Y, chunk=8192), repeats)
+        t["scipy_orthogonal_procrustes"] = best_time(lambda: scipy_procrustes(X, Y), 1)
+        need_gb = 3 * n * n * 8 / 1e9  # K, L and a temporary
+        if need_gb < 0.6 * available_gb():
+            t["naive_gram_cka_fg"] = best_time(lambda: naive_gram_cka_fg(X, Y), 1)
+        else:
+            t["naive_gram_cka_fg"] = None
+            row["naive_skipped"] = f"out of memory: needs ~{need_gb:.0f} GB, {available_gb():.0f} GB available"
+    r = row["ratios"] = {
+        "procrustes_vs_gemm": t["procrustes"] / t["gemm_xty"],
+        "procrustes_vs_gemm_float64": t["procrustes"] / t["gemm_xty_float64"],
+        "suite_vs_three_gemms_float64": t["linear_suite_moments"] / t["three_gemms_float64"],
+        "scipy_procrustes_vs_repgeo": t["scipy_orthogonal_procrustes"] / t["procrustes"],
+    }
+    if t["naive_gram_cka_fg"] is not None:
+        r["naive_vs_repgeo_cka_plus_fg"] = t["naive_gram_cka_fg"] / (t["cka"] + t["fg"])
+    return row
+
+
+STREAM_CHILD = """
+import json, resource, sys, time
+import numpy as np
+import repgeo
+rows, p, q, chunk = (int(a) for a in sys.argv[1:5])
+rng = np.random.default_rng(0)
+W = rng.standard_normal((p, q), dtype=np.float32) / np.sqrt(p)
+m = repgeo.Moments()
+busy = 0.0
+done = 0
+while done < rows:
+    k = min(chunk, rows - done)
+    X = rng.standard_normal((k, p), dtype=np.float32)
+    Y = X @ W + rng.standard_normal((k, q), dtype=np.float32)
+    t0 = time.perf_counter(); m.update(X, Y); busy += time.perf_counter() - t0
+    done += k
+t0 = time.perf_counter(); values = m.compute(); readout = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"rows": m.n, "update_s": busy, "readout_s": readout, "rows_per_s": m.n / busy,
+                  "peak_rss_mb": peak, "values": values}))
+"""
+
+
+def run_stream(rows: int, p: int, q: int, chunk: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", STREAM_CHILD, str(rows), str(p), str(q), str(chunk)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "metrics_speed.json")
+    ap.add_argument("--stream-rows", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        sizes, p, q, stream_rows = [500, 2000], 64, 96, args.stream_rows or 20_000
+    else:
+        sizes, p, q, stream_rows = [1_000, 10_000, 50_000], 768, 1024, args.stream_rows or 1_000_000
+    rows = []
+    for n in sizes:
+        for dtype in ("float64", "float32"):
+            for threads in (1, 2):
+                row = run_config(n, p, q, dtype, threads, seed=n)
+                rows.append(row)
+                r = row["ratios"]
+                print(
+                    f"n={n:>6} {dtype} threads={threads}  gemm {row['times_s']['gemm_xty']:.4f}s  "
+                    f"procrustes {row['times_s']['procrustes']:.4f}s ({r['procrustes_vs_gemm']:.2f}x gemm, "
+                    f"{r['procrustes_vs_gemm_float64']:.2f}x f64 gemm)  "
+                    f"suite/3gemm {r['suite_vs_three_gemms_float64']:.2f}  "
+                    f"naive/(cka+fg) {r.get('naive_vs_repgeo_cka_plus_fg', float('nan')):.1f}  "
+                    f"scipy/repgeo {r['scipy_procrustes_vs_repgeo']:.1f}",
+                    flush=True,
+                )
+    stream = run_stream(stream_rows, p, q, chunk=8192)
+    print(f"stream {stream['rows']:,} rows x ({p}, {q}) float32: {stream['rows_per_s']:,.0f} rows/s, "
+          f"peak RSS {stream['peak_rss_mb']:.0f} MB")
+    result = {
+        "command": "python benchmarks/metrics_speed.py" + (" --quick" if args.quick else ""),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "numpy": np.__version__},
+        "configs": rows,
+        "stream": stream,
+        "peak_rss_parent_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
