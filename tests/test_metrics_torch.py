@@ -133,3 +133,17 @@ def test_n_by_n_route_for_small_batches_matches_feature_space_in_torch():
     rx, ry = torch.autograd.grad(ref, (X, Y))
     assert float(d) == pytest.approx(float(ref), abs=1e-12)
     assert torch.allclose(gx, rx, atol=1e-10) and torch.allclose(gy, ry, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_autocast_regions_compute_in_float32(name):
+    torch.manual_seed(0)
+    X = torch.randn(40, 12)
+    Y = torch.randn(40, 9, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = get(name).loss(X.bfloat16(), Y.bfloat16())
+    assert loss.dtype == torch.float32
+    want = get(name).loss(X.bfloat16().float(), Y.bfloat16().float())
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(Y.grad).all()

@@ -74,3 +74,27 @@ def to_scalar_output(value: Array) -> Array:
     if is_torch(value):
         return value.reshape(())
     return np.float64(value)
+
+
+def full_precision(fn: Any) -> Any:
+    """Run a metric with torch autocast disabled, so bf16/fp16 autocast regions compute it in float32 or wider.
+
+    Inputs are promoted by :func:`repgeo.metrics._prep.as_matrix`; autocast would otherwise lower the matrix
+    products back to half precision (and half-precision SVDs do not exist on every device).
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tensor = next((a for a in args if is_torch(a)), None)
+        if tensor is None:
+            return fn(*args, **kwargs)
+        import torch
+
+        device_type = tensor.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper

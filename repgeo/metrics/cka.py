@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, to_scalar_output
+from ._xp import Array, full_precision, to_scalar_output
 
 Kernel = Literal["linear", "rbf"]
 
@@ -113,6 +113,7 @@ def rbf_gram(A: Array, sigma: float | None = None) -> Array:
     return xp.exp(-D2 / (2 * s2))
 
 
+@full_precision
 def cka(
     X: object,
     Y: object = None,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, to_scalar_output
+from ._xp import Array, full_precision, to_scalar_output
 
 
 def fg_from_stats(s: FeatureStats, squared: bool = False) -> Array:
@@ -27,6 +27,7 @@ def fg_from_stats(s: FeatureStats, squared: bool = False) -> Array:
     return d2 if squared else s.xp.sqrt(d2)
 
 
+@full_precision
 def fg(
     X: object,
     Y: object = None,

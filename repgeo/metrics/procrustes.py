@@ -22,7 +22,7 @@ from typing import Literal
 
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, to_scalar_output
+from ._xp import Array, full_precision, to_scalar_output
 
 Kind = Literal["euclidean", "squared", "angular"]
 KINDS = ("euclidean", "squared", "angular")
@@ -52,6 +52,7 @@ def nbs_from_stats(s: FeatureStats, nuc: Array | None = None) -> Array:
     return xp.clip(nuc / xp.sqrt(s.x_sq * s.y_sq), min=0.0, max=1.0)
 
 
+@full_precision
 def procrustes(
     X: object,
     Y: object = None,
@@ -70,6 +71,7 @@ def procrustes(
     return to_scalar_output(procrustes_from_stats(s, kind))
 
 
+@full_precision
 def nbs(X: object, Y: object = None, *, center: bool = True, normalize: Normalize = "frobenius") -> Array:
     """Normalised Bures similarity ``||X^T Y||_* / (||X||_F ||Y||_F)`` in [0, 1] (cosine of angular Procrustes)."""
     s = pair_stats(X, Y, center=center, normalize=normalize)

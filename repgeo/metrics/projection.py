@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, eps, pinv_hermitian, solve, to_scalar_output
+from ._xp import Array, eps, full_precision, pinv_hermitian, solve, to_scalar_output
 
 
 def proj_mse_from_stats(s: FeatureStats, ridge: float = 0.0) -> Array:
@@ -35,6 +35,7 @@ def proj_mse_from_stats(s: FeatureStats, ridge: float = 0.0) -> Array:
     return xp.clip(residual, min=0.0)
 
 
+@full_precision
 def proj_mse(
     X: object,
     Y: object = None,

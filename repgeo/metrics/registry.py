@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
 
+from ._xp import full_precision
 from .cka import cka, cka_from_stats
 from .gram import fg, fg_from_stats
 from .procrustes import bures, nbs, nbs_from_stats, procrustes, procrustes_from_stats
@@ -135,6 +136,7 @@ register(MetricSpec(
 
 
 
+@full_precision
 def compare(
     X: object,
     Y: object = None,
