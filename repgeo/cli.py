@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     ("repgeo.cli_audit", "add_layers_parser"),
     ("repgeo.cli_distill", "add_parser"),
     ("repgeo.cli_demo", "add_parser"),
+    ("repgeo.cli_assets", "add_parser"),
 ]
 
 
