@@ -30,3 +30,26 @@ def related_pair(rng: np.random.Generator, n: int, p: int, q: int, noise: float 
     X = rng.normal(size=(n, p)) @ np.diag(np.linspace(1.0, 3.0, p)) + rng.normal(size=p)
     Y = X @ rng.normal(size=(p, q)) + noise * rng.normal(size=(n, q)) + 5.0
     return X, Y
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="run slow studies and the long fuzz budgets")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--slow"):
+        os.environ["REPGEO_SLOW"] = "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def slow_mode() -> bool:
+    """True under ``pytest --slow``: fuzzers use their long budgets."""
+    return os.environ.get("REPGEO_SLOW") == "1"

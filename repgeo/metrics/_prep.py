@@ -128,6 +128,15 @@ def frobenius_norm(x: Array, name: str) -> Array:
 LAZY_CENTER_MAX_ENERGY_RATIO = 8.0
 
 
+def _well_scaled(xp: Any, x: Array, sq: Array) -> bool:
+    """Whether a sum of squares neither overflowed nor lost precision to underflow in ``x``'s dtype.
+
+    Then every product the metrics form (bounded by such norms, by Cauchy-Schwarz) is representable too.
+    """
+    info = xp.finfo(x.dtype)
+    return bool(xp.isfinite(sq)) and bool(sq > info.smallest_normal / info.eps)
+
+
 def preprocess_scaled(
     x: Array, name: str, *, center: bool, normalize: Normalize
 ) -> tuple[Array, Array | None, Array | float]:
@@ -135,25 +144,32 @@ def preprocess_scaled(
 
     Returns ``(x', m, s)``: the preprocessed matrix is ``(x' - 1 m^T) / s``, with ``m`` None when ``x'`` is
     already centred (or ``center=False``) and ``s = 1`` unless ``normalize="frobenius"``. Metrics apply ``m``
-    and ``s`` to the statistics; :func:`preprocess` materialises the matrix.
+    and ``s`` to the statistics; :func:`preprocess` materialises the matrix. Inputs so large or small that
+    their squares leave the dtype's range are rescaled explicitly (Frobenius normalisation) or refused with an
+    error naming the argument (no normalisation), never turned into inf or a silent 0.
     """
     xp = namespace(x)
     if normalize == "rows":
         x = unit_rows(x, name)
-    mean = None
+    mean, centred = None, None
     if center:
         mean = xp.mean(x, axis=0, keepdims=True)
-        n = x.shape[0]
-        total, centred = _sum_sq(xp, x), None
-        if bool(xp.isfinite(total)):
-            centred = total - n * _sum_sq(xp, mean)
+        total = _sum_sq(xp, x)
+        if _well_scaled(xp, x, total):
+            centred = total - x.shape[0] * _sum_sq(xp, mean)
         if centred is None or not bool(total <= LAZY_CENTER_MAX_ENERGY_RATIO * centred):
-            x, mean = x - mean, None
-    if normalize != "frobenius":
-        return x, mean, 1.0
-    if mean is None:
-        return x, None, frobenius_norm(x, name)
-    return x, mean, xp.sqrt(total - x.shape[0] * _sum_sq(xp, mean))
+            x, mean, centred = x - mean, None, None
+    sq = _sum_sq(xp, x) if centred is None else centred
+    if _well_scaled(xp, x, sq):
+        return x, mean, (xp.sqrt(sq) if normalize == "frobenius" else 1.0)
+    if normalize == "frobenius":  # extreme scale: divide first (overflow-safe norm), then form products
+        return x / frobenius_norm(x, name), None, 1.0
+    if bool(xp.max(xp.abs(x)) > 0):
+        raise ValueError(
+            f"{name}'s squared norm is outside the range of {x.dtype} (values too large or too small); "
+            "pass float64 inputs or use normalize='frobenius'"
+        )
+    return x, None, 1.0
 
 
 def preprocess(x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:

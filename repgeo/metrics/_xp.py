@@ -70,10 +70,21 @@ def solve(xp: Any, a: Array, b: Array) -> Array:
 
 
 def to_scalar_output(value: Array) -> Array:
-    """A 0-d result: numpy float64 for the analysis backend, a 0-d tensor for torch."""
+    """A 0-d result: numpy float64 for the analysis backend, a 0-d tensor for torch. Never NaN or Inf."""
     if is_torch(value):
-        return value.reshape(())
-    return np.float64(value)
+        import torch
+
+        out = value.reshape(())
+        finite = bool(torch.isfinite(out.detach()))
+    else:
+        out = np.float64(value)
+        finite = bool(np.isfinite(out))
+    if not finite:
+        raise FloatingPointError(
+            f"the metric evaluated to {float(out)} (overflow or underflow in {getattr(value, 'dtype', 'float')}); "
+            "pass float64 inputs or normalised data"
+        )
+    return out
 
 
 def full_precision(fn: Any) -> Any:

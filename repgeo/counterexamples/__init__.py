@@ -1,0 +1,66 @@
+"""The theory's counterexamples, built and certified numerically.
+
+Each construction returns a :class:`Counterexample` (teacher ``X``, student ``Y``, a statement of what it shows)
+whose :meth:`~Counterexample.certify` lists every registered metric's value and every claim with its tolerance
+and pass/fail. Inputs follow the theory's convention: centred, unit-Frobenius-norm matrices.
+
+* :func:`projection_invertible` — projection-MSE = 0 under an invertible non-orthogonal map (Theorem 2);
+* :func:`projection_minibatch` — projection-MSE = 0 for a pure-noise student when the batch has n <= q rows;
+* :func:`cka_antiparallel` — CKA cannot tell the paper's configurations (a) and (b) apart (Theorem 1);
+* :func:`cka_translation` — CKA is blind to translation, the spherical geometry is not;
+* :func:`cka_dominant_direction` — CKA is dominated by one high-variance direction;
+* :func:`procrustes_fg_equivalence` — D_P = 0 <=> D_FG = 0, and they differ away from zero;
+* :func:`count_eps_orthogonal` — the paper's Figure 2a statistic;
+* :func:`invariance_audit` — every metric under every transform class;
+* :func:`optimize_student` / :func:`optimization_experiment` — the synthetic optimisation experiment (§5.1).
+
+Only :mod:`repgeo.metrics` is used from repgeo; every metric in its registry appears in every certificate.
+"""
+
+from ._core import ROUNDING_TOL, ZERO_DISTANCE_TOL, Claim, Counterexample, Pair
+from .audit import audit_passed, invariance_audit, invariance_matrix
+from .constructions import (
+    all_counterexamples,
+    cka_antiparallel,
+    cka_dominant_direction,
+    cka_theorem1_prediction,
+    cka_translation,
+    count_eps_orthogonal,
+    procrustes_fg_equivalence,
+    projection_invertible,
+    projection_minibatch,
+    projection_prediction,
+)
+from .optimize import (
+    OptimizationResult,
+    make_teacher,
+    optimization_experiment,
+    optimization_summary,
+    optimize_student,
+)
+
+__all__ = [
+    "ROUNDING_TOL",
+    "ZERO_DISTANCE_TOL",
+    "Claim",
+    "Counterexample",
+    "OptimizationResult",
+    "Pair",
+    "all_counterexamples",
+    "audit_passed",
+    "cka_antiparallel",
+    "cka_dominant_direction",
+    "cka_theorem1_prediction",
+    "cka_translation",
+    "count_eps_orthogonal",
+    "invariance_audit",
+    "invariance_matrix",
+    "make_teacher",
+    "optimization_experiment",
+    "optimization_summary",
+    "optimize_student",
+    "procrustes_fg_equivalence",
+    "projection_invertible",
+    "projection_minibatch",
+    "projection_prediction",
+]
