@@ -1,0 +1,125 @@
+"""``repgeo audit`` and ``repgeo layers``.
+
+    repgeo audit --teacher PATH_OR_NAME --student PATH_OR_NAME --data FILE(.txt|.csv|.jsonl) --out DIR
+                 [--text-column C] [--teacher-layers 0,2,4] [--student-layers 0,1,2]
+                 [--metrics procrustes,cka,fg] [--pooling mean] [--max-length 128] [--n-boot 200] [--n-perm 200]
+    repgeo layers PATH_OR_NAME
+
+Models are local transformers folders or hub names (passed to transformers unchanged: they work wherever the
+hub is reachable; offline the error says what to do). Layers are comma-separated: integers are ``hidden_states``
+indices (0 = embeddings), anything else a module name or glob (see ``repgeo layers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _layers(value: str | None) -> list[Any] | None:
+    if value is None:
+        return None
+    out: list[Any] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            out.append(part)
+    return out or None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``audit`` subcommand."""
+    p = subparsers.add_parser(
+        "audit", help="compare a teacher and a student layer by layer",
+        description="Layer-by-layer similarity of two models on a text file: writes audit.csv, one PNG heatmap per "
+                    "metric and report.md into --out.",
+    )
+    p.add_argument("--teacher", required=True, help="teacher model folder or hub name")
+    p.add_argument("--student", required=True, help="student model folder or hub name")
+    p.add_argument("--data", required=True, help="texts: .txt (one per line), .csv or .jsonl")
+    p.add_argument("--text-column", default=None, help="CSV column / JSON field holding the text")
+    p.add_argument("--teacher-layers", default=None, help="comma-separated layers (default: all hidden states)")
+    p.add_argument("--student-layers", default=None, help="comma-separated layers (default: all hidden states)")
+    p.add_argument("--metrics", default="procrustes,cka,fg", help="comma-separated metric names")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "tokens"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128, help="texts are cut to this many tokens (reported)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (0: no intervals)")
+    p.add_argument("--n-perm", type=int, default=200, help="permutations (0: no p-values)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``repgeo audit``; returns the exit status (2 for bad input)."""
+    from repgeo.audit import audit, write_report
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    try:
+        df = audit(
+            args.teacher, args.student, args.data, text_column=args.text_column,
+            teacher_layers=_layers(args.teacher_layers), student_layers=_layers(args.student_layers),
+            metrics=metrics, pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length,
+            n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed,
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"repgeo audit: {exc}", file=sys.stderr)
+        return 2
+    paths = write_report(df, args.out)
+    print(f"{df.attrs['n_stimuli']} stimuli, {len(df.attrs['teacher_layers'])} teacher × "
+          f"{len(df.attrs['student_layers'])} student layers, metrics {metrics}")
+    if df.attrs.get("truncated"):
+        print(f"{len(df.attrs['truncated'])} texts cut to {args.max_length} tokens")
+    for name, path in paths.items():
+        print(f"wrote {path}  ({name})")
+    return 0
+
+
+def add_layers_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``layers`` subcommand."""
+    p = subparsers.add_parser("layers", help="list a model's probe-able layers with output shapes",
+                              description="One dummy forward pass; prints every module that outputs a tensor, "
+                                          "with its output shape, and the hidden_states indices.")
+    p.add_argument("model", help="model folder or hub name")
+    p.add_argument("--text", default="The quick brown fox jumps over the lazy dog.", help="example input")
+    p.set_defaults(func=run_layers)
+    return p
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    """Run ``repgeo layers``; returns the exit status."""
+    from repgeo.audit import load_model
+    from repgeo.probe import list_layers
+
+    try:
+        model, tokenizer = load_model(args.model)
+    except OSError as exc:
+        print(f"repgeo layers: {exc}", file=sys.stderr)
+        return 2
+    inputs = dict(tokenizer([args.text], return_tensors="pt"))
+    rows = list_layers(model, inputs)
+    width = max(len(n) for n, _ in rows)
+    print(f"{type(model).__name__}: {len(rows)} layers (input: {inputs['input_ids'].shape[1]} tokens)")
+    for name, shape in rows:
+        print(f"  {name.ljust(width)}  {tuple(shape) if shape is not None else '-'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="repgeo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    add_layers_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
