@@ -123,6 +123,42 @@ def _all_reduce_worker(rank: int, world: int, port: int, out) -> None:
     dist.destroy_process_group()
 
 
+def _empty_rank_worker(rank: int, world: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    X, Y = data(7, n=40)
+    m = Moments()
+    if rank == 0:  # rank 1 sees no rows at all
+        m.update(torch.tensor(X), torch.tensor(Y))
+    m.all_reduce()
+    more = Moments().update(torch.tensor(X[:5]), torch.tensor(Y[:5]))
+    m.merge(more)  # the empty rank must hold torch statistics now, or this mixes numpy and torch
+    out[rank] = (m.n, float(repgeo.cka(m)), type(repgeo.cka(m)).__name__)
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_all_reduce_with_an_empty_rank_keeps_the_torch_backend():
+    import torch.multiprocessing as mp
+
+    out = mp.Manager().dict()
+    mp.spawn(_empty_rank_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    X, Y = data(7, n=40)
+    ref = float(repgeo.cka(np.vstack([X, X[:5]]), np.vstack([Y, Y[:5]])))
+    for rank in (0, 1):
+        n, value, kind = out[rank]
+        assert n == 45 and kind == "Tensor"
+        assert value == pytest.approx(ref, rel=1e-10)
+
+
 def test_all_reduce_over_two_gloo_processes_equals_one_process():
     import socket
 

@@ -154,7 +154,8 @@ class Moments:
         """Merge the Moments of every rank of a ``torch.distributed`` process group, in place.
 
         Every rank ends with the statistics of all ranks' rows, merged in rank order (identical on all ranks).
-        A rank that saw no rows takes part too. Returns ``self``.
+        A rank that saw no rows takes part too: it ends with the backend of the ranks that did (torch tensors on
+        the collective's device if any rank held torch statistics, numpy otherwise). Returns ``self``.
         """
         import torch
         import torch.distributed as dist
@@ -165,10 +166,11 @@ class Moments:
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         world = dist.get_world_size(group)
         shape = self.shape or (0, 0)
-        header = torch.tensor([self.n, *shape], dtype=torch.int64, device=device)
+        mine = self._plain.cxy if self._plain is not None else None
+        header = torch.tensor([self.n, *shape, int(is_torch(mine))], dtype=torch.int64, device=device)
         headers = [torch.empty_like(header) for _ in range(world)]
         dist.all_gather(headers, header, group=group)
-        dims = {tuple(h[1:].tolist()) for h in headers if int(h[0]) > 0}
+        dims = {tuple(h[1:3].tolist()) for h in headers if int(h[0]) > 0}
         if len(dims) > 1:
             raise ValueError(f"ranks hold Moments of different shapes: {sorted(dims)}")
         if not dims:
@@ -181,11 +183,14 @@ class Moments:
             flat.copy_(self._flatten(parts))
         gathered = [torch.empty_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat, group=group)
-        like = self._plain.cxy if self._plain is not None else None
+        if mine is not None:
+            target = mine.device if is_torch(mine) else None
+        else:
+            target = device if any(int(h[0]) > 0 and int(h[3]) for h in headers) else None
         merged = Moments(rows=self.rows)
         for h, g in zip(headers, gathered, strict=True):
             if int(h[0]) > 0:
-                merged.merge(Moments._unflatten(g, parts, p, q, self.rows, like))
+                merged.merge(Moments._unflatten(g, parts, p, q, self.rows, target))
         self._plain, self._sphere = merged._plain, merged._sphere
         return self
 
@@ -200,7 +205,8 @@ class Moments:
         return torch.cat(pieces)
 
     @staticmethod
-    def _unflatten(flat: Any, parts: tuple[str, ...], p: int, q: int, rows: bool, like: Array) -> Moments:
+    def _unflatten(flat: Any, parts: tuple[str, ...], p: int, q: int, rows: bool, target: Any) -> Moments:
+        """Rebuild gathered statistics as numpy arrays (``target`` None) or tensors on device ``target``."""
         sizes = [p, q, p * p, q * q, p * q]
         shapes = [(p,), (q,), (p, p), (q, q), (p, q)]
         out, pos = Moments(rows=rows), 0
@@ -211,10 +217,10 @@ class Moments:
             for size, shape in zip(sizes, shapes, strict=True):
                 chunk = flat[pos : pos + size].reshape(shape)
                 pos += size
-                if like is None or not is_torch(like):
+                if target is None:
                     arrays.append(chunk.cpu().numpy().copy())
                 else:
-                    arrays.append(chunk.to(like.device).clone())
+                    arrays.append(chunk.to(target).clone())
             setattr(out, attr, _CoMoments(n, *arrays))
         return out
 

@@ -1,0 +1,48 @@
+"""``repgeo distill``: train a student from a YAML run configuration.
+
+    repgeo distill --config run.yaml trainer.learning_rate=3e-5 loss.metric=procrustes [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``distill`` subcommand on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "distill", help="distil a teacher into a student with a geometric feature loss",
+        description="Train a student from a YAML configuration; KEY=VALUE arguments override it "
+                    "(e.g. trainer.learning_rate=3e-5 loss.metric=procrustes).",
+    )
+    p.add_argument("--config", required=True, help="YAML run configuration")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand; returns the exit status (2 for a configuration error)."""
+    from repgeo.distill import ConfigError, load_config, run_distillation
+
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+    except ConfigError as exc:
+        print(f"repgeo distill: configuration error: {exc}", file=sys.stderr)
+        return 2
+    run_distillation(cfg, resume=args.resume)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="repgeo")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Distillation runner: teacher -> student with any registered metric as the feature loss.
+
+Built on the Hugging Face ``Trainer``; see :class:`DistillationTrainer` for the loss
+``w_task * CE + w_kd * T^2 * KL(teacher_T || student_T) + alpha * sum_k w_k D(teacher_k, student_k)``.
+"""
+
+from .cache import TeacherCache
+from .config import ConfigError, RunConfig, config_from_dict, load_config, save_config
+from .feature_loss import FeatureLoss, FeatureLossOutput
+from .geometry import GeometryProbe, plot_geometry
+from .mapping import format_layer_map, load_layer_map, resolve_layer_map, save_layer_map
+from .run import DistillResult, build_trainer, run_distillation
+from .students import derive_student
+from .trainer import DistillationTrainer, kd_loss
+
+__all__ = [
+    "ConfigError",
+    "DistillResult",
+    "DistillationTrainer",
+    "FeatureLoss",
+    "FeatureLossOutput",
+    "GeometryProbe",
+    "RunConfig",
+    "TeacherCache",
+    "build_trainer",
+    "config_from_dict",
+    "derive_student",
+    "format_layer_map",
+    "kd_loss",
+    "load_config",
+    "load_layer_map",
+    "plot_geometry",
+    "resolve_layer_map",
+    "run_distillation",
+    "save_config",
+    "save_layer_map",
+]

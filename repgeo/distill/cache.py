@@ -1,0 +1,103 @@
+"""Teacher cache: the teacher's KD logits and pooled features, computed once per dataset and reused.
+
+The teacher is frozen and run in eval mode, so its outputs for a training example never change. The cache runs
+it once over the training set and stores, per example, the logit rows the KD term compares and the pooled rows
+of every mapped teacher layer; :class:`~repgeo.distill.trainer.DistillationTrainer` then looks batches up by
+``example_index`` instead of running the teacher. The file records what it depends on (teacher, data, layers,
+pooling, token selection, max length); a cache built for other settings is rebuilt, never silently reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repgeo.probe.pooling import effective_mask
+
+
+class TeacherCache:
+    """Per-example teacher logit rows and feature rows, looked up by ``example_index``."""
+
+    def __init__(self, logits: list[torch.Tensor] | None, features: dict[int, list[torch.Tensor]] | None,
+                 meta: dict[str, Any]) -> None:
+        self.logits, self.features, self.meta = logits, features, meta
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        teacher: Any,
+        dataset: Any,
+        collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+        *,
+        task: Any,
+        feature_loss: Any | None,
+        feature_tokens: str = "all",
+        with_logits: bool = True,
+        meta: dict[str, Any] | None = None,
+        batch_size: int = 16,
+    ) -> TeacherCache:
+        """Run the teacher once over ``dataset`` (items must carry ``example_index`` 0..n-1 in order)."""
+        teacher.eval()
+        device = next(teacher.parameters()).device
+        items = [dataset[i] for i in range(len(dataset))]
+        logits: list[torch.Tensor] = []
+        feats: dict[int, list[torch.Tensor]] = {t: [] for t in feature_loss.teacher_layers} if feature_loss else {}
+        for start in range(0, len(items), batch_size):
+            batch = {k: v.to(device) for k, v in collate(items[start : start + batch_size]).items()}
+            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          output_hidden_states=feature_loss is not None)
+            b = batch["input_ids"].shape[0]
+            if with_logits:
+                rows = task.kd_logits(out.logits, batch).float().cpu()
+                counts = _kd_counts(task, batch, b)
+                logits.extend(rows.split(counts))
+            if feature_loss is not None:
+                tmask = task.feature_mask(batch, feature_tokens)
+                f = feature_loss.teacher_features(out.hidden_states, batch["attention_mask"], tmask)
+                if feature_loss.pooling == "tokens":
+                    counts = effective_mask(out.hidden_states[0], batch["attention_mask"], tmask).sum(1).tolist()
+                else:
+                    counts = [1] * b
+                for t, rows in f.items():
+                    feats[t].extend(rows.cpu().split(counts))
+        return cls(logits if with_logits else None, feats if feature_loss is not None else None, dict(meta or {}))
+
+    def lookup(
+        self, index: torch.Tensor, device: torch.device | None = None
+    ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None] | None:
+        """Teacher logit rows and feature rows of a batch, in batch order; None if an index is not cached."""
+        idx = index.tolist()
+        n = len(self.logits) if self.logits is not None else len(next(iter(self.features.values())))
+        if any(i < 0 or i >= n for i in idx):
+            return None
+        logits = torch.cat([self.logits[i] for i in idx]).to(device) if self.logits is not None else None
+        feats = (
+            {t: torch.cat([rows[i] for i in idx]).to(device) for t, rows in self.features.items()}
+            if self.features is not None
+            else None
+        )
+        return logits, feats
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"meta": self.meta, "logits": self.logits, "features": self.features}, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, meta: dict[str, Any] | None = None) -> TeacherCache | None:
+        """The cache at ``path``, or None when missing or built for other settings than ``meta``."""
+        p = Path(path)
+        if not p.is_file():
+            return None
+        data = torch.load(p, weights_only=False)
+        if meta is not None and data.get("meta") != meta:
+            return None
+        return cls(data["logits"], data["features"], data["meta"])
+
+
+def _kd_counts(task: Any, batch: dict[str, torch.Tensor], b: int) -> list[int]:
+    if task.name == "instruction":
+        return (batch["labels"][:, 1:] != -100).sum(1).tolist()
+    return [1] * b

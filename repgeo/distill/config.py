@@ -1,0 +1,347 @@
+"""Run configuration: one YAML file validated into dataclasses, with ``section.key=value`` overrides.
+
+Example (every section but ``task``, ``output_dir``, ``teacher.path`` and ``data.train`` is optional)::
+
+    task: classification            # or: instruction
+    output_dir: runs/bert-procrustes
+    seed: 0
+    teacher: {path: models/bert-teacher}
+    student: {keep_every: 2}        # or {path: models/student}, or {num_layers: 2, hidden_size: 192}
+    data: {train: data/train.csv, eval: data/dev.csv, text_field: text, label_field: label, max_length: 128}
+    loss:
+      metric: procrustes            # any name in repgeo.metrics.available()
+      alpha: 1.0                    # weight of the feature loss
+      w_task: 1.0
+      w_kd: 1.0
+      temperature: 2.0
+      pooling: mean                 # cls | mean | last | tokens
+      layer_map: uniform            # uniform | last | skip | {student_layer: teacher_layer}
+    trainer:                        # any transformers.TrainingArguments field
+      learning_rate: 5.0e-5
+      max_steps: 200
+    geometry: {metrics: [procrustes, cka, fg], probe_size: 64}
+    cache: {enabled: true}
+
+Errors raise :class:`ConfigError` naming the key (``loss.temperature: must be > 0, got -1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+TASKS = ("classification", "instruction")
+RESERVED_TRAINER_KEYS = ("output_dir", "remove_unused_columns")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the dotted key."""
+
+
+@dataclass
+class TeacherConfig:
+    path: str
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+
+@dataclass
+class StudentConfig:
+    path: str | None = None
+    keep_every: int | None = None
+    num_layers: int | None = None
+    hidden_size: int | None = None
+
+
+@dataclass
+class DataConfig:
+    train: str
+    eval: str | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    labels: list[Any] | None = None
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class LossConfig:
+    metric: str = "procrustes"
+    alpha: float = 1.0
+    w_task: float = 1.0
+    w_kd: float = 1.0
+    temperature: float = 2.0
+    pooling: Literal["cls", "mean", "last", "tokens"] = "mean"
+    layer_map: str | dict[Any, Any] = "uniform"
+    layer_weights: list[float] | dict[Any, float] | None = None
+    center: bool = True
+    normalize: Literal["frobenius", "rows"] | None = "frobenius"
+    projector: Literal["learned", "closed_form"] = "learned"
+    projector_lr: float | None = None
+    feature_tokens: Literal["all", "response"] = "all"
+
+
+@dataclass
+class GeometryConfig:
+    enabled: bool = True
+    metrics: list[str] = field(default_factory=lambda: ["procrustes", "cka", "fg", "proj_mse"])
+    probe_size: int = 64
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = False
+    path: str | None = None
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    num_samples: int | None = 64
+
+
+@dataclass
+class RunConfig:
+    task: Literal["classification", "instruction"]
+    output_dir: str
+    teacher: TeacherConfig
+    data: DataConfig
+    seed: int = 0
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats. Raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: must be one of {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: Any, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"{key}: unknown key; expected one of {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required key is missing")
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- semantic checks
+
+
+def _validate(cfg: RunConfig) -> None:
+    from repgeo.metrics import available
+
+    loss = cfg.loss
+    if loss.metric not in available():
+        raise ConfigError(f"loss.metric: unknown metric {loss.metric!r}; available: {', '.join(available())}")
+    if loss.temperature <= 0:
+        raise ConfigError(f"loss.temperature: must be > 0, got {loss.temperature}")
+    for name in ("alpha", "w_task", "w_kd"):
+        if getattr(loss, name) < 0:
+            raise ConfigError(f"loss.{name}: must be >= 0, got {getattr(loss, name)}")
+    if loss.projector_lr is not None and loss.projector_lr <= 0:
+        raise ConfigError(f"loss.projector_lr: must be > 0, got {loss.projector_lr}")
+    if isinstance(loss.layer_map, str) and loss.layer_map not in ("uniform", "last", "skip"):
+        raise ConfigError(
+            f"loss.layer_map: unknown strategy {loss.layer_map!r}; use uniform, last, skip or a mapping"
+        )
+    if loss.feature_tokens == "response" and cfg.task != "instruction":
+        raise ConfigError("loss.feature_tokens: 'response' only applies to task 'instruction'")
+    for i, m in enumerate(cfg.geometry.metrics):
+        if m not in available():
+            raise ConfigError(f"geometry.metrics[{i}]: unknown metric {m!r}; available: {', '.join(available())}")
+    if cfg.geometry.probe_size < 2:
+        raise ConfigError(f"geometry.probe_size: must be >= 2, got {cfg.geometry.probe_size}")
+    st = cfg.student
+    if st.path is not None and any(v is not None for v in (st.keep_every, st.num_layers, st.hidden_size)):
+        raise ConfigError("student.path: give a student folder or keep_every/num_layers/hidden_size, not both")
+    if st.keep_every is not None and st.num_layers is not None:
+        raise ConfigError("student.keep_every: give keep_every or num_layers, not both")
+    for name in ("keep_every", "num_layers", "hidden_size"):
+        v = getattr(st, name)
+        if v is not None and v < 1:
+            raise ConfigError(f"student.{name}: must be >= 1, got {v}")
+    if cfg.data.max_length < 2:
+        raise ConfigError(f"data.max_length: must be >= 2, got {cfg.data.max_length}")
+    _validate_trainer(cfg.trainer)
+
+
+def _validate_trainer(trainer: dict[str, Any]) -> None:
+    import transformers
+
+    names = {f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init}
+    for key in trainer:
+        if key in RESERVED_TRAINER_KEYS:
+            raise ConfigError(f"trainer.{key}: set by the runner (use the top-level output_dir)")
+        if key not in names:
+            close = [n for n in names if n.startswith(str(key)[:4])][:5]
+            hint = f"; did you mean one of {close}?" if close else ""
+            raise ConfigError(f"trainer.{key}: not a transformers.TrainingArguments field{hint}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def _fix_floats(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-5`` as a string; turn such exponent-only numbers into floats."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _fix_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_floats(v) for v in value]
+    return value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["trainer.learning_rate=3e-5", "loss.metric=cka"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: an override must look like section.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{item}: malformed key in override")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "layer_map":
+            out[k] = _merge(out[k], v, f"{prefix}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Validate a plain dict (and optional overrides) into a :class:`RunConfig`."""
+    if overrides:
+        data = _merge(data or {}, parse_overrides(overrides))
+    data = _fix_floats(data or {})
+    cfg = _build(RunConfig, data or {}, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run configuration and apply ``section.key=value`` overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {p} is not valid YAML: {exc}") from exc
+    return config_from_dict(data, overrides)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved configuration as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,203 @@
+"""The feature loss: a registered metric's smooth loss form between mapped teacher and student layers.
+
+For a layer map ``{s_k: t_k}`` with weights ``w_k``, teacher rows ``X_k`` (n x p) and student rows ``Y_k``
+(n x q), the module returns::
+
+    L_feat = sum_k w_k * D(X_k, Y_k)
+
+where ``D`` is the metric's smooth loss form from :mod:`repgeo.metrics.registry` (squared Procrustes,
+1 - CKA, squared FG, ...), computed after the metrics core's preprocessing (centre, then unit Frobenius norm by
+default). Rows are pooled sequences (``cls``/``mean``/``last``: one row per example) or every unpadded token
+(``tokens``); padding is masked through the attention mask (and an optional token mask, e.g. response tokens).
+
+**Projection-MSE** (``metric="proj_mse"``) uses a *learned* linear projector per layer pair by default
+(FitNets / TinyBERT), ``D = ||P(Y) W_k^T - P(X)||_F^2`` with ``P`` the same preprocessing and
+``W_k = nn.Linear(q, p, bias=False)`` (no bias: both sides are centred). Shapes come from the models' hidden sizes.
+Initialisation: ``nn.init.orthogonal_``, i.e. a (semi-)orthogonal map, so at the start the projection keeps the
+student's norm and the loss equals a Procrustes-like distance rather than an arbitrary scale. The projectors are
+ordinary parameters of this module (the trainer gives them their own optimizer group and saves
+``feature_loss.pt`` with every checkpoint). ``projector="closed_form"`` uses the registry's closed-form
+``min_W`` instead (no parameters).
+
+All feature losses are computed in float32 with autocast disabled, whatever the training precision. Under data
+parallelism rows are gathered from every rank (teacher without, student with gradient) so the loss is that of
+the global batch (see :mod:`repgeo.distill.gather`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from repgeo.metrics import get as get_metric
+from repgeo.metrics._prep import preprocess
+from repgeo.probe.pooling import pool
+
+from .gather import gather_rows
+
+POOLINGS = ("cls", "mean", "last", "tokens")
+Features = Mapping[int, torch.Tensor]
+
+
+def pair_name(student_layer: int, teacher_layer: int) -> str:
+    """Key of one layer pair, e.g. ``s2_t4``."""
+    return f"s{student_layer}_t{teacher_layer}"
+
+
+@dataclass
+class FeatureLossOutput:
+    """The weighted total and the unweighted loss of every layer pair."""
+
+    total: torch.Tensor
+    pairs: dict[str, torch.Tensor]
+
+
+class FeatureLoss(nn.Module):
+    """Weighted sum of a metric's smooth loss over mapped layer pairs (see the module docstring).
+
+    Parameters
+    ----------
+    metric: a registered metric name (``repgeo.metrics.available()``).
+    layer_map: ``{student_layer: teacher_layer}`` in ``hidden_states`` numbering (0 = embeddings).
+    student_dims, teacher_dims: hidden sizes per layer (or one int for all); needed for the learned projector.
+    pooling: ``cls``, ``mean``, ``last`` or ``tokens``.
+    weights: one weight per pair (a sequence in map order, or ``{student_layer: w}``); default 1 each.
+    center, normalize: preprocessing passed to the metric (see :mod:`repgeo.metrics._prep`).
+    projector: ``"learned"`` (default for proj_mse) or ``"closed_form"``; ignored by other metrics.
+    gather: gather rows across data-parallel ranks (no-op on one process).
+    """
+
+    def __init__(
+        self,
+        metric: str,
+        layer_map: Mapping[int, int],
+        *,
+        student_dims: Mapping[int, int] | int | None = None,
+        teacher_dims: Mapping[int, int] | int | None = None,
+        pooling: str = "mean",
+        weights: Sequence[float] | Mapping[int, float] | None = None,
+        center: bool = True,
+        normalize: Literal["frobenius", "rows"] | None = "frobenius",
+        projector: Literal["learned", "closed_form"] = "learned",
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        self.spec = get_metric(metric)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        if not layer_map:
+            raise ValueError("layer_map is empty: map at least one student layer to a teacher layer")
+        if projector not in ("learned", "closed_form"):
+            raise ValueError(f"projector must be 'learned' or 'closed_form'; got {projector!r}")
+        self.metric = metric
+        self.layer_map = {int(s): int(t) for s, t in layer_map.items()}
+        self.pooling = pooling
+        self.center = center
+        self.normalize = normalize
+        self.gather = gather
+        self.weights = self._resolve_weights(weights)
+        self.learned = metric == "proj_mse" and projector == "learned"
+        self.projectors = nn.ModuleDict()
+        if self.learned:
+            if student_dims is None or teacher_dims is None:
+                raise ValueError("projection-MSE with a learned projector needs student_dims and teacher_dims")
+            for s, t in self.layer_map.items():
+                q = student_dims if isinstance(student_dims, int) else student_dims[s]
+                p = teacher_dims if isinstance(teacher_dims, int) else teacher_dims[t]
+                lin = nn.Linear(q, p, bias=False)
+                nn.init.orthogonal_(lin.weight)
+                self.projectors[pair_name(s, t)] = lin
+
+    def _resolve_weights(self, weights: Sequence[float] | Mapping[int, float] | None) -> dict[int, float]:
+        keys = list(self.layer_map)
+        if weights is None:
+            return dict.fromkeys(keys, 1.0)
+        if isinstance(weights, Mapping):
+            extra = set(map(int, weights)) - set(keys)
+            if extra:
+                raise ValueError(f"layer weights given for student layers {sorted(extra)} that are not mapped")
+            return {k: float(weights.get(k, weights.get(str(k), 1.0))) for k in keys}  # type: ignore[call-overload]
+        if len(weights) != len(keys):
+            raise ValueError(f"{len(weights)} layer weights for {len(keys)} mapped layer pairs")
+        return {k: float(w) for k, w in zip(keys, weights, strict=True)}
+
+    @property
+    def teacher_layers(self) -> list[int]:
+        """The teacher hidden-state indices the loss reads."""
+        return sorted(set(self.layer_map.values()))
+
+    def features(
+        self,
+        hidden_states: Sequence[torch.Tensor],
+        layers: Sequence[int],
+        attention_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Pooled float32 rows of the given hidden-state indices."""
+        return {i: pool(hidden_states[i], attention_mask, self.pooling, token_mask).float() for i in layers}
+
+    def teacher_features(
+        self,
+        hidden_states: Sequence[torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Detached pooled teacher rows for every mapped teacher layer."""
+        with torch.no_grad():
+            return {
+                i: f.detach()
+                for i, f in self.features(hidden_states, self.teacher_layers, attention_mask, token_mask).items()
+            }
+
+    def pair_loss(self, name: str, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Unweighted loss of one pair on (already gathered) rows X (teacher) and Y (student)."""
+        if self.learned:
+            Xp = preprocess(X, "X", center=self.center, normalize=self.normalize)
+            Yp = preprocess(Y, "Y", center=self.center, normalize=self.normalize)
+            proj = self.projectors[name]
+            residual = Yp @ proj.weight.float().T - Xp
+            return (residual * residual).sum()
+        return self.spec.loss(X, Y, center=self.center, normalize=self.normalize)
+
+    def forward(
+        self,
+        teacher: Sequence[torch.Tensor] | Features,
+        student: Sequence[torch.Tensor] | Features,
+        attention_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> FeatureLossOutput:
+        """Loss between teacher and student.
+
+        ``teacher`` / ``student``: a model's ``hidden_states`` tuple, or already pooled rows
+        ``{layer: (n, d)}`` (e.g. teacher features from a cache). Masks apply to hidden states only.
+        """
+        ref = next(iter(student.values())) if isinstance(student, Mapping) else student[0]
+        with torch.autocast(device_type=ref.device.type, enabled=False):
+            if not isinstance(teacher, Mapping):
+                teacher = self.teacher_features(teacher, attention_mask, token_mask)
+            if not isinstance(student, Mapping):
+                student = self.features(student, list(self.layer_map), attention_mask, token_mask)
+            pairs: dict[str, torch.Tensor] = {}
+            total = ref.new_zeros((), dtype=torch.float32)
+            for s, t in self.layer_map.items():
+                X = teacher[t].detach().float().to(ref.device)
+                Y = student[s].float()
+                if X.shape[0] != Y.shape[0]:
+                    raise ValueError(
+                        f"layer pair {pair_name(s, t)}: teacher has {X.shape[0]} rows, student {Y.shape[0]}; "
+                        "teacher and student must see the same tokens (same tokenizer and masks)"
+                    )
+                if self.gather:
+                    X, Y = gather_rows(X, with_grad=False), gather_rows(Y, with_grad=True)
+                name = pair_name(s, t)
+                value = self.pair_loss(name, X, Y)
+                pairs[name] = value
+                total = total + self.weights[s] * value
+        return FeatureLossOutput(total, pairs)
+
+    def extra_repr(self) -> str:
+        return f"metric={self.metric!r}, pooling={self.pooling!r}, layer_map={self.layer_map}"

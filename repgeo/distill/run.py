@@ -1,0 +1,193 @@
+"""From a :class:`~repgeo.distill.config.RunConfig` to a trained student: the ``repgeo distill`` engine.
+
+The run folder (``output_dir``) receives ``config.yaml`` (the resolved configuration), ``layer_map.json``,
+the Trainer's ``checkpoint-N`` folders (each with ``feature_loss.pt`` when the loss has parameters),
+``final/`` (student, tokenizer, ``feature_loss.pt``), ``metrics.json`` (final evaluation),
+``geometry.csv`` / ``geometry.png`` and, when enabled, ``teacher_cache.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from .cache import TeacherCache
+from .checks import hidden_sizes
+from .config import RunConfig, save_config
+from .feature_loss import FeatureLoss
+from .geometry import GeometryProbe
+from .mapping import format_layer_map, resolve_layer_map, save_layer_map
+from .students import derive_student
+from .tasks import ClassificationTask, InstructionTask
+from .trainer import DistillationTrainer
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class DistillResult:
+    """What a run produced."""
+
+    output_dir: Path
+    layer_map: dict[int, int]
+    metrics: dict[str, float] = field(default_factory=dict)
+    trainer: DistillationTrainer | None = None
+
+
+def _model_class(task: str) -> Any:
+    return (transformers.AutoModelForSequenceClassification if task == "classification"
+            else transformers.AutoModelForCausalLM)
+
+
+def _load_tokenizer(path: str) -> Any | None:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def build_student(cfg: RunConfig, teacher: transformers.PreTrainedModel) -> tuple[Any, Any | None]:
+    """The student model (and its own tokenizer when loaded from a folder that has one)."""
+    st = cfg.student
+    if st.path is not None:
+        kwargs = {"num_labels": teacher.config.num_labels} if cfg.task == "classification" else {}
+        model = _model_class(cfg.task).from_pretrained(st.path, **kwargs)
+        return model, _load_tokenizer(st.path)
+    if st.keep_every is None and st.num_layers is None and st.hidden_size is None:
+        raise ValueError("student: give a path, or derive it with keep_every / num_layers / hidden_size")
+    return derive_student(teacher, keep_every=st.keep_every, num_layers=st.num_layers,
+                          hidden_size=st.hidden_size, seed=cfg.seed), None
+
+
+def build_trainer(
+    cfg: RunConfig, *, callbacks: list[Any] | None = None, verbose: bool = True
+) -> tuple[DistillationTrainer, dict[int, int]]:
+    """Load teacher, data and student, resolve the layer map and build the trainer (nothing is trained)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    transformers.set_seed(cfg.seed)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.teacher.path)
+    if cfg.task == "classification":
+        task: Any = ClassificationTask(tokenizer, cfg.data)
+    else:
+        task = InstructionTask(tokenizer, cfg.data)
+    train = task.dataset(cfg.data.train, cfg.data.max_train_samples)
+    evals = task.dataset(cfg.data.eval, cfg.data.max_eval_samples) if cfg.data.eval else None
+    kwargs: dict[str, Any] = {}
+    if cfg.teacher.dtype:
+        kwargs["dtype"] = _DTYPES[cfg.teacher.dtype]
+    teacher = _model_class(cfg.task).from_pretrained(cfg.teacher.path, **kwargs)
+    if cfg.task == "classification" and teacher.config.num_labels != task.num_labels:
+        raise ValueError(f"the teacher has {teacher.config.num_labels} labels, the data {task.num_labels} "
+                         f"({task.labels})")
+    student, student_tok = build_student(cfg, teacher)
+    s_dims, t_dims = hidden_sizes(student), hidden_sizes(teacher)
+    layer_map = resolve_layer_map(cfg.loss.layer_map, len(s_dims) - 1, len(t_dims) - 1)
+    if verbose:
+        print(f"[repgeo distill] layer map: {format_layer_map(layer_map)}")
+    save_layer_map(layer_map, out / "layer_map.json")
+    lw = cfg.loss.layer_weights
+    if isinstance(lw, dict):
+        lw = {int(k): v for k, v in lw.items()}
+    feature_loss = None
+    if cfg.loss.alpha > 0:
+        feature_loss = FeatureLoss(
+            cfg.loss.metric, layer_map, student_dims=dict(enumerate(s_dims)), teacher_dims=dict(enumerate(t_dims)),
+            pooling=cfg.loss.pooling, weights=lw, center=cfg.loss.center, normalize=cfg.loss.normalize,
+            projector=cfg.loss.projector,
+        )
+    targs = {"report_to": "none", "seed": cfg.seed, "save_strategy": "steps", **cfg.trainer}
+    if evals is None:
+        targs["eval_strategy"] = "no"
+    args = transformers.TrainingArguments(output_dir=str(out), remove_unused_columns=False, **targs)
+    cache = None
+    if cfg.cache.enabled:
+        cache = _teacher_cache(cfg, teacher, train, task, feature_loss, layer_map, args.device)
+    geometry = None
+    if cfg.geometry.enabled:
+        probe_src = evals if evals is not None else train
+        geometry = GeometryProbe(
+            probe_src.items[: cfg.geometry.probe_size], task.collate, layer_map, pooling=cfg.loss.pooling,
+            metrics=cfg.geometry.metrics,
+            token_mask=lambda b: task.feature_mask(b, cfg.loss.feature_tokens),
+            batch_size=args.per_device_eval_batch_size,
+        )
+    trainer = DistillationTrainer(
+        model=student, teacher=teacher, task=task, feature_loss=feature_loss, alpha=cfg.loss.alpha,
+        w_task=cfg.loss.w_task, w_kd=cfg.loss.w_kd, temperature=cfg.loss.temperature,
+        feature_tokens=cfg.loss.feature_tokens, projector_lr=cfg.loss.projector_lr, teacher_cache=cache,
+        student_tokenizer=student_tok, geometry=geometry,
+        generation={"max_new_tokens": cfg.generation.max_new_tokens, "num_samples": cfg.generation.num_samples},
+        args=args, train_dataset=train, eval_dataset=evals,
+        compute_metrics=ClassificationTask.compute_metrics if cfg.task == "classification" else None,
+        callbacks=callbacks,
+    )
+    if cfg.task == "classification":
+        labels = [str(x) for x in task.labels]
+        student.config.id2label = dict(enumerate(labels))
+        student.config.label2id = {lab: i for i, lab in enumerate(labels)}
+    return trainer, layer_map
+
+
+def _teacher_cache(cfg: RunConfig, teacher: Any, train: Any, task: Any, feature_loss: Any, layer_map: dict[int, int],
+                   device: Any) -> TeacherCache:
+    path = Path(cfg.cache.path) if cfg.cache.path else Path(cfg.output_dir) / "teacher_cache.pt"
+    data_file = Path(cfg.data.train)
+    meta = {
+        "teacher": str(Path(cfg.teacher.path).resolve()), "teacher_dtype": cfg.teacher.dtype,
+        "data": str(data_file.resolve()), "data_mtime": data_file.stat().st_mtime, "n": len(train),
+        "max_length": cfg.data.max_length, "pooling": cfg.loss.pooling,
+        "teacher_layers": sorted(set(layer_map.values())) if feature_loss is not None else [],
+        "feature_tokens": cfg.loss.feature_tokens, "logits": cfg.loss.w_kd > 0, "task": cfg.task,
+    }
+    cache = TeacherCache.load(path, meta)
+    if cache is None:
+        teacher.to(device)
+        cache = TeacherCache.build(teacher, train, task.collate, task=task, feature_loss=feature_loss,
+                                   feature_tokens=cfg.loss.feature_tokens, with_logits=cfg.loss.w_kd > 0, meta=meta)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cache.save(path)
+    return cache
+
+
+def run_distillation(
+    cfg: RunConfig, *, resume: bool = False, callbacks: list[Any] | None = None, verbose: bool = True
+) -> DistillResult:
+    """Train a student as configured; ``resume=True`` continues from the run folder's last checkpoint
+    (weights, optimizer, scheduler, projectors and RNG state)."""
+    out = Path(cfg.output_dir)
+    checkpoint = None
+    if resume:
+        checkpoint = transformers.trainer_utils.get_last_checkpoint(str(out)) if out.is_dir() else None
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: no checkpoint-N folder in {out}")
+        if verbose:
+            print(f"[repgeo distill] resuming from {checkpoint}")
+    trainer, layer_map = build_trainer(cfg, callbacks=callbacks, verbose=verbose)
+    save_config(cfg, out / "config.yaml")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    final = out / "final"
+    trainer.save_model(str(final))
+    if trainer.args.should_save:
+        trainer.save_feature_loss(str(final))
+    metrics: dict[str, float] = {}
+    if trainer.eval_dataset is not None:
+        last = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if last and last[-1].get("step") == trainer.state.global_step:  # just evaluated: reuse
+            metrics = {k: v for h in trainer.state.log_history if h.get("step") == trainer.state.global_step
+                       and any(k.startswith(("eval_", "geometry/")) for k in h) for k, v in h.items()}
+        else:
+            metrics = trainer.evaluate()
+    if trainer.args.should_save:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if trainer.geometry is not None:
+            trainer.geometry.write(out)
+    if verbose and metrics:
+        print("[repgeo distill] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                              if isinstance(v, float) and not k.startswith("eval_geometry")))
+    return DistillResult(out, layer_map, metrics, trainer)

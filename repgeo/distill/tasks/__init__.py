@@ -1,0 +1,26 @@
+"""Tasks: how records are read, tokenised, batched, which logits the KD term compares, and how runs are scored.
+
+* ``classification`` — sequence classification (BERT family): CSV or JSONL with a text and a label column;
+  accuracy, F1 (binary, or macro for more classes) and Matthews correlation.
+* ``instruction`` — instruction following (OPT / Llama causal LMs): JSONL with prompt and response; the task and
+  KD losses cover response tokens only; scored by greedy generation with ROUGE-L and exact match.
+"""
+
+from __future__ import annotations
+
+from .base import Task, load_records
+from .classification import ClassificationTask
+from .instruction import InstructionTask
+
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "instruction": InstructionTask}
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class registered under ``name``."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None
+
+
+__all__ = ["TASKS", "ClassificationTask", "InstructionTask", "Task", "get_task", "load_records"]

@@ -1,0 +1,74 @@
+"""Sequence classification (BERT family): text + label -> class; accuracy, F1, MCC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import ListDataset, Task, load_records, pad, require_fields
+
+
+class ClassificationTask(Task):
+    """Records ``{text_field: str, label_field: label}``; labels mapped to ids in sorted order (or
+    ``data.labels`` order when given)."""
+
+    name = "classification"
+
+    def __init__(self, tokenizer: Any, data_cfg: Any, labels: list[Any] | None = None) -> None:
+        super().__init__(tokenizer, data_cfg)
+        self.labels: list[Any] | None = list(labels) if labels is not None else data_cfg.labels
+
+    def dataset(self, path: str, max_samples: int | None = None) -> ListDataset:
+        cfg = self.data_cfg
+        records = load_records(path)[:max_samples]
+        require_fields(records, [cfg.text_field, cfg.label_field], path)
+        if self.labels is None:
+            self.labels = sorted({r[cfg.label_field] for r in records}, key=str)
+        index = {str(lab): i for i, lab in enumerate(self.labels)}
+        items = []
+        for i, r in enumerate(records):
+            key = str(r[cfg.label_field])
+            if key not in index:
+                raise ValueError(f"data file {path!r}, record {i}: label {r[cfg.label_field]!r} not in {self.labels}")
+            enc = self.tokenizer(str(r[cfg.text_field]), truncation=True, max_length=cfg.max_length)
+            items.append({"input_ids": enc["input_ids"], "labels": index[key], "example_index": i})
+        return ListDataset(items)
+
+    @property
+    def num_labels(self) -> int:
+        if self.labels is None:
+            raise RuntimeError("labels are known once a training set is read")
+        return len(self.labels)
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [f["input_ids"] for f in features]
+        input_ids = pad(ids, self.tokenizer.pad_token_id)
+        attention_mask = pad([[1] * len(s) for s in ids], 0)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long),
+            "example_index": torch.tensor([f["example_index"] for f in features], dtype=torch.long),
+        }
+
+    def kd_logits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return logits
+
+    @staticmethod
+    def compute_metrics(eval_pred: Any) -> dict[str, float]:
+        """Accuracy, F1 (binary for 2 classes, else macro) and Matthews correlation."""
+        from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        pred = np.asarray(logits).argmax(-1)
+        labels = np.asarray(labels)
+        average = "binary" if logits.shape[-1] == 2 else "macro"
+        return {
+            "accuracy": float(accuracy_score(labels, pred)),
+            "f1": float(f1_score(labels, pred, average=average, zero_division=0)),
+            "mcc": float(matthews_corrcoef(labels, pred)),
+        }

@@ -1,0 +1,268 @@
+"""``DistillationTrainer``: a ``transformers.Trainer`` whose loss distils a frozen teacher into the student.
+
+The loss of a batch is::
+
+    L = w_task * CE(student)  +  w_kd * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))  +  alpha * L_feat
+
+where ``z_t``, ``z_s`` are the teacher's and student's logits at the task's KD positions (every example for
+classification, response-predicting positions for instruction following; KL averaged over those rows) and
+``L_feat = sum_k w_k D(teacher layer t_k, student layer s_k)`` is the :class:`FeatureLoss`. Every term is logged
+separately (``loss_task``, ``loss_kd``, ``loss_feature`` and one ``loss_feature/<pair>`` per layer pair, averaged
+over the logging interval and the ranks). The teacher is frozen, in eval mode, and run under ``no_grad`` (or
+replaced by a :class:`~repgeo.distill.cache.TeacherCache`). The feature loss's projectors (projection-MSE) get
+their own optimizer parameter group (``projector_lr``, no weight decay) and are saved as ``feature_loss.pt`` in
+every checkpoint and restored on resume. Gradient clipping (``max_grad_norm``) covers the student only.
+
+Every term is a per-batch mean, so the trainer tells the base class not to rescale by token counts
+(``model_accepts_loss_kwargs = False``); gradient accumulation then averages micro-batches. Under data
+parallelism the feature loss sees the global batch (rows gathered with gradient); the CE and KD terms are
+averaged over ranks by DDP.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import TrainerCallback
+
+from .checks import check_layer_map, check_logits, check_projectors, check_tokenizers, check_vocab_covers, hidden_sizes
+from .feature_loss import FeatureLoss
+from .gather import all_reduce_mean
+
+FEATURE_LOSS_FILE = "feature_loss.pt"
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over rows, in float32 (0 for no rows)."""
+    if student_logits.shape[0] == 0:
+        return student_logits.new_zeros((), dtype=torch.float32)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+
+
+class _TermMeter:
+    """Running sums of the loss terms between two logs."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+
+    def pop(self, prefix: str = "") -> dict[str, float]:
+        if not self.count:
+            return {}
+        keys = sorted(self.sums)
+        values = all_reduce_mean(torch.stack([self.sums[k] for k in keys]) / self.count)
+        self.sums, self.count = {}, 0
+        return {f"{prefix}{k}": float(v) for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+class _ZeroFeatureGrads(TrainerCallback):
+    """The base trainer zeroes the student's gradients only; the projectors' are zeroed here."""
+
+    def __init__(self, feature_loss: FeatureLoss) -> None:
+        self.feature_loss = feature_loss
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.feature_loss.zero_grad(set_to_none=True)
+
+
+class DistillationTrainer(transformers.Trainer):
+    """Trainer for teacher -> student distillation (see the module docstring for the loss).
+
+    Parameters beyond ``transformers.Trainer``'s: ``teacher``; ``task`` (a :mod:`repgeo.distill.tasks` object
+    giving the KD positions and token masks); ``feature_loss`` (or None); ``alpha``, ``w_task``, ``w_kd``,
+    ``temperature``; ``feature_tokens`` (``"all"`` or ``"response"``); ``projector_lr`` (default: the
+    student's learning rate); ``teacher_cache``; ``student_tokenizer`` (checked against ``processing_class``,
+    the teacher's tokenizer); ``geometry`` (a :class:`~repgeo.distill.geometry.GeometryProbe`, run at every
+    evaluation); ``generation`` (``{"max_new_tokens", "num_samples"}``, instruction task only).
+    """
+
+    def __init__(
+        self,
+        model: transformers.PreTrainedModel,
+        teacher: transformers.PreTrainedModel,
+        *,
+        task: Any,
+        feature_loss: FeatureLoss | None = None,
+        alpha: float = 1.0,
+        w_task: float = 1.0,
+        w_kd: float = 1.0,
+        temperature: float = 2.0,
+        feature_tokens: str = "all",
+        projector_lr: float | None = None,
+        teacher_cache: Any | None = None,
+        student_tokenizer: Any | None = None,
+        geometry: Any | None = None,
+        generation: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0; got {temperature}")
+        kwargs.setdefault("data_collator", task.collate)
+        kwargs.setdefault("processing_class", task.tokenizer)
+        super().__init__(model=model, **kwargs)
+        self.teacher = teacher
+        self.task = task
+        self.feature_loss = feature_loss if alpha > 0 else None
+        self.alpha, self.w_task, self.w_kd, self.temperature = alpha, w_task, w_kd, temperature
+        self.feature_tokens = feature_tokens
+        self.projector_lr = projector_lr
+        self.teacher_cache = teacher_cache
+        self.geometry = geometry
+        self.generation = generation or {}
+        # every term is a per-batch mean: no token-count rescaling by the base class
+        self.model_accepts_loss_kwargs = False
+        self._train_terms, self._eval_terms = _TermMeter(), _TermMeter()
+        self._check(student_tokenizer)
+        teacher.to(self.args.device)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if self.feature_loss is not None:
+            self.feature_loss.to(self.args.device)
+            self.add_callback(_ZeroFeatureGrads(self.feature_loss))
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, student_tokenizer: Any | None) -> None:
+        tok = self.processing_class
+        check_tokenizers(tok, student_tokenizer)
+        if tok is not None:
+            check_vocab_covers(tok, self.teacher, "teacher")
+            check_vocab_covers(tok, self.model, "student")
+        if self.w_kd > 0:
+            check_logits(self.teacher, self.model)
+        if self.feature_loss is not None:
+            s_dims, t_dims = hidden_sizes(self.model), hidden_sizes(self.teacher)
+            check_layer_map(self.feature_loss.layer_map, len(s_dims) - 1, len(t_dims) - 1)
+            check_projectors(self.feature_loss, s_dims, t_dims)
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        params = list(self.feature_loss.parameters()) if self.feature_loss is not None else []
+        if params and not any(params[0] is q for g in optimizer.param_groups for q in g["params"]):
+            lr = self.projector_lr if self.projector_lr is not None else self.args.learning_rate
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0, "lr": lr})
+        return optimizer
+
+    # ------------------------------------------------------------------ loss
+    def _teacher_outputs(
+        self, inputs: dict[str, torch.Tensor], index: torch.Tensor | None, token_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
+        need_kd = self.w_kd > 0
+        need_feat = self.feature_loss is not None
+        if not (need_kd or need_feat):
+            return None, None
+        if self.teacher_cache is not None and index is not None and self.model.training:
+            hit = self.teacher_cache.lookup(index, device=inputs["input_ids"].device)
+            if hit is not None:
+                return hit
+        self.teacher.eval()
+        with torch.no_grad():
+            out = self.teacher(
+                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                output_hidden_states=need_feat,
+            )
+            logits = self.task.kd_logits(out.logits, inputs) if need_kd else None
+            feats = (
+                self.feature_loss.teacher_features(out.hidden_states, inputs.get("attention_mask"), token_mask)
+                if need_feat
+                else None
+            )
+        return logits, feats
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        inputs = dict(inputs)
+        index = inputs.pop("example_index", None)
+        token_mask = self.task.feature_mask(inputs, self.feature_tokens)
+        outputs = model(**inputs, output_hidden_states=self.feature_loss is not None)
+        terms: dict[str, torch.Tensor] = {}
+        ce = outputs.loss.float()
+        terms["loss_task"] = ce
+        total = self.w_task * ce
+        t_logits, t_feats = self._teacher_outputs(inputs, index, token_mask)
+        if t_logits is not None:
+            kd = kd_loss(self.task.kd_logits(outputs.logits, inputs), t_logits, self.temperature)
+            terms["loss_kd"] = kd
+            total = total + self.w_kd * kd
+        if self.feature_loss is not None:
+            fl = self.feature_loss(t_feats, outputs.hidden_states, inputs.get("attention_mask"), token_mask)
+            terms["loss_feature"] = fl.total
+            terms.update({f"loss_feature/{k}": v for k, v in fl.pairs.items()})
+            total = total + self.alpha * fl.total
+        (self._train_terms if model.training else self._eval_terms).add(terms)
+        if return_outputs:
+            return total, type(outputs)(loss=total.detach(), logits=outputs.logits)
+        return total
+
+    def prediction_step(self, model: Any, inputs: Any, prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
+        if self.task.name == "instruction":  # scored by generation, not by stored logits
+            prediction_loss_only = True
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    # ------------------------------------------------------------------ logging and evaluation
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self._train_terms.pop())
+        super().log(logs, start_time)
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        self._eval_terms = _TermMeter()
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        extra = self._eval_terms.pop(prefix=f"{metric_key_prefix}_")
+        if self.task.name == "instruction" and self.generation.get("max_new_tokens", 0) > 0:
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            scores = self.task.generate_scores(
+                self.accelerator.unwrap_model(self.model), dataset,
+                max_new_tokens=self.generation["max_new_tokens"], num_samples=self.generation.get("num_samples"),
+                batch_size=self.args.per_device_eval_batch_size,
+            )
+            extra.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
+        if self.geometry is not None:
+            extra.update(self.geometry.measure(self.teacher, self.accelerator.unwrap_model(self.model),
+                                               step=self.state.global_step))
+        if extra:
+            self.log(dict(extra))
+            metrics.update(extra)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.feature_loss is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            self.save_feature_loss(folder)
+
+    def save_feature_loss(self, folder: str) -> None:
+        """Write the feature loss's state (projectors) as ``feature_loss.pt`` in ``folder``."""
+        if self.feature_loss is not None:
+            os.makedirs(folder, exist_ok=True)
+            torch.save(self.feature_loss.state_dict(), os.path.join(folder, FEATURE_LOSS_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.feature_loss is None or not list(self.feature_loss.parameters()):
+            return
+        path = os.path.join(resume_from_checkpoint, FEATURE_LOSS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {resume_from_checkpoint} has no {FEATURE_LOSS_FILE} (projectors)")
+        state = torch.load(path, map_location=self.args.device, weights_only=True)
+        self.feature_loss.load_state_dict(state)
