@@ -95,3 +95,24 @@ def test_clamping_only_absorbs_rounding():
     raw_d2 = np.sum(Xp**2) + np.sum(Yp**2) - 2 * nuc
     assert abs(raw_cos - 1) < 1e-14 and abs(raw_d2) < 1e-14
     assert repgeo.nbs(Xp, Yp) <= 1.0 and repgeo.procrustes(Xp, Yp, kind="squared") >= 0.0
+
+
+def test_debiased_cka_refuses_a_self_hsic_at_rounding_level():
+    """Equal singular values with n <= width make K proportional to the centring matrix: HSIC_u(K, K) = 0."""
+    rng = np.random.default_rng(3)
+    u, _, vt = np.linalg.svd(rng.normal(size=(41, 56)), full_matrices=False)
+    X = u @ vt
+    with pytest.raises(ValueError, match="not positive beyond rounding"):
+        repgeo.cka(X, rng.normal(size=(41, 18)), debiased=True)
+
+
+def test_float32_torch_inputs_of_row_wise_estimators_are_computed_in_float64():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(86, 9)).astype(np.float32)
+    X[43:] = X[:43] + np.float32(1e-6) * rng.normal(size=(43, 9)).astype(np.float32)  # near-duplicate rows
+    Y = np.hstack([X, X @ rng.normal(size=(9, 33)).astype(np.float32)])
+    for fn in (repgeo.proj_mse, lambda a, b: repgeo.cka(a, b, debiased=True)):
+        want = float(fn(X.astype(np.float64), Y.astype(np.float64)))
+        got = fn(torch.from_numpy(X), torch.from_numpy(Y))
+        assert got.dtype == torch.float32
+        assert float(got) == pytest.approx(want, abs=1e-6)

@@ -109,3 +109,26 @@ def full_precision(fn: Any) -> Any:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def in_float64(fn: Any) -> Any:
+    """Run a metric in float64 on the torch backend too, returning the inputs' compute dtype.
+
+    For estimators whose float32 rounding errors are not small (debiased CKA cancels large U-statistic terms;
+    the closed-form projection squares the student's condition number), measured in
+    ``benchmarks/results/float32_accuracy.json``. Gradients flow through the casts.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(X: Any, Y: Any = None, **kwargs: Any) -> Any:
+        floating = is_torch(X) and is_torch(Y) and X.dtype.is_floating_point and Y.dtype.is_floating_point
+        if not floating or X.device != Y.device:  # other inputs: the metric itself accepts or refuses them
+            return fn(X, Y, **kwargs)
+        import torch
+
+        out_dtype = max(float_dtype(None, X), float_dtype(None, Y), key=lambda d: torch.finfo(d).bits)
+        value = fn(X.to(torch.float64), Y.to(torch.float64), **kwargs)
+        return value.to(out_dtype)
+
+    return wrapper

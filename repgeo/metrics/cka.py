@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, full_precision, to_scalar_output
+from ._xp import Array, eps, full_precision, in_float64, to_scalar_output
 
 Kernel = Literal["linear", "rbf"]
 
@@ -79,11 +79,24 @@ def _centered_inner(xp: Any, K: Array, L: Array) -> Array:
     return xp.sum(center(K) * center(L))
 
 
-def _cosine(xp: Any, kl: Array, kk: Array, ll: Array, name: str, lo: float) -> Array:
-    if not (bool(kk > 0) and bool(ll > 0)):
+def _cosine(
+    xp: Any, kl: Array, kk: Array, ll: Array, name: str, lo: float, scales: tuple[Array, Array, int] | None = None
+) -> Array:
+    """``kl / sqrt(kk ll)``, refusing self-HSICs that are not positive beyond rounding.
+
+    ``scales``: magnitudes of the terms the unbiased estimator cancels (``<K,K>/(n(n-3))``, same for L) and n;
+    a self-HSIC below
+    ``64 n eps`` times it is rounding noise (e.g. K proportional to the centring matrix, whose U-centred form is
+    0), and the cosine would be noise too.
+    """
+    floor_k, floor_l = (0.0, 0.0)
+    if scales is not None:
+        tol = 64 * scales[2] * eps(kk)
+        floor_k, floor_l = tol * scales[0], tol * scales[1]
+    if not (bool(kk > floor_k) and bool(ll > floor_l)):
         raise ValueError(
-            f"{name} is undefined: the HSIC of X or Y with itself is not positive "
-            "(a constant input, or too few distinct rows)"
+            f"{name} is undefined: the HSIC of X or Y with itself is not positive beyond rounding "
+            "(a constant input, too few distinct rows, or equal singular values with n <= width)"
         )
     return xp.clip(kl / xp.sqrt(kk * ll), min=lo, max=1.0)
 
@@ -128,12 +141,26 @@ def cka(
 
     Linear biased CKA lies in [0, 1]; ``debiased=True`` (needs n >= 4) in [-1, 1]. ``kernel="rbf"`` with
     bandwidth ``sigma`` (None: median heuristic). Only biased linear CKA can take a
-    :class:`~repgeo.metrics.Moments` as ``X``.
+    :class:`~repgeo.metrics.Moments` as ``X``. The debiased estimator is computed in float64 on the torch backend
+    too (its float32 cancellation errors reached 0.45) and returned in the input's dtype.
     """
     if kernel not in ("linear", "rbf"):
         raise ValueError(f"kernel must be 'linear' or 'rbf'; got {kernel!r}")
     if sigma is not None and not (isinstance(sigma, (int, float)) and sigma > 0):
         raise ValueError(f"sigma must be a positive number or None; got {sigma!r}")
+    if debiased:
+        return _cka_rowwise_float64(X, Y, kernel=kernel, sigma=sigma, center=center, normalize=normalize)
+    return _cka(X, Y, debiased=False, kernel=kernel, sigma=sigma, center=center, normalize=normalize)
+
+
+@in_float64
+def _cka_rowwise_float64(X: object, Y: object = None, **kwargs: object) -> Array:
+    return _cka(X, Y, debiased=True, **kwargs)
+
+
+def _cka(
+    X: object, Y: object, *, debiased: bool, kernel: Kernel, sigma: float | None, center: bool, normalize: Normalize
+) -> Array:
     s = pair_stats(X, Y, center=center, normalize=normalize, min_rows=4 if debiased else 2)
     if kernel == "linear" and not debiased:
         return to_scalar_output(cka_from_stats(s))
@@ -146,10 +173,14 @@ def cka(
         kk_f, ll_f, kl_f = s.gram_inner()
         kk, ll = _hsic_unbiased_linear(A, A, kk_f), _hsic_unbiased_linear(B, B, ll_f)
         kl = _hsic_unbiased_linear(A, B, kl_f)
-        return to_scalar_output(_cosine(xp, kl, kk, ll, "debiased CKA", -1.0))
+        n = s.n
+        scales = (kk_f / (n * (n - 3)), ll_f / (n * (n - 3)), n)
+        return to_scalar_output(_cosine(xp, kl, kk, ll, "debiased CKA", -1.0, scales))
     K, L = rbf_gram(A, sigma), rbf_gram(B, sigma)
     if debiased:
+        n = s.n
         terms = (_hsic_unbiased_matrix(xp, K, L), _hsic_unbiased_matrix(xp, K, K), _hsic_unbiased_matrix(xp, L, L))
-        return to_scalar_output(_cosine(xp, *terms, "debiased RBF CKA", -1.0))
+        scales = (xp.sum(K * K) / (n * (n - 3)), xp.sum(L * L) / (n * (n - 3)), n)
+        return to_scalar_output(_cosine(xp, *terms, "debiased RBF CKA", -1.0, scales))
     terms = (_centered_inner(xp, K, L), _centered_inner(xp, K, K), _centered_inner(xp, L, L))
     return to_scalar_output(_cosine(xp, *terms, "RBF CKA", 0.0))

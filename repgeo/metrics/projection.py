@@ -12,14 +12,16 @@ while the geometries differ (see :mod:`repgeo.counterexamples`).
 
 Computed from the feature-space moments ``Y^T Y`` and ``Y^T X``; the pseudo-inverse discards eigenvalues of
 ``Y^T Y`` below ``rtol = q * eps`` times the largest, so the absolute accuracy is about ``eps * cond(Y)^2``.
-This is the analysis form; the distillation loss learns W instead (:mod:`repgeo.distill`).
+This is the analysis form; the distillation loss learns W instead (:mod:`repgeo.distill`). On the torch
+backend it is computed in float64 whatever the input dtype (float32 errors reached 1e-2 on ill-conditioned
+students) and returned in the input's dtype.
 """
 
 from __future__ import annotations
 
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, eps, full_precision, pinv_hermitian, solve, to_scalar_output
+from ._xp import Array, eps, full_precision, in_float64, pinv_hermitian, solve, to_scalar_output
 
 
 def proj_mse_from_stats(s: FeatureStats, ridge: float = 0.0) -> Array:
@@ -36,6 +38,7 @@ def proj_mse_from_stats(s: FeatureStats, ridge: float = 0.0) -> Array:
 
 
 @full_precision
+@in_float64
 def proj_mse(
     X: object,
     Y: object = None,
