@@ -2,7 +2,8 @@
 
     repgeo audit --teacher PATH_OR_NAME --student PATH_OR_NAME --data FILE(.txt|.csv|.jsonl) --out DIR
                  [--text-column C] [--teacher-layers 0,2,4] [--student-layers 0,1,2]
-                 [--metrics procrustes,cka,fg] [--pooling mean] [--max-length 128] [--n-boot 200] [--n-perm 200]
+                 [--metrics procrustes,cka,fg] [--pooling mean] [--max-length 128]
+                 [--ci-method jackknife] [--n-perm 200]
     repgeo layers PATH_OR_NAME
 
 Models are local transformers folders or hub names (passed to transformers unchanged: they work wherever the
@@ -49,6 +50,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "tokens"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128, help="texts are cut to this many tokens (reported)")
+    p.add_argument("--ci-method", default="jackknife", choices=["jackknife", "bootstrap"],
+                   help="confidence intervals: delete-one-fold jackknife over stimuli (default) or bootstrap")
+    p.add_argument("--n-folds", type=int, default=100, help="jackknife folds (0: no intervals)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (0: no intervals)")
     p.add_argument("--n-perm", type=int, default=200, help="permutations (0: no p-values)")
     p.add_argument("--seed", type=int, default=0)
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             args.teacher, args.student, args.data, text_column=args.text_column,
             teacher_layers=_layers(args.teacher_layers), student_layers=_layers(args.student_layers),
             metrics=metrics, pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length,
-            n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed,
+            ci_method=args.ci_method, n_folds=args.n_folds, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed,
         )
     except (OSError, ValueError, TypeError) as exc:
         print(f"repgeo audit: {exc}", file=sys.stderr)

@@ -135,15 +135,31 @@ def test_wide_features_use_the_row_space_and_agree():
         assert out[m][0] == pytest.approx(float(v), abs=1e-10)
 
 
-def test_ci_contains_point_and_shrinks_with_n():
+@pytest.mark.parametrize("method", ["jackknife", "bootstrap"])
+def test_ci_contains_point_and_shrinks_with_n(method):
     widths = []
     for n in (80, 640):
         X, Y = related(n)
-        df = audit_features({"t": X}, {"s": Y}, ["procrustes", "cka", "fg"], n_boot=200, n_perm=0)
+        df = audit_features({"t": X}, {"s": Y}, ["procrustes", "cka", "fg"], n_boot=200, n_perm=0,
+                            ci_method=method)
         assert (df.ci_low <= df.value).all() and (df.value <= df.ci_high).all()
         assert df.p_value.isna().all()
         widths.append((df.ci_high - df.ci_low).to_numpy())
     assert (widths[1] < 0.6 * widths[0]).all()
+
+
+def test_jackknife_interval_is_two_sided_when_stimuli_are_fewer_than_features():
+    """With n < p the bootstrap's duplicated stimuli bias every replicate towards 'more aligned'; the default
+    jackknife interval must still extend on both sides of the estimate."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 120))
+    Y = X @ rng.normal(size=(120, 90)) / 11 + rng.normal(size=(40, 90))
+    df = audit_features({"t": X}, {"s": Y}, ["procrustes", "cka", "fg"], n_perm=0)
+    assert (df.ci_low < df.value - 1e-6).all() and (df.value + 1e-6 < df.ci_high).all()
+    boot = audit_features({"t": X}, {"s": Y}, ["procrustes"], n_perm=0, ci_method="bootstrap")
+    assert float(boot.ci_high.iloc[0]) == pytest.approx(float(boot.value.iloc[0]))  # the one-sided failure mode
+    with pytest.raises(ValueError, match="ci_method must be"):
+        audit_features({"t": X}, {"s": Y}, ["cka"], ci_method="bca")
 
 
 def test_permutation_pvalue_small_for_related_roughly_uniform_for_unrelated():

@@ -59,6 +59,9 @@ from .data import load_model, read_texts
 from .uncertainty import (
     bootstrap_weights,
     jackknife_interval,
+    jackknife_se,
+    jackknife_weights,
+    normal_interval,
     percentile_interval,
     permutation_indices,
     permutation_pvalue,
@@ -89,11 +92,20 @@ def audit_features(
     seed: int = 0,
     center: bool = True,
     normalize: Any = "frobenius",
+    ci_method: str = "jackknife",
+    n_folds: int = 100,
 ) -> pd.DataFrame:
     """Audit table from pooled features already in memory: ``{layer: rows × dim}`` for each model (e.g. what
     :func:`repgeo.probe.collect` returns). ``cells`` defaults to every (teacher layer, student layer) pair.
-    ``groups`` (rows → stimulus id) makes the bootstrap resample stimuli rather than rows (token pooling).
-    ``n_boot`` / ``n_perm`` = 0 turn the intervals / p-values off (NaN).
+    ``groups`` (rows → stimulus id) makes the resampling act on stimuli rather than rows (token pooling).
+
+    Intervals (``ci_method``): ``"jackknife"`` (default) — a delete-one-fold jackknife over ``n_folds`` random
+    folds of stimuli (leave-one-stimulus-out when there are fewer stimuli), normal interval ``value ± z·se``
+    clipped to the metric's range; ``"bootstrap"`` — ``n_boot`` replicates, bias-corrected percentile
+    intervals. The bootstrap duplicates stimuli, which makes every replicate look more aligned than the data
+    when there are fewer stimuli than features (n < p, the usual case for sentence-level audits), so its
+    intervals are then one-sided; the jackknife never duplicates a stimulus. ``n_boot`` (bootstrap) or
+    ``n_folds`` (jackknife) = 0 and ``n_perm`` = 0 turn the intervals / p-values off (NaN).
     """
     _check_metrics(metrics)
     if not 0 < ci < 1:
@@ -130,13 +142,19 @@ def audit_features(
     }
     timings["point"] = time.perf_counter() - t0
 
+    if ci_method not in ("jackknife", "bootstrap"):
+        raise ValueError(f"ci_method must be 'jackknife' or 'bootstrap'; got {ci_method!r}")
     t0 = time.perf_counter()
     boots = None
-    if n_boot > 0:
-        weights = bootstrap_weights(groups, n_boot, rng)
+    replicates = n_folds if ci_method == "jackknife" else n_boot
+    if replicates > 0:
+        if ci_method == "jackknife":
+            weights = jackknife_weights(groups, n_folds, rng)
+        else:
+            weights = bootstrap_weights(groups, n_boot, rng)
         boots = replicate_values(t_feats, s_feats, cells, metrics, weights=weights, center=center,
                                  normalize=normalize)
-    timings["bootstrap"] = time.perf_counter() - t0
+    timings[ci_method] = time.perf_counter() - t0
     t0 = time.perf_counter()
     perms = None
     if n_perm > 0:
@@ -148,7 +166,12 @@ def audit_features(
     for cell in cells:
         for m in metrics:
             value = points[cell][m]
-            lo, hi = percentile_interval(boots[cell][m], ci, value) if boots is not None else (math.nan, math.nan)
+            if boots is None:
+                lo, hi = math.nan, math.nan
+            elif ci_method == "jackknife":
+                lo, hi = normal_interval(value, jackknife_se(boots[cell][m]), ci, get(m).bounds)
+            else:
+                lo, hi = percentile_interval(boots[cell][m], ci, value)
             pv = permutation_pvalue(value, perms[cell][m], get(m).kind) if perms is not None else math.nan
             rows.append((cell[0], cell[1], m, value, lo, hi, pv, n))
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -158,8 +181,10 @@ def audit_features(
         metrics=list(metrics),
         n_rows=n,
         n_stimuli=int(groups.max()) + 1,
-        uncertainty="bootstrap (bias-corrected percentile, stimuli resampled) + permutation null "
-        "(student rows shuffled)",
+        uncertainty=(
+            "delete-one-fold jackknife over stimuli (normal interval)" if ci_method == "jackknife"
+            else "bootstrap (bias-corrected percentile, stimuli resampled)"
+        ) + " + permutation null (student rows shuffled)",
         ci=ci,
         n_boot=n_boot,
         n_perm=n_perm,
@@ -291,6 +316,8 @@ def audit(
     batch_size: int = 32,
     max_length: int = 128,
     mode: str = "memory",
+    ci_method: str = "jackknife",
+    n_folds: int = 100,
     n_boot: int = 200,
     n_perm: int = 200,
     n_blocks: int = 10,
@@ -311,7 +338,8 @@ def audit(
     ``student_tokenizer``: needed for texts unless the model was given by name; the student defaults to the
     teacher's tokenizer.
 
-    ``mode="memory"`` (default) keeps pooled features and adds bootstrap intervals (``n_boot`` replicates) and
+    ``mode="memory"`` (default) keeps pooled features and adds intervals (``ci_method``: a delete-one-fold
+    jackknife over ``n_folds`` folds of stimuli, or ``n_boot`` bootstrap replicates; see :func:`audit_features`) and
     permutation p-values (``n_perm``); ``mode="stream"`` keeps only Moments (``n_blocks`` jackknife blocks per
     cell; needed for corpora whose features do not fit in memory, and used automatically under
     ``torch.distributed``). ``cache_dir`` (memory mode) stores the features as resumable probe shards in
@@ -413,6 +441,7 @@ def audit(
             counts = np.concatenate([_batch_rows(b, pooling) for b in t_batches])
             groups = np.repeat(np.arange(counts.size), counts)
         df = audit_features(t_feats, s_feats, metrics, cells=cells, groups=groups, n_boot=n_boot, n_perm=n_perm,
+                            ci_method=ci_method, n_folds=n_folds,
                             ci=ci, seed=seed, center=center, normalize=normalize)
     else:
         df = _stream_audit(teacher, student, t_batches, s_batches, t_names, s_names, cells, list(metrics),

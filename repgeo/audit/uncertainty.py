@@ -54,6 +54,9 @@ from repgeo.metrics._xp import namespace as array_namespace
 __all__ = [
     "bootstrap_weights",
     "jackknife_interval",
+    "jackknife_se",
+    "jackknife_weights",
+    "normal_interval",
     "percentile_interval",
     "permutation_indices",
     "permutation_pvalue",
@@ -73,6 +76,35 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator)
     n_groups = int(groups.max()) + 1 if groups.size else 0
     counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
     return counts[:, groups].astype(np.float64)
+
+
+def jackknife_weights(groups: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """(K, n_rows) 0/1 weights of a delete-one-fold jackknife: stimuli are dealt at random into
+    ``K = min(n_folds, G)`` folds (``K = G`` is leave-one-stimulus-out) and replicate k drops fold k."""
+    groups = np.asarray(groups)
+    n_groups = int(groups.max()) + 1
+    k = min(n_folds, n_groups)
+    fold_of_group = rng.permutation(n_groups) % k
+    return (fold_of_group[groups][None, :] != np.arange(k)[:, None]).astype(np.float64)
+
+
+def jackknife_se(values: np.ndarray) -> float:
+    """Grouped jackknife standard error ``sqrt((K-1)/K sum (theta_k - mean)^2)`` (NaN replicates dropped)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return math.nan
+    return math.sqrt((v.size - 1) / v.size * float(np.sum((v - v.mean()) ** 2)))
+
+
+def normal_interval(point: float, se: float, ci: float, bounds: tuple[float, float]) -> tuple[float, float]:
+    """``point ± z se`` at level ``ci``, clipped to the metric's range."""
+    from scipy.stats import norm
+
+    if not (math.isfinite(point) and math.isfinite(se)):
+        return math.nan, math.nan
+    z = float(norm.ppf(0.5 + ci / 2.0))
+    return max(point - z * se, bounds[0]), min(point + z * se, bounds[1])
 
 
 def permutation_indices(n_rows: int, n_perm: int, rng: np.random.Generator) -> np.ndarray:
@@ -357,7 +389,6 @@ def jackknife_interval(
 ) -> tuple[float, float, float]:
     """Delete-one-block jackknife over K block Moments: ``(value, low, high)`` with ``value`` from all blocks
     merged and a normal interval ``value ± z·se``, ``se² = (K-1)/K Σ (θ_(-k) - mean θ_(-k))²``."""
-    from scipy.stats import norm
 
     used = [b for b in blocks if b.n > 0]
     full = Moments(rows=used[0].rows)
@@ -378,10 +409,5 @@ def jackknife_interval(
             loo.append(float(spec.fn(m, center=center, normalize=normalize)))
         except ValueError:
             loo.append(math.nan)
-    arr = np.asarray(loo)
-    arr = arr[np.isfinite(arr)]
-    if arr.size < 2:
-        return value, math.nan, math.nan
-    se = math.sqrt((arr.size - 1) / arr.size * float(np.sum((arr - arr.mean()) ** 2)))
-    z = float(norm.ppf(0.5 + ci / 2.0))
-    return value, value - z * se, value + z * se
+    lo, hi = normal_interval(value, jackknife_se(np.asarray(loo)), ci, spec.bounds)
+    return value, lo, hi
