@@ -14,7 +14,6 @@ gives the exact command that fetches it: ``repgeo fetch-assets``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from ._files import sha256_file
 
 
 class AssetError(RuntimeError):
@@ -78,12 +79,7 @@ def fetch_command() -> str:
     return "repgeo fetch-assets"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_of = sha256_file
 
 
 def _installed(asset: Asset) -> Path | None:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from repgeo._files import sha256_file
+
 __all__ = [
     "CallbackSink",
     "FolderLockedError",
@@ -195,12 +197,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256_file = sha256_file
 
 
 class _FolderLock:
