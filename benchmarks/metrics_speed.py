@@ -128,7 +128,8 @@ while done < rows:
     t0 = time.perf_counter(); m.update(X, Y); busy += time.perf_counter() - t0
     done += k
 t0 = time.perf_counter(); values = m.compute(); readout = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's own peak (ru_maxrss can carry the forking parent's peak across exec)
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps({"rows": m.n, "update_s": busy, "readout_s": readout, "rows_per_s": m.n / busy,
                   "peak_rss_mb": peak, "values": values}))
 """
@@ -147,11 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "metrics_speed.json")
     ap.add_argument("--stream-rows", type=int, default=None)
+    ap.add_argument("--stream-only", action="store_true", help="rerun only the streaming part, update --out")
     args = ap.parse_args(argv)
     if args.quick:
         sizes, p, q, stream_rows = [500, 2000], 64, 96, args.stream_rows or 20_000
     else:
         sizes, p, q, stream_rows = [1_000, 10_000, 50_000], 768, 1024, args.stream_rows or 1_000_000
+    if args.stream_only:
+        result = json.loads(args.out.read_text())
+        result["stream"] = run_stream(stream_rows, p, q, chunk=8192)
+        args.out.write_text(json.dumps(result, indent=2))
+        stream = result["stream"]
+        print(f"stream: {stream['rows_per_s']:,.0f} rows/s, peak RSS {stream['peak_rss_mb']:.0f} MB")
+        return 0
     rows = []
     for n in sizes:
         for dtype in ("float64", "float32"):
