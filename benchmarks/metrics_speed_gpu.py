@@ -74,7 +74,8 @@ def main() -> int:
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     stream = {"rows": m.n, "seconds": elapsed, "rows_per_s": m.n / elapsed,
-              "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20, "values": {k: float(v) for k, v in m.compute().items()}}
+              "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+              "values": {k: float(v) for k, v in m.compute().items()}}
     print(f"stream {m.n:,} rows (float32 chunks, float64 moments): {stream['rows_per_s']:,.0f} rows/s")
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "configs": rows, "stream": stream,
            "command": "python benchmarks/metrics_speed_gpu.py"}

@@ -1,0 +1,226 @@
+"""``repgeo demo`` end to end: data → fine-tuned teacher (cached) → distilled students → layer-by-layer audit →
+counterexample certificates → report folder and a printed table. Every stage is timed (wall and CPU seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import DemoData, load_data
+from .settings import DemoSettings
+from .students import StudentRun, init_student, run_student, silence_transformers
+from .teacher import TeacherResult, encode, label_ids, predict, prepare_teacher
+
+
+@dataclass
+class Stage:
+    name: str
+    wall: float
+    cpu: float
+    note: str = ""
+
+
+@dataclass
+class DemoResult:
+    """Everything the demo measured; :func:`repgeo.demo.report.write_report` turns it into the report folder."""
+
+    settings: DemoSettings
+    out: Path
+    data: DemoData
+    teacher: TeacherResult
+    teacher_name: str
+    init_accuracy: float | None = None
+    init_predictions: np.ndarray | None = None
+    runs: list[StudentRun] = field(default_factory=list)
+    audit: pd.DataFrame | None = None  # long table + column "student"
+    audit_texts: int = 0
+    certificates: pd.DataFrame | None = None  # one row per claim
+    stages: list[Stage] = field(default_factory=list)
+    threads: int = 0
+    device: str = "cpu"
+    total_seconds: float = 0.0
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def certificates_pass(self) -> bool:
+        return self.certificates is not None and bool(self.certificates["passed"].astype(bool).all())
+
+
+class _Clock:
+    def __init__(self, result_stages: list[Stage], log: Any) -> None:
+        self.stages, self.log = result_stages, log
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Stage]:
+        st = Stage(name, 0.0, 0.0)
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield st
+        finally:
+            st.wall, st.cpu = time.perf_counter() - w0, time.process_time() - c0
+            self.stages.append(st)
+            self.log(f"stage {name}: {st.wall:.1f} s" + (f" ({st.note})" if st.note else ""))
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) -> DemoResult:
+    """Run the whole demo with ``settings`` and write the report folder ``settings.out``."""
+    from repgeo.demo.report import write_report
+
+    if log is None:
+        def log(msg: str) -> None:
+            print(f"[repgeo demo] {msg}", file=sys.stderr, flush=True)
+
+    t_start = time.perf_counter()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = settings.threads or usable_cpus()
+    torch.set_num_threads(threads)
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)  # noqa: NPY002 -- libraries that draw from the global legacy RNG
+    silence_transformers()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages: list[Stage] = []
+    clock = _Clock(stages, log)
+    log(f"preset {settings.preset}: {threads} torch thread(s) on {device}; report folder {out}")
+
+    with clock.stage("data") as st:
+        data = load_data(settings.data, text_column=settings.text_column, label_column=settings.label_column,
+                         n_train=settings.n_train, n_test=settings.n_test, seed=settings.seed)
+        train_path, test_path = data.write(out / "data")
+        st.note = f"{len(data.train)} train / {len(data.test)} test of {data.n_available}, {len(data.labels)} labels"
+
+    if settings.teacher is None:
+        from repgeo.assets import minilm_path
+
+        source, teacher_name = str(minilm_path()), "all-MiniLM-L6-v2 (packaged)"
+    else:
+        source, teacher_name = settings.teacher, settings.teacher
+    with clock.stage("teacher") as st:
+        cache = Path(settings.cache_dir) if settings.cache_dir else None
+        teacher = prepare_teacher(source, data, settings, cache_dir=cache, out_dir=out, progress=progress, log=log)
+        st.note = (f"{'loaded from cache' if teacher.cached else f'fine-tuned {settings.teacher_steps} steps'}; "
+                   f"test accuracy {teacher.accuracy:.3f}")
+    result = DemoResult(settings, out, data, teacher, teacher_name, threads=threads, device=device, stages=stages)
+
+    test_ids = encode(teacher.tokenizer, data.test["text"], settings.max_length)
+    pad_id = teacher.tokenizer.pad_token_id
+    with clock.stage("students") as st:
+        init, init_path = init_student(teacher, data, settings, out / "student-init")
+        narrow_path = (init_student(teacher, data, settings, out / "student-init-narrow", narrow=True)[1]
+                       if settings.narrow_width else None)
+        result.init_predictions = predict(init, test_ids, pad_id)
+        result.init_accuracy = float((result.init_predictions == label_ids(data.test["label"], data.labels)).mean())
+        widths = [False] + ([True] if settings.narrow_width else [])
+        order = [m for m in settings.methods if m != "kd"] + (["kd"] if "kd" in settings.methods else [])
+        for narrow in widths:
+            for method in order:
+                run = run_student(settings, method, narrow=narrow, teacher_path=teacher.path,
+                                  student_path=narrow_path if narrow else init_path, train_path=train_path,
+                                  test_path=test_path, labels=data.labels, test_ids=test_ids,
+                                  test_labels=data.test["label"], runs_dir=out / "runs", cache_dir=out / "cache",
+                                  progress=progress, log=log)
+                log(f"student {run.name}: test accuracy {run.accuracy:.3f} ({run.seconds:.1f} s)")
+                result.runs.append(run)
+        st.note = f"{len(result.runs)} students × {settings.student_steps} steps"
+
+    with clock.stage("audit") as st:
+        texts = list(data.test["text"][: settings.audit_size])
+        models = {"init": init, **{r.name: r.model for r in result.runs}}
+        lm = result.runs[0].layer_map if result.runs else {}
+        last = (max(lm), lm[max(lm)]) if lm else None
+        result.audit = audit_students(teacher.model, teacher.tokenizer, texts, models, settings, last_pair=last,
+                                      progress=progress)
+        result.audit_texts = len(texts)
+        st.note = f"{len(models)} students × {len(texts)} held-out texts, {settings.n_boot} bootstrap replicates"
+
+    with clock.stage("certificates") as st:
+        result.certificates = certify(out / "counterexamples" if settings.figures else None, settings.seed)
+        c = result.certificates
+        st.note = f"{int(c['passed'].sum())}/{len(c)} claims pass"
+
+    with clock.stage("report"):
+        result.total_seconds = time.perf_counter() - t_start
+        result.files = write_report(result)
+    result.total_seconds = time.perf_counter() - t_start
+    write_report(result, figures=False)  # the summary again, with the report stage's time included
+    return result
+
+
+def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dict[str, Any], settings: Any, *,
+                   last_pair: tuple[int, int] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Every (teacher layer, student layer) cell of every student on the same held-out texts (the teacher's
+    pooled features are collected once), plus proj_mse at ``last_pair`` = (student layer, teacher layer); columns
+    as :func:`repgeo.audit.audit_features` plus ``student``."""
+    from repgeo.audit import audit_features
+    from repgeo.distill.students import num_blocks
+    from repgeo.probe import collect, tokenize_texts
+
+    batches = tokenize_texts(tokenizer, texts, batch_size=32, max_length=settings.max_length, padding_side="right",
+                             warn=False)
+    teacher.eval()
+    t_feats = collect(teacher, batches, list(range(num_blocks(teacher.config) + 1)), settings.pooling,
+                      progress=progress)
+    frames = []
+    for name, model in students.items():
+        model.eval()
+        s_feats = collect(model, batches, list(range(num_blocks(model.config) + 1)), settings.pooling,
+                          progress=False)
+        df = audit_features(t_feats, s_feats, list(settings.audit_metrics), n_boot=settings.n_boot,
+                            n_perm=settings.n_perm, seed=settings.seed)
+        if last_pair is not None:  # proj_mse at the last mapped pair, point value only
+            t_last, s_last = f"hidden_states.{last_pair[1]}", f"hidden_states.{last_pair[0]}"
+            pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"], n_boot=0,
+                                n_perm=0, seed=settings.seed)
+            df = pd.concat([df, pm], ignore_index=True)
+        df.insert(0, "student", name)
+        frames.append(df)
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs.update(frames[0].attrs)
+    table.attrs.update(pooling=settings.pooling, n_stimuli=len(texts), max_length=settings.max_length,
+                       mode="memory", truncated=list(batches.truncated))
+    return table
+
+
+def certify(figures: Path | None, seed: int) -> pd.DataFrame:
+    """Build and certify every counterexample of the theory; one row per claim (and a figure per construction)."""
+    from repgeo.counterexamples import all_counterexamples
+    from repgeo.counterexamples._core import single_threaded
+
+    rows = []
+    seen: dict[str, int] = {}
+    with single_threaded():
+        for cx in all_counterexamples(seed=seed):
+            seen[cx.name] = seen.get(cx.name, 0) + 1
+            stem = cx.name if seen[cx.name] == 1 else f"{cx.name}_{seen[cx.name]}"
+            cert = cx.certify()
+            for r in cert[cert["section"] == "claim"].itertuples():
+                rows.append({"counterexample": stem, "title": cx.title, "claim": r.item, "pair": r.pair,
+                             "value": r.value, "relation": r.relation, "bound": r.bound, "tol": r.tol,
+                             "passed": bool(r.passed)})
+            if figures is not None:
+                import matplotlib.pyplot as plt
+
+                from repgeo.counterexamples.figures import plot_counterexample, save
+
+                save(plot_counterexample(cx), figures / f"{stem}.png")
+                plt.close("all")
+    return pd.DataFrame(rows)

@@ -1,0 +1,117 @@
+"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` ≤ 5 minutes on two CPU
+cores, ``full`` for a longer and better run).
+
+Budget of the default (measured on two cores): a fine-tuning step of all-MiniLM-L6-v2 costs about 0.75 s at
+batch 32 × length 64 and a two-layer student step about a third of that; the teacher is fine-tuned once and
+cached, and its logits and features on the training set are computed once and shared by every student run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FEATURE_METHODS = ("proj_mse", "cka", "procrustes", "fg")
+METHODS = ("kd", *FEATURE_METHODS)
+AUDIT_METRICS = ("procrustes", "cka", "fg")  # every cell, with bootstrap intervals and permutation p-values
+# proj_mse (closed form, a p x p pseudo-inverse per call: seconds at width 384) is measured at the last mapped
+# layer pair only, without resampling
+
+
+@dataclass
+class DemoSettings:
+    """Everything a demo run depends on. ``teacher=None`` / ``data=None`` mean the packaged assets
+    (all-MiniLM-L6-v2 and the Rotten Tomatoes snippets, see :mod:`repgeo.assets`)."""
+
+    preset: str = "default"
+    out: str = "repgeo-demo"
+    teacher: str | None = None  # model folder or hub name; None: packaged all-MiniLM-L6-v2
+    data: str | None = None  # CSV / TSV / JSONL file; None: packaged Rotten Tomatoes snippets
+    text_column: str = "text"
+    label_column: str = "label"
+    seed: int = 0
+    threads: int | None = None  # torch threads; None: the CPUs this process may use
+    cache_dir: str | None = None  # fine-tuned teachers; None: <repgeo cache>/demo
+    use_cache: bool = True
+    # data
+    n_train: int = 2000
+    n_test: int = 1000
+    max_length: int = 64
+    # teacher fine-tuning
+    teacher_steps: int = 80
+    teacher_lr: float = 5e-5
+    teacher_batch: int = 32
+    probe_init: int = 1024  # initialise the head by a linear probe on this many training texts (0: random head)
+    head_lr_mult: float = 1.0  # learning-rate factor of the (linear-probe initialised) classification head
+    teacher_train: str = "all"  # "all" (whole teacher) or "head" (classification head only)
+    # students
+    methods: tuple[str, ...] = METHODS
+    keep_every: int = 3  # student = teacher blocks 0, k, 2k, ...
+    narrow_width: int | None = None  # also distil a narrower, freshly initialised student of this width
+    student_steps: int = 80
+    student_lr: float = 1e-4
+    student_batch: int = 32
+    alpha: float = 1.0  # feature-loss weight, relative to the loss's value at initialisation
+    temperature: float = 2.0
+    pooling: str = "mean"
+    geometry_every: int = 20  # steps between geometry measurements during training
+    probe_size: int = 128  # held-out examples of the geometry curves
+    # audit
+    audit_size: int = 500
+    n_boot: int = 100
+    n_perm: int = 100
+    audit_metrics: tuple[str, ...] = AUDIT_METRICS
+    figures: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": dict(n_train=512, n_test=200, max_length=32, teacher_steps=24, teacher_lr=5e-5, teacher_batch=16,
+                 probe_init=512, student_steps=20, student_lr=3e-5, student_batch=16, geometry_every=10, probe_size=32,
+                 audit_size=64, n_boot=20, n_perm=20),
+    "default": {},
+    "full": dict(n_train=8000, n_test=2000, max_length=128, teacher_steps=500, teacher_lr=4e-5, student_steps=500,
+                 narrow_width=192, geometry_every=50, probe_size=256, audit_size=1000, n_boot=200, n_perm=200),
+}
+
+
+def settings_for(preset: str = "default", **overrides: Any) -> DemoSettings:
+    """The preset's settings with ``overrides`` (keys of :class:`DemoSettings`; ``None`` values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    names = {f.name for f in dataclasses.fields(DemoSettings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown demo setting(s): {', '.join(unknown)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    s = DemoSettings(preset=preset, **values)
+    check(s)
+    return s
+
+
+def check(s: DemoSettings) -> None:
+    """Raise ``ValueError`` naming the bad setting."""
+    for name in ("n_train", "n_test", "teacher_batch", "student_batch", "keep_every", "probe_size",
+                 "geometry_every"):
+        if getattr(s, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(s, name)}")
+    for name in ("teacher_steps", "student_steps", "n_boot", "n_perm"):
+        if getattr(s, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(s, name)}")
+    if s.audit_size < 3:
+        raise ValueError(f"audit_size must be >= 3, got {s.audit_size}")
+    if s.max_length < 4:
+        raise ValueError(f"max_length must be >= 4, got {s.max_length}")
+    if s.teacher_train not in ("all", "head"):
+        raise ValueError(f"teacher_train must be 'all' or 'head', got {s.teacher_train!r}")
+    bad = [m for m in s.methods if m not in METHODS]
+    if bad or not s.methods:
+        raise ValueError(f"methods must be a non-empty subset of {', '.join(METHODS)}; got {list(s.methods)}")
+    if s.narrow_width is not None and s.narrow_width < 2:
+        raise ValueError(f"narrow_width must be >= 2, got {s.narrow_width}")
+    if s.alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {s.alpha}")

@@ -1,0 +1,299 @@
+"""The demo's teacher: a pretrained encoder fine-tuned for the task, cached by settings.
+
+The fine-tuned teacher is written to ``<cache>/teacher-<key>/`` (model, tokenizer and ``demo_teacher.json``: the
+settings it was trained with, its loss curve, its held-out accuracy and the seconds it took). ``key`` hashes
+everything the weights depend on: the source model (its folder's files or its hub name), the data split, the
+label order, the maximum length and every fine-tuning setting; a later run with the same settings loads it in
+seconds, any change trains a new one. Writes are atomic (a temporary folder renamed into place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import DemoData
+
+TEACHER_META = "demo_teacher.json"
+HEAD_MODULES = ("classifier", "score", "pre_classifier")  # the new classification head of AutoModelFor...
+FORMAT = 1
+
+
+@dataclass
+class TeacherResult:
+    path: Path
+    model: Any
+    tokenizer: Any
+    accuracy: float
+    predictions: np.ndarray
+    cached: bool
+    seconds: float
+    curve: list[dict[str, float]] = field(default_factory=list)
+    source: str = ""
+
+
+def default_cache_dir() -> Path:
+    from repgeo.assets import cache_dir
+
+    return cache_dir() / "demo"
+
+
+def _source_identity(source: str) -> dict[str, Any]:
+    p = Path(source)
+    if not p.exists():
+        return {"hub": source}
+    files = sorted(f for f in p.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(p)}\x1f{st.st_size}\x1f{int(st.st_mtime)}\x1e".encode())
+    return {"folder": str(p.resolve()), "files": h.hexdigest()}
+
+
+def cache_key(source: str, data: DemoData, settings: Any) -> str:
+    spec = {
+        "format": FORMAT, "source": _source_identity(source), "data": data.fingerprint(),
+        "labels": [str(x) for x in data.labels], "max_length": settings.max_length, "seed": settings.seed,
+        "steps": settings.teacher_steps, "lr": settings.teacher_lr, "head_lr_mult": settings.head_lr_mult,
+        "probe_init": settings.probe_init, "batch": settings.teacher_batch,
+        "train": settings.teacher_train,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_tokenizer(source: str) -> Any:
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"the tokenizer of {source} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_classifier(source: str, num_labels: int, tokenizer: Any) -> Any:
+    """``AutoModelForSequenceClassification`` with ``num_labels`` outputs (a head of another size is replaced)."""
+    import transformers
+
+    try:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as exc:
+        where = ("a local folder that transformers cannot load (it needs config.json, weights and tokenizer files)"
+                 if Path(source).exists() else
+                 "not a local folder, so it was looked up on the Hugging Face hub, which failed (offline, or no "
+                 "such model); download it where the hub is reachable and pass the folder")
+        raise OSError(f"cannot load teacher {source!r}: {where}. Original error: {exc}") from exc
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def _batch(ids: list[list[int]], pad_id: int, device: Any) -> dict[str, torch.Tensor]:
+    n = max(len(s) for s in ids)
+    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for i, s in enumerate(ids):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+
+@torch.no_grad()
+def predict(model: Any, ids: list[list[int]], pad_id: int, *, batch_size: int = 64, desc: str | None = None,
+            progress: bool = True) -> np.ndarray:
+    """Predicted class ids of already tokenised texts (batches sorted by length: less padding)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(s) for s in ids], kind="stable")
+    pred = np.empty(len(ids), dtype=np.int64)
+    starts = range(0, len(ids), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress or desc is None, leave=False):
+        rows = order[start : start + batch_size]
+        logits = model(**_batch([ids[i] for i in rows], pad_id, device)).logits
+        pred[rows] = logits.argmax(-1).cpu().numpy()
+    model.train(was_training)
+    return pred
+
+
+def label_ids(values: Any, labels: list[Any]) -> np.ndarray:
+    index = {str(x): i for i, x in enumerate(labels)}
+    return np.array([index[str(v)] for v in values], dtype=np.int64)
+
+
+@torch.no_grad()
+def linear_probe_init(model: Any, ids: list[list[int]], y: np.ndarray, pad_id: int, *, batch_size: int = 64,
+                      C: float = 0.1) -> float | None:
+    """Initialise a new linear classification head with a logistic regression fitted on its own inputs (linear
+    probing before fine-tuning, as in LP-FT): a fresh random head otherwise spends the first steps of a short
+    fine-tuning undoing itself. Returns the probe's training accuracy, or None when the head is not a plain
+    ``nn.Linear`` on one vector per text (then it is left as it is)."""
+    from sklearn.linear_model import LogisticRegression
+
+    head = next((m for name, m in model.named_children() if name in HEAD_MODULES), None)
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    device = next(model.parameters()).device
+    rows: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].detach().float().cpu()))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(ids), batch_size):
+            model(**_batch(ids[start : start + batch_size], pad_id, device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not rows or rows[0].dim() != 2:
+        return None
+    X = torch.cat(rows).numpy()
+    k = head.out_features
+    if len(set(y.tolist())) != k:
+        return None
+    mu, sd = X.mean(0), X.std(0) + 1e-6  # fit on standardised features, then fold the scaling into the head
+    clf = LogisticRegression(C=C, max_iter=2000).fit((X - mu) / sd, y)
+    coef = clf.coef_ / sd
+    bias = clf.intercept_ - coef @ mu
+    if k == 2 and coef.shape[0] == 1:  # binary: logit difference w -> logits (-w/2, w/2)
+        coef, bias = np.vstack([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
+    if head.bias is not None:
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    return float(clf.score((X - mu) / sd, y))
+
+
+def fine_tune(model: Any, tokenizer: Any, data: DemoData, settings: Any, *, progress: bool = True,
+              ) -> list[dict[str, float]]:
+    """Fine-tune ``model`` in place (AdamW, linear warm-up then decay, shuffled batches); returns the loss curve."""
+    import transformers
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    ids = encode(tokenizer, data.train["text"], settings.max_length)
+    y = torch.tensor(label_ids(data.train["label"], data.labels))
+    if settings.probe_init:
+        n = min(len(ids), settings.probe_init)
+        linear_probe_init(model, ids[:n], y[:n].numpy(), tokenizer.pad_token_id)
+    if settings.teacher_train == "head":
+        model.requires_grad_(False)
+        head = [m for name, m in model.named_children() if name in HEAD_MODULES]
+        for m in head:
+            m.requires_grad_(True)
+        if not head:
+            raise ValueError("teacher_train='head': the model has no 'classifier' or 'score' module")
+    params = [p for p in model.parameters() if p.requires_grad]
+    head_ids = {id(p) for name, m in model.named_children() if name in HEAD_MODULES for p in m.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": settings.teacher_lr},
+              {"params": [p for p in params if id(p) in head_ids], "lr": settings.teacher_lr * settings.head_lr_mult}]
+    steps = settings.teacher_steps
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
+    gen = torch.Generator().manual_seed(settings.seed)
+    order: list[int] = []
+    curve: list[dict[str, float]] = []
+    model.train()
+    bar = tqdm(range(1, steps + 1), desc="teacher fine-tune", disable=not progress)
+    correct = seen = 0
+    for step in bar:
+        if len(order) < settings.teacher_batch:
+            order += torch.randperm(len(ids), generator=gen).tolist()
+        rows, order = order[: settings.teacher_batch], order[settings.teacher_batch :]
+        batch = _batch([ids[i] for i in rows], tokenizer.pad_token_id, device)
+        out = model(**batch, labels=y[rows].to(device))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        correct += int((out.logits.argmax(-1).cpu() == y[rows]).sum())
+        seen += len(rows)
+        curve.append({"step": step, "loss": out.loss.item()})
+        if step % 5 == 0 or step == steps:
+            bar.set_postfix(loss=f"{np.mean([c['loss'] for c in curve[-5:]]):.3f}", train_acc=f"{correct / seen:.2f}")
+            correct = seen = 0
+    model.requires_grad_(True)
+    model.eval()
+    return curve
+
+
+def prepare_teacher(source: str, data: DemoData, settings: Any, *, cache_dir: Path | None = None,
+                    out_dir: Path | None = None, progress: bool = True, log: Any = print) -> TeacherResult:
+    """The fine-tuned teacher: loaded from the cache when one was trained with the same settings, else fine-tuned
+    and cached (with ``settings.use_cache`` False: neither read nor written to the cache, saved in
+    ``out_dir/teacher`` instead)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = cache_key(source, data, settings)
+    folder = cache_dir / f"teacher-{key}"
+    t0 = time.perf_counter()
+    test_ids = None
+    if settings.use_cache and (folder / TEACHER_META).is_file():
+        meta = json.loads((folder / TEACHER_META).read_text())
+        tokenizer = load_tokenizer(str(folder))
+        model = load_classifier(str(folder), len(data.labels), tokenizer)
+        log(f"teacher: loaded the fine-tuned teacher from the cache {folder}")
+        test_ids = encode(tokenizer, data.test["text"], settings.max_length)
+        pred = predict(model, test_ids, tokenizer.pad_token_id, desc="teacher test", progress=progress)
+        acc = float((pred == label_ids(data.test["label"], data.labels)).mean())
+        return TeacherResult(folder, model, tokenizer, acc, pred, True, time.perf_counter() - t0,
+                             meta.get("curve", []), source)
+    tokenizer = load_tokenizer(source)
+    model = load_classifier(source, len(data.labels), tokenizer)
+    labels = [str(x) for x in data.labels]
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {lab: i for i, lab in enumerate(labels)}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    torch.manual_seed(settings.seed)
+    curve = fine_tune(model, tokenizer, data, settings, progress=progress) if settings.teacher_steps else []
+    seconds = time.perf_counter() - t0
+    test_ids = encode(tokenizer, data.test["text"], settings.max_length)
+    pred = predict(model, test_ids, tokenizer.pad_token_id, desc="teacher test", progress=progress)
+    acc = float((pred == label_ids(data.test["label"], data.labels)).mean())
+    meta = {"source": source, "key": key, "settings": {k: v for k, v in settings.to_dict().items()
+                                                        if k.startswith("teacher") or k in ("max_length", "seed")},
+            "test_accuracy": acc, "seconds": seconds, "curve": curve}
+    if settings.use_cache:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".teacher-{key}-", dir=cache_dir))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / TEACHER_META).write_text(json.dumps(meta, indent=1) + "\n")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        path = folder
+        log(f"teacher: fine-tuned in {seconds:.0f} s, cached in {folder}")
+    else:
+        path = Path(out_dir or tempfile.mkdtemp(prefix="repgeo-demo-")) / "teacher"
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        (path / TEACHER_META).write_text(json.dumps(meta, indent=1) + "\n")
+    return TeacherResult(path, model, tokenizer, acc, pred, False, time.perf_counter() - t0, curve, source)
+
+
+def accuracy_se(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` examples."""
+    return math.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1))
