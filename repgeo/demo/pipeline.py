@@ -150,7 +150,7 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
         result.audit = audit_students(teacher.model, teacher.tokenizer, texts, models, settings, last_pair=last,
                                       progress=progress)
         result.audit_texts = len(texts)
-        st.note = f"{len(models)} students × {len(texts)} held-out texts, {settings.n_boot} bootstrap replicates"
+        st.note = f"{len(models)} students × {len(texts)} held-out texts, {settings.n_folds}-fold jackknife intervals"
 
     with clock.stage("certificates") as st:
         result.certificates = certify(out / "counterexamples" if settings.figures else None, settings.seed)
@@ -184,11 +184,11 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
         model.eval()
         s_feats = collect(model, batches, list(range(num_blocks(model.config) + 1)), settings.pooling,
                           progress=False)
-        df = audit_features(t_feats, s_feats, list(settings.audit_metrics), n_boot=settings.n_boot,
+        df = audit_features(t_feats, s_feats, list(settings.audit_metrics), n_folds=settings.n_folds,
                             n_perm=settings.n_perm, seed=settings.seed)
         if last_pair is not None:  # proj_mse at the last mapped pair, point value only
             t_last, s_last = f"hidden_states.{last_pair[1]}", f"hidden_states.{last_pair[0]}"
-            pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"], n_boot=0,
+            pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"], n_folds=0,
                                 n_perm=0, seed=settings.seed)
             df = pd.concat([df, pm], ignore_index=True)
         df.insert(0, "student", name)

@@ -328,10 +328,11 @@ def _markdown(result: Any, acc: pd.DataFrame, geo: pd.DataFrame) -> str:
               "`se`: binomial standard error; `delta_vs_kd` ± `delta_se`: paired difference to the KD-only student "
               "(same test examples). File: `accuracy.csv`.", ""]
     lines += ["## Geometry at the mapped layer pairs", "",
-              f"Teacher vs student, {s.pooling}-pooled, on {result.audit_texts} held-out texts; 95 % bootstrap "
-              f"intervals ({s.n_boot} replicates). procrustes, fg, proj_mse: lower = more alike; cka: higher. proj_mse "
-              "(closed form, last pair only) reads ~0 whenever the student's features can be linearly mapped onto "
-              "the teacher's — e.g. with fewer texts than student dimensions — which is the theory's point.", ""]
+              f"Teacher vs student, {s.pooling}-pooled, on {result.audit_texts} held-out texts; 95 % jackknife "
+              f"intervals ({s.n_folds} folds of texts). procrustes, fg, proj_mse: lower = more alike; cka: higher. "
+              "proj_mse (closed form, last pair only) reads ~0 whenever the student's features can be linearly "
+              "mapped onto the teacher's — e.g. with fewer texts than student dimensions — which is the theory's "
+              "point.", ""]
     if len(geo):
         g = geo.copy()
         g["cell"] = [f"{v:.4f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(lo) else f"{v:.4f}"

@@ -39,7 +39,7 @@ class DemoSettings:
     n_test: int = 1000
     max_length: int = 64
     # teacher fine-tuning
-    teacher_steps: int = 80
+    teacher_steps: int = 40
     teacher_lr: float = 5e-5
     teacher_batch: int = 32
     probe_init: int = 1024  # initialise the head by a linear probe on this many training texts (0: random head)
@@ -49,7 +49,7 @@ class DemoSettings:
     methods: tuple[str, ...] = METHODS
     keep_every: int = 3  # student = teacher blocks 0, k, 2k, ...
     narrow_width: int | None = None  # also distil a narrower, freshly initialised student of this width
-    student_steps: int = 80
+    student_steps: int = 40
     student_lr: float = 1e-4
     student_batch: int = 32
     alpha: float = 1.0  # feature-loss weight, relative to the loss's value at initialisation
@@ -58,8 +58,8 @@ class DemoSettings:
     geometry_every: int = 20  # steps between geometry measurements during training
     probe_size: int = 128  # held-out examples of the geometry curves
     # audit
-    audit_size: int = 500
-    n_boot: int = 100
+    audit_size: int = 256
+    n_folds: int = 50  # jackknife folds of the audit intervals
     n_perm: int = 100
     audit_metrics: tuple[str, ...] = AUDIT_METRICS
     figures: bool = True
@@ -72,10 +72,10 @@ class DemoSettings:
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": dict(n_train=512, n_test=200, max_length=32, teacher_steps=24, teacher_lr=5e-5, teacher_batch=16,
                  probe_init=512, student_steps=20, student_lr=3e-5, student_batch=16, geometry_every=10, probe_size=32,
-                 audit_size=64, n_boot=20, n_perm=20),
+                 audit_size=64, n_folds=20, n_perm=20),
     "default": {},
     "full": dict(n_train=8000, n_test=2000, max_length=128, teacher_steps=500, teacher_lr=4e-5, student_steps=500,
-                 narrow_width=192, geometry_every=50, probe_size=256, audit_size=1000, n_boot=200, n_perm=200),
+                 narrow_width=192, geometry_every=50, probe_size=256, audit_size=1000, n_folds=100, n_perm=200),
 }
 
 
@@ -99,7 +99,7 @@ def check(s: DemoSettings) -> None:
                  "geometry_every"):
         if getattr(s, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(s, name)}")
-    for name in ("teacher_steps", "student_steps", "n_boot", "n_perm"):
+    for name in ("teacher_steps", "student_steps", "n_folds", "n_perm"):
         if getattr(s, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(s, name)}")
     if s.audit_size < 3:
