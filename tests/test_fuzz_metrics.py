@@ -130,4 +130,5 @@ def test_loss_gradients_finite_on_degenerate_minibatches(name):
         gx, gy = torch.autograd.grad(loss, (Xt, Yt))
         assert torch.isfinite(gx).all() and torch.isfinite(gy).all(), (name, kind, X, Y)
         finite += 1
-    assert finite > 500 * (10 if slow_mode() else 1)  # most of them are defined, not refused
+    # non-vacuous: many are defined, not refused (debiased CKA refuses n < 4, e.g. every two-row batch)
+    assert finite > 400 * (10 if slow_mode() else 1)
