@@ -59,8 +59,8 @@ class DemoSettings:
     probe_size: int = 128  # held-out examples of the geometry curves
     # audit
     audit_size: int = 256
-    n_folds: int = 50  # jackknife folds of the audit intervals
-    n_perm: int = 100
+    n_folds: int = 20  # jackknife folds of the audit intervals
+    n_perm: int = 20
     audit_metrics: tuple[str, ...] = AUDIT_METRICS
     figures: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
