@@ -25,6 +25,18 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models: they gain nothing from intra-op threads, and on a shared
+    2-core machine thread oversubscription makes them very slow. Restored after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def related_pair(rng: np.random.Generator, n: int, p: int, q: int, noise: float = 0.3):
     """A teacher X (n x p) and a noisy linear image of it Y (n x q)."""
     X = rng.normal(size=(n, p)) @ np.diag(np.linspace(1.0, 3.0, p)) + rng.normal(size=p)

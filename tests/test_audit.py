@@ -31,12 +31,7 @@ VOCAB = 40
 WORDS = "the cat sat on a mat dog ran far away big small red blue green fish bird tree house car".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tokenizer(shift: int = 0) -> BertTokenizerFast:
