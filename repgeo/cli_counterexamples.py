@@ -8,7 +8,6 @@ experiment is reported (its outcome is empirical, not a theorem) and does not af
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -133,14 +132,3 @@ def _run(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"figures written to {out}/")
     return 0 if n_failed == 0 else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="repgeo counterexamples", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -107,14 +107,3 @@ def run(args: argparse.Namespace) -> int:
         print("repgeo demo: a counterexample claim FAILED (see certificates.csv)", file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="repgeo demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
