@@ -4,9 +4,9 @@ initialisation, through :func:`repgeo.distill.build_trainer` (the ``repgeo disti
 Methods: ``kd`` (task cross-entropy + logit KD, no feature loss) and ``proj_mse``, ``cka``, ``procrustes``,
 ``fg`` (the same + ``alpha_eff`` × feature loss on mean-pooled mapped layers). Equal α is not equal weight
 (the losses differ several-fold at initialisation), so each feature loss is scaled by its value at
-initialisation: ``alpha_eff = alpha / L_feat(init)`` (mean over the first training batches), which makes every
-feature term start at ``alpha``. The teacher's logits and features on the training set are computed once (the
-runner's teacher cache) and shared by every run.
+initialisation: ``alpha_eff = alpha / L_feat(init)`` (:func:`repgeo.distill.alpha.calibrate_alpha`), which
+makes every feature term start at ``alpha``. The teacher's logits and features on the training set are computed
+once (the runner's teacher cache) and shared by every run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import transformers
 from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
@@ -112,41 +111,11 @@ def run_config(settings: Any, method: str, *, teacher_path: Path, student_path: 
                     "per_device_train_batch_size": settings.student_batch, "per_device_eval_batch_size": 64,
                     "warmup_steps": max(1, settings.student_steps // 10), "weight_decay": 0.01,
                     "logging_steps": max(1, min(10, settings.student_steps // 10)), "save_strategy": "no",
-                    "disable_tqdm": True, "dataloader_pin_memory": False, "report_to": "none"},
+                    "disable_tqdm": True, "dataloader_pin_memory": False, "report_to": "none",
+                    "train_sampling_strategy": "group_by_length"},
         "geometry": {"enabled": True, "metrics": list(settings.audit_metrics), "probe_size": settings.probe_size},
         "cache": {"enabled": True, "path": str(cache_path)},
     }
-
-
-@torch.no_grad()
-def initial_feature_loss(trainer: Any, n_examples: int = 128) -> float:
-    """Mean feature loss of the untrained student over the first training batches (batch size as in training)."""
-    fl = trainer.feature_loss
-    if fl is None:
-        return float("nan")
-    model = trainer.model
-    device = next(model.parameters()).device
-    items = trainer.train_dataset.items[:n_examples]
-    bs = trainer.args.per_device_train_batch_size
-    values, weights = [], []
-    for start in range(0, len(items), bs):
-        chunk = items[start : start + bs]
-        if len(chunk) < 2:
-            break
-        batch = trainer.task.collate(chunk)
-        index = batch.pop("example_index")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        hit = trainer.teacher_cache.lookup(index, device=device) if trainer.teacher_cache is not None else None
-        if hit is not None and hit[1] is not None:
-            t_feats = hit[1]
-        else:
-            out = trainer.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  output_hidden_states=True)
-            t_feats = fl.teacher_features(out.hidden_states, batch["attention_mask"], None)
-        s_out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        values.append(float(fl(t_feats, s_out.hidden_states, batch["attention_mask"], None).total))
-        weights.append(len(chunk))
-    return float(np.average(values, weights=weights))
 
 
 def derive_kd_cache(feature_cache: Path, kd_cache: Path) -> None:
@@ -170,6 +139,7 @@ def run_student(settings: Any, method: str, *, narrow: bool, teacher_path: Path,
                 progress: bool = True, log: Any = print) -> StudentRun:
     """Distil one student with ``method``; evaluate it on the test set; return it with its histories."""
     from repgeo.distill import build_trainer, config_from_dict, save_config
+    from repgeo.distill.alpha import calibrate_alpha
 
     t0 = time.perf_counter()
     suffix = "narrow" if narrow else "wide"
@@ -193,9 +163,7 @@ def run_student(settings: Any, method: str, *, narrow: bool, teacher_path: Path,
     save_config(cfg, out / "config.yaml")
     alpha_eff, l0 = 0.0, float("nan")
     if trainer.feature_loss is not None:
-        l0 = initial_feature_loss(trainer)
-        alpha_eff = settings.alpha / max(l0, 1e-8)
-        trainer.alpha = alpha_eff
+        alpha_eff, l0 = calibrate_alpha(trainer, settings.alpha)
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     pad_id = trainer.processing_class.pad_token_id
@@ -228,7 +196,8 @@ def init_student(teacher: Any, data: Any, settings: Any, folder: Path, *, narrow
     if settings.probe_init:
         n = min(len(data.train), settings.probe_init)
         ids = encode(teacher.tokenizer, data.train["text"][:n], settings.max_length)
-        linear_probe_init(model, ids, label_ids(data.train["label"][:n], data.labels), teacher.tokenizer.pad_token_id)
+        linear_probe_init(model, ids, label_ids(data.train["label"][:n], data.labels), teacher.tokenizer.pad_token_id,
+                          seed=settings.seed)
     model.eval()
     model.save_pretrained(folder)
     teacher.tokenizer.save_pretrained(folder)  # the runner loads a student folder's tokenizer and checks it

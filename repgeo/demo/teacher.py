@@ -27,7 +27,7 @@ from .data import DemoData
 
 TEACHER_META = "demo_teacher.json"
 HEAD_MODULES = ("classifier", "score", "pre_classifier")  # the new classification head of AutoModelFor...
-FORMAT = 1
+FORMAT = 3  # 3: the linear probe is fitted with dropout active; length-grouped batches
 
 
 @dataclass
@@ -142,11 +142,14 @@ def label_ids(values: Any, labels: list[Any]) -> np.ndarray:
 
 @torch.no_grad()
 def linear_probe_init(model: Any, ids: list[list[int]], y: np.ndarray, pad_id: int, *, batch_size: int = 64,
-                      C: float = 0.1) -> float | None:
+                      C: float = 0.1, seed: int = 0) -> float | None:
     """Initialise a new linear classification head with a logistic regression fitted on its own inputs (linear
     probing before fine-tuning, as in LP-FT): a fresh random head otherwise spends the first steps of a short
-    fine-tuning undoing itself. Returns the probe's training accuracy, or None when the head is not a plain
-    ``nn.Linear`` on one vector per text (then it is left as it is)."""
+    fine-tuning undoing itself. The head's inputs are collected with dropout active, as fine-tuning will see them:
+    features that barely vary between texts (a saturated tanh pooler, e.g. a derived student's, whose pooler was
+    trained on another layer) but vary under dropout then get small weights, where an eval-mode fit gives them
+    weights that blow the training logits up to ~30. Returns the probe's training accuracy, or None when the head
+    is not a plain ``nn.Linear`` on one vector per text (then it is left as it is)."""
     from sklearn.linear_model import LogisticRegression
 
     head = next((m for name, m in model.named_children() if name in HEAD_MODULES), None)
@@ -156,16 +159,20 @@ def linear_probe_init(model: Any, ids: list[list[int]], y: np.ndarray, pad_id: i
     rows: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].detach().float().cpu()))
     was_training = model.training
-    model.eval()
+    model.train()
     try:
-        for start in range(0, len(ids), batch_size):
-            model(**_batch(ids[start : start + batch_size], pad_id, device))
+        with torch.random.fork_rng(devices=[]):  # dropout masks drawn from ``seed``, the global RNG left alone
+            torch.manual_seed(seed)
+            order = np.argsort([len(s) for s in ids], kind="stable")  # similar lengths batched: less padding
+            for start in range(0, len(ids), batch_size):
+                model(**_batch([ids[i] for i in order[start : start + batch_size]], pad_id, device))
     finally:
         handle.remove()
         model.train(was_training)
     if not rows or rows[0].dim() != 2:
         return None
-    X = torch.cat(rows).numpy()
+    X = np.empty((len(ids), rows[0].shape[1]), dtype=np.float32)
+    X[order] = torch.cat(rows).numpy()
     k = head.out_features
     if len(set(y.tolist())) != k:
         return None
@@ -183,16 +190,18 @@ def linear_probe_init(model: Any, ids: list[list[int]], y: np.ndarray, pad_id: i
 
 def fine_tune(model: Any, tokenizer: Any, data: DemoData, settings: Any, *, progress: bool = True,
               ) -> list[dict[str, float]]:
-    """Fine-tune ``model`` in place (AdamW, linear warm-up then decay, shuffled batches); returns the loss curve."""
+    """Fine-tune ``model`` in place (AdamW, linear warm-up then decay, shuffled batches of similar lengths); returns
+    the loss curve."""
     import transformers
     from tqdm.auto import tqdm
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     device = next(model.parameters()).device
     ids = encode(tokenizer, data.train["text"], settings.max_length)
     y = torch.tensor(label_ids(data.train["label"], data.labels))
     if settings.probe_init:
         n = min(len(ids), settings.probe_init)
-        linear_probe_init(model, ids[:n], y[:n].numpy(), tokenizer.pad_token_id)
+        linear_probe_init(model, ids[:n], y[:n].numpy(), tokenizer.pad_token_id, seed=settings.seed)
     if settings.teacher_train == "head":
         model.requires_grad_(False)
         head = [m for name, m in model.named_children() if name in HEAD_MODULES]
@@ -208,14 +217,15 @@ def fine_tune(model: Any, tokenizer: Any, data: DemoData, settings: Any, *, prog
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
     gen = torch.Generator().manual_seed(settings.seed)
+    lengths = [len(s) for s in ids]
     order: list[int] = []
     curve: list[dict[str, float]] = []
     model.train()
     bar = tqdm(range(1, steps + 1), desc="teacher fine-tune", disable=not progress)
     correct = seen = 0
     for step in bar:
-        if len(order) < settings.teacher_batch:
-            order += torch.randperm(len(ids), generator=gen).tolist()
+        if len(order) < settings.teacher_batch:  # random batches of similar lengths (less padding)
+            order += list(LengthGroupedSampler(settings.teacher_batch, lengths=lengths, generator=gen))
         rows, order = order[: settings.teacher_batch], order[settings.teacher_batch :]
         batch = _batch([ids[i] for i in rows], tokenizer.pad_token_id, device)
         out = model(**batch, labels=y[rows].to(device))

@@ -9,6 +9,7 @@ pooling, token selection, max length); a cache built for other settings is rebui
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,23 +39,27 @@ class TeacherCache:
         feature_tokens: str = "all",
         with_logits: bool = True,
         meta: dict[str, Any] | None = None,
-        batch_size: int = 16,
+        batch_size: int = 64,
     ) -> TeacherCache:
-        """Run the teacher once over ``dataset`` (items must carry ``example_index`` 0..n-1 in order)."""
+        """Run the teacher once over ``dataset`` (items must carry ``example_index`` 0..n-1 in order). Batches are
+        formed from examples of similar length (less padding; padding does not change the masked outputs)."""
         teacher.eval()
         device = next(teacher.parameters()).device
         items = [dataset[i] for i in range(len(dataset))]
-        logits: list[torch.Tensor] = []
-        feats: dict[int, list[torch.Tensor]] = {t: [] for t in feature_loss.teacher_layers} if feature_loss else {}
-        for start in range(0, len(items), batch_size):
-            batch = {k: v.to(device) for k, v in collate(items[start : start + batch_size]).items()}
+        order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
+        logits: list[torch.Tensor | None] = [None] * len(items)
+        layers = feature_loss.teacher_layers if feature_loss is not None else []
+        feats: dict[int, list[torch.Tensor | None]] = {t: [None] * len(items) for t in layers}
+        for start in range(0, len(order), batch_size):
+            rows_idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([items[i] for i in rows_idx]).items()}
             out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           output_hidden_states=feature_loss is not None)
             b = batch["input_ids"].shape[0]
             if with_logits:
                 rows = task.kd_logits(out.logits, batch).float().cpu()
-                counts = _kd_counts(task, batch, b)
-                logits.extend(rows.split(counts))
+                for i, r in zip(rows_idx, rows.split(_kd_counts(task, batch, b)), strict=True):
+                    logits[i] = r
             if feature_loss is not None:
                 tmask = task.feature_mask(batch, feature_tokens)
                 f = feature_loss.teacher_features(out.hidden_states, batch["attention_mask"], tmask)
@@ -63,7 +68,8 @@ class TeacherCache:
                 else:
                     counts = [1] * b
                 for t, rows in f.items():
-                    feats[t].extend(rows.cpu().split(counts))
+                    for i, r in zip(rows_idx, rows.cpu().split(counts), strict=True):
+                        feats[t][i] = r
         return cls(logits if with_logits else None, feats if feature_loss is not None else None, dict(meta or {}))
 
     def lookup(
@@ -83,7 +89,15 @@ class TeacherCache:
         return logits, feats
 
     def save(self, path: str | Path) -> None:
-        torch.save({"meta": self.meta, "logits": self.logits, "features": self.features}, Path(path))
+        """Write atomically: a temporary file in the same folder, then renamed (an interrupted write leaves no
+        partial cache)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save({"meta": self.meta, "logits": self.logits, "features": self.features}, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path, meta: dict[str, Any] | None = None) -> TeacherCache | None:
