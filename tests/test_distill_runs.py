@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
 from repgeo.cli_distill import main as cli_main
@@ -215,3 +218,159 @@ def test_instruction_loss_masks_prompt_tokens(tmp_path, family):
     scores = trainer.evaluate()
     assert 0.0 <= scores["eval_rougeL"] <= 100.0 and "eval_exact_match" in scores
     assert Path(cfg.output_dir).is_dir()
+
+
+_FORK_DRIVER = textwrap.dedent("""
+    import json, os, signal, sys, traceback
+    import torch, transformers
+    from repgeo.distill import load_config, run_distillation
+
+    torch.set_num_threads(1)
+
+    class Kill(transformers.TrainerCallback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == self.step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    # argv: reference.yaml, then (trial.yaml, kill step) pairs. Every child is forked before this process computes
+    # anything, trains until it SIGKILLs itself at its step; then each trial is resumed and the reference trained.
+    trials, report = list(zip(sys.argv[2::2], sys.argv[3::2])), {}
+    for path, step in trials:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                run_distillation(load_config(path), callbacks=[Kill(int(step))], verbose=False)
+            except BaseException:
+                traceback.print_exc()
+            os._exit(3)  # only reached when the kill did not happen
+        _, status = os.waitpid(pid, 0)
+        out = load_config(path).output_dir
+        report[path] = {"sigkill": os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL,
+                        "final": os.path.exists(os.path.join(out, "final")),
+                        "checkpoints": sorted(p for p in os.listdir(out) if p.startswith("checkpoint-"))}
+    for path, _ in trials:
+        run_distillation(load_config(path), resume=True, verbose=False)
+    run_distillation(load_config(sys.argv[1]), verbose=False)
+    print(json.dumps(report))
+""")
+
+
+def _same_final(a: Path, b: Path) -> None:
+    wa, wb = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-6), (a, key)
+    pa, pb = torch.load(a / "final" / "feature_loss.pt"), torch.load(b / "final" / "feature_loss.pt")
+    assert pa.keys() == pb.keys() and all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+
+
+def test_random_kill_trials_resume_to_the_uninterrupted_result(cls_setup, tmp_path):
+    """Two runs SIGKILLed at random steps (seeded RNG), each resumed from its last checkpoint: both end with the
+    weights and projectors of an uninterrupted run."""
+    import random
+
+    import yaml
+
+    steps = random.Random(7).sample(range(3, 8), 2)
+
+    def write(name):
+        cfg = _config(cls_setup, tmp_path / name, loss={"metric": "proj_mse", "projector_lr": 5e-3},
+                      trainer={"max_steps": 8, "save_steps": 2, "eval_strategy": "no"})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return str(path)
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(_FORK_DRIVER)
+    trials = [(write(f"trial{i}"), step) for i, step in enumerate(steps)]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(driver), write("straight"), *[str(a) for t in trials for a in t]],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.splitlines()[-1])
+    for i, (path, step) in enumerate(trials):
+        assert report[path]["sigkill"] and not report[path]["final"], (step, report[path], out.stderr[-2000:])
+        assert report[path]["checkpoints"] == [f"checkpoint-{s}" for s in range(2, step, 2)]
+        _same_final(tmp_path / f"trial{i}", tmp_path / "straight")
+    start = load_file(tmp_path / "trial0" / "checkpoint-2" / "model.safetensors")
+    final = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    assert any(not torch.allclose(start[k], final[k]) for k in final)  # training moved the weights
+
+
+def _full_disk_save(victim: str, real_save):
+    """A ``torch.save`` for which writes whose path contains ``victim`` find the disk full: half the bytes land in
+    the file, then ENOSPC."""
+
+    def save(obj, f, *args, **kwargs):
+        if victim not in str(f):
+            return real_save(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        with open(f, "wb") as out:
+            out.write(buf.getvalue()[: buf.tell() // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    return save
+
+
+class _StepCounter(transformers.TrainerCallback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_disk_full_during_a_checkpoint_then_resume(cls_setup, tmp_path, monkeypatch):
+    """The disk fills up while checkpoint-4 is written (the projectors' feature_loss.pt, or the Trainer's own
+    optimizer.pt): the run fails with ENOSPC, checkpoint-4 is not taken for complete (no trainer_state.json, no
+    partial feature_loss.pt), and --resume continues from checkpoint-2 to the uninterrupted result."""
+    from repgeo.distill import run_distillation
+    from repgeo.distill.trainer import checkpoint_complete
+
+    def cfg(name):
+        return config_from_dict(_config(cls_setup, tmp_path / name, loss={"metric": "proj_mse", "projector_lr": 5e-3},
+                                        trainer={"max_steps": 6, "save_steps": 2, "eval_strategy": "no"}))
+
+    run_distillation(cfg("straight"), verbose=False)
+    for victim in ("checkpoint-4/.feature_loss.pt", "checkpoint-4/optimizer.pt"):
+        name = victim.split("/")[1].strip(".")
+        monkeypatch.setattr(torch, "save", _full_disk_save(victim, torch.save))
+        with pytest.raises(OSError) as info:
+            run_distillation(cfg(name), verbose=False)
+        monkeypatch.undo()
+        assert info.value.errno == errno.ENOSPC
+        ck = tmp_path / name / "checkpoint-4"
+        assert not (ck / "trainer_state.json").exists() and not checkpoint_complete(ck, True)
+        assert not (ck / "feature_loss.pt").exists() or name == "optimizer.pt"
+        assert not [p.name for p in ck.iterdir() if p.name.endswith(".tmp")]
+        assert checkpoint_complete(tmp_path / name / "checkpoint-2", True)
+        trained = _StepCounter()
+        with pytest.warns(UserWarning, match=r"--resume: skipping incomplete checkpoint\(s\) checkpoint-4 in "):
+            result = run_distillation(cfg(name), resume=True, callbacks=[trained], verbose=False)
+        assert result.trainer.state.global_step == 6 and trained.steps == [3, 4, 5, 6]  # from checkpoint-2
+        assert checkpoint_complete(ck, True)
+        torch.load(ck / "optimizer.pt")  # rewritten whole by the resumed run
+        _same_final(tmp_path / name, tmp_path / "straight")
+
+
+def test_disk_full_while_saving_the_teacher_cache(cls_setup, tmp_path, monkeypatch):
+    """TeacherCache.save hits ENOSPC half-way: no cache file (nor temporary file) is left, so the next run rebuilds
+    the cache and uses it."""
+    from repgeo.distill import TeacherCache
+
+    cfg = config_from_dict(_config(cls_setup, tmp_path / "run", cache={"enabled": True}, loss={"metric": "cka"},
+                                   trainer={"max_steps": 1, "eval_strategy": "no", "save_strategy": "no"}))
+    monkeypatch.setattr(torch, "save", _full_disk_save("teacher_cache.pt", torch.save))
+    with pytest.raises(OSError) as info:
+        build_trainer(cfg, verbose=False)
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    assert [p.name for p in (tmp_path / "run").iterdir() if "cache" in p.name] == []
+    trainer, _ = build_trainer(cfg, verbose=False)
+    assert trainer.teacher_cache is not None
+    saved = TeacherCache.load(tmp_path / "run" / "teacher_cache.pt", trainer.teacher_cache.meta)
+    assert saved is not None and len(saved.logits) == len(trainer.train_dataset)

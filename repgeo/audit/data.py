@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from repgeo._files import read_text_utf8
 
 __all__ = ["load_model", "read_texts"]
 
@@ -19,17 +22,18 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
     or ``.jsonl`` file (field ``text_column``, same defaults; a line may also be a bare JSON string).
 
     Empty and whitespace-only texts are kept here (the audit drops and reports them). Raises
-    ``ValueError`` for an empty file, an unknown extension or a missing column.
+    ``ValueError`` for an empty file, an unknown extension, a missing column or a file that is not UTF-8 (naming
+    the byte offset).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        texts = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        texts = [line.rstrip("\r\n") for line in read_text_utf8(path).splitlines()]
         texts = [t for t in texts if t.strip()]
     elif suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.StringIO(read_text_utf8(path), newline="") as f:
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
             col = _pick_column(fields, text_column, path)
@@ -37,7 +41,7 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
     elif suffix in (".jsonl", ".ndjson"):
         texts = []
         col = text_column
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text_utf8(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:

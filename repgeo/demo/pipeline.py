@@ -146,11 +146,11 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
         texts = list(data.test["text"][: settings.audit_size])
         models = {"init": init, **{r.name: r.model for r in result.runs}}
         lm = result.runs[0].layer_map if result.runs else {}
-        last = (max(lm), lm[max(lm)]) if lm else None
-        result.audit = audit_students(teacher.model, teacher.tokenizer, texts, models, settings, last_pair=last,
+        result.audit = audit_students(teacher.model, teacher.tokenizer, texts, models, settings, layer_map=lm,
                                       progress=progress)
         result.audit_texts = len(texts)
-        st.note = f"{len(models)} students × {len(texts)} held-out texts, {settings.n_folds}-fold jackknife intervals"
+        st.note = (f"{len(models)} students × {len(texts)} held-out texts; mapped layers with "
+                   f"{settings.n_folds}-fold jackknife intervals and {settings.n_perm} permutations")
 
     with clock.stage("certificates") as st:
         result.certificates = certify(out / "counterexamples" if settings.figures else None, settings.seed)
@@ -166,10 +166,12 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
 
 
 def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dict[str, Any], settings: Any, *,
-                   last_pair: tuple[int, int] | None = None, progress: bool = True) -> pd.DataFrame:
+                   layer_map: dict[int, int] | None = None, progress: bool = True) -> pd.DataFrame:
     """Every (teacher layer, student layer) cell of every student on the same held-out texts (the teacher's
-    pooled features are collected once), plus proj_mse at ``last_pair`` = (student layer, teacher layer); columns
-    as :func:`repgeo.audit.audit_features` plus ``student``."""
+    pooled features are collected once): point values for the whole grid, jackknife intervals and permutation
+    p-values for the mapped cells of ``layer_map`` (student layer -> teacher layer; resampling every cell costs
+    ~40x more), plus proj_mse at the last mapped pair; columns as :func:`repgeo.audit.audit_features` plus
+    ``student``."""
     from repgeo.audit import audit_features
     from repgeo.distill.students import num_blocks
     from repgeo.probe import collect, tokenize_texts
@@ -184,10 +186,19 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
         model.eval()
         s_feats = collect(model, batches, list(range(num_blocks(model.config) + 1)), settings.pooling,
                           progress=False)
-        df = audit_features(t_feats, s_feats, list(settings.audit_metrics), n_folds=settings.n_folds,
-                            n_perm=settings.n_perm, seed=settings.seed)
-        if last_pair is not None:  # proj_mse at the last mapped pair, point value only
-            t_last, s_last = f"hidden_states.{last_pair[1]}", f"hidden_states.{last_pair[0]}"
+        metrics = list(settings.audit_metrics)
+        df = audit_features(t_feats, s_feats, metrics, n_folds=0, n_perm=0, seed=settings.seed)
+        mapped = [(f"hidden_states.{t}", f"hidden_states.{s}") for s, t in (layer_map or {}).items()
+                  if f"hidden_states.{s}" in s_feats]
+        if mapped and (settings.n_folds or settings.n_perm):
+            resampled = audit_features(t_feats, s_feats, metrics, cells=mapped, n_folds=settings.n_folds,
+                                       n_perm=settings.n_perm, seed=settings.seed)
+            keys = ["teacher_layer", "student_layer", "metric"]
+            df = (pd.concat([df.set_index(keys).drop(resampled.set_index(keys).index), resampled.set_index(keys)])
+                  .reset_index()[df.columns])
+        if layer_map:  # proj_mse at the last mapped pair, point value only
+            s_top = max(layer_map)
+            t_last, s_last = f"hidden_states.{layer_map[s_top]}", f"hidden_states.{s_top}"
             pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"], n_folds=0,
                                 n_perm=0, seed=settings.seed)
             df = pd.concat([df, pm], ignore_index=True)

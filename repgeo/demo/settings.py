@@ -60,7 +60,7 @@ class DemoSettings:
     # audit
     audit_size: int = 256
     n_folds: int = 20  # jackknife folds of the audit intervals
-    n_perm: int = 20
+    n_perm: int = 50
     audit_metrics: tuple[str, ...] = AUDIT_METRICS
     figures: bool = True
     extra: dict[str, Any] = field(default_factory=dict)

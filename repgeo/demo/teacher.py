@@ -27,7 +27,7 @@ from .data import DemoData
 
 TEACHER_META = "demo_teacher.json"
 HEAD_MODULES = ("classifier", "score", "pre_classifier")  # the new classification head of AutoModelFor...
-FORMAT = 3  # 3: the linear probe is fitted with dropout active; length-grouped batches
+FORMAT = 4  # 3: the linear probe is fitted with dropout active; 4: length-grouped batches
 
 
 @dataclass

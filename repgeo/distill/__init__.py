@@ -4,6 +4,8 @@ Built on the Hugging Face ``Trainer``; see :class:`DistillationTrainer` for the 
 ``w_task * CE + w_kd * T^2 * KL(teacher_T || student_T) + alpha * sum_k w_k D(teacher_k, student_k)``.
 """
 
+from repgeo._files import DataError
+
 from .cache import TeacherCache
 from .config import ConfigError, RunConfig, config_from_dict, load_config, save_config
 from .feature_loss import FeatureLoss, FeatureLossOutput
@@ -15,6 +17,7 @@ from .trainer import DistillationTrainer, kd_loss
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "DistillResult",
     "DistillationTrainer",
     "FeatureLoss",

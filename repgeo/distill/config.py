@@ -28,6 +28,7 @@ Errors raise :class:`ConfigError` naming the key (``loss.temperature: must be > 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -207,7 +208,9 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(f"{key}: unknown key; expected one of {', '.join(fields)}")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{key}: unknown key; {hint}expected one of {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -222,11 +225,16 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
 
 
 def _validate(cfg: RunConfig) -> None:
-    from repgeo.metrics import available
+    from repgeo.metrics import get
+
+    def metric(name: str, key: str) -> None:
+        try:
+            get(name)
+        except ValueError as exc:  # "unknown metric 'x'; available: ...; did you mean 'y'?"
+            raise ConfigError(f"{key}: {exc}") from None
 
     loss = cfg.loss
-    if loss.metric not in available():
-        raise ConfigError(f"loss.metric: unknown metric {loss.metric!r}; available: {', '.join(available())}")
+    metric(loss.metric, "loss.metric")
     if loss.temperature <= 0:
         raise ConfigError(f"loss.temperature: must be > 0, got {loss.temperature}")
     for name in ("alpha", "w_task", "w_kd"):
@@ -241,8 +249,7 @@ def _validate(cfg: RunConfig) -> None:
     if loss.feature_tokens == "response" and cfg.task != "instruction":
         raise ConfigError("loss.feature_tokens: 'response' only applies to task 'instruction'")
     for i, m in enumerate(cfg.geometry.metrics):
-        if m not in available():
-            raise ConfigError(f"geometry.metrics[{i}]: unknown metric {m!r}; available: {', '.join(available())}")
+        metric(m, f"geometry.metrics[{i}]")
     if cfg.geometry.probe_size < 2:
         raise ConfigError(f"geometry.probe_size: must be >= 2, got {cfg.geometry.probe_size}")
     st = cfg.student
@@ -267,7 +274,8 @@ def _validate_trainer(trainer: dict[str, Any]) -> None:
         if key in RESERVED_TRAINER_KEYS:
             raise ConfigError(f"trainer.{key}: set by the runner (use the top-level output_dir)")
         if key not in names:
-            close = [n for n in names if n.startswith(str(key)[:4])][:5]
+            close = difflib.get_close_matches(str(key), sorted(names), n=3, cutoff=0.75)
+            close += [n for n in sorted(names) if n.startswith(str(key)[:4]) and n not in close][: 5 - len(close)]
             hint = f"; did you mean one of {close}?" if close else ""
             raise ConfigError(f"trainer.{key}: not a transformers.TrainingArguments field{hint}")
 
@@ -330,18 +338,140 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (YAML would keep the last one silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first at line {seen[key]})", key_node.start_mark
+            )
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> ConfigError:
+    """``config: run.yaml, line 4, column 2: not valid YAML: <problem>`` followed by the offending line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if mark is None:
+        return ConfigError(f"config: {path} is not valid YAML: {problem}")
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    extra = ""
+    if context and context_mark is not None and context_mark.line != mark.line:
+        extra = f" ({context} that starts at line {context_mark.line + 1})"
+    if "<block end>" in problem or "mapping values are not allowed" in problem:
+        extra += "; check the indentation of this line"
+    lines = text.splitlines()
+    shown = f"\n    {mark.line + 1} | {lines[mark.line]}" if mark.line < len(lines) else ""
+    return ConfigError(f"config: {path}, {where}: not valid YAML: {problem}{extra}{shown}")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run configuration and apply ``section.key=value`` overrides."""
+    """Read a YAML run configuration and apply ``section.key=value`` overrides.
+
+    A missing file, a file that is not UTF-8, a YAML syntax error (named by file, line and column) and a key
+    given twice raise :class:`ConfigError`.
+    """
+    from repgeo._files import DataError, read_text_utf8
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config: file {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = read_text_utf8(p, "config file")
+    except DataError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {p} is not valid YAML: {exc}") from exc
+        raise _yaml_error(p, text, exc) from None
     return config_from_dict(data, overrides)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved configuration as YAML."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+#: Sections and keys that may differ between a run and its ``--resume``: where files go, what is logged, saved
+#: or evaluated, and the teacher cache (same teacher outputs up to float rounding). Everything else changes the
+#: trained weights and is refused.
+RESUME_SAFE_KEYS = ("output_dir", "data.eval", "data.max_eval_samples", "geometry", "generation", "cache")
+RESUME_SAFE_TRAINER_KEYS = frozenset({
+    "logging_dir", "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
+    "log_level", "log_level_replica", "log_on_each_node", "report_to", "run_name", "project", "trackio_space_id",
+    "disable_tqdm", "save_strategy", "save_steps", "save_total_limit", "save_safetensors", "save_on_each_node",
+    "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "per_device_eval_batch_size",
+    "eval_accumulation_steps", "eval_do_concat_batches", "prediction_loss_only", "include_for_metrics",
+    "batch_eval_metrics", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "skip_memory_metrics", "include_num_input_tokens_seen", "push_to_hub",
+    "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
+    "overwrite_output_dir",
+})
+_PATH_KEYS = ("teacher.path", "student.path", "data.train")
+
+
+def _trainer_defaults(seed: Any) -> dict[str, Any]:
+    import transformers
+
+    out = {f.name: f.default for f in dataclasses.fields(transformers.TrainingArguments)
+           if f.init and f.default is not dataclasses.MISSING}
+    out.update({"report_to": "none", "seed": seed, "save_strategy": "steps"})  # as build_trainer sets them
+    return out
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _resume_safe(key: str) -> bool:
+    if key.startswith("trainer."):
+        return key.split(".")[1] in RESUME_SAFE_TRAINER_KEYS
+    return any(key == k or key.startswith(k + ".") for k in RESUME_SAFE_KEYS)
+
+
+def resume_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved value, current value)}`` for the keys that differ between ``saved`` (the run folder's
+    ``config.yaml``) and ``cfg`` and that change the trained weights (every key but :data:`RESUME_SAFE_KEYS` and
+    :data:`RESUME_SAFE_TRAINER_KEYS`). Trainer keys left unset count as their ``TrainingArguments`` default and
+    paths are compared resolved, so spelling a value differently is not a change."""
+    try:
+        old_cfg: Any = _build(RunConfig, _fix_floats(saved or {}), "").to_dict()
+    except ConfigError:  # written by another repgeo version: compare what is there
+        old_cfg = saved or {}
+    both = [yaml.safe_load(yaml.safe_dump(d, sort_keys=False)) for d in (old_cfg, cfg.to_dict())]
+    flat = []
+    for d in both:
+        trainer = {**_trainer_defaults(d.get("seed", 0)), **(d.get("trainer") or {})}
+        flat.append(_flatten({**d, "trainer": trainer}, "", {}))
+    old, new = flat
+    changes = {}
+    for key in dict.fromkeys([*old, *new]):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if key in _PATH_KEYS and isinstance(a, str) and isinstance(b, str):
+            same = Path(a).resolve() == Path(b).resolve()
+        else:
+            same = a == b
+        if not same and not _resume_safe(key):
+            changes[key] = (a, b)
+    return changes
+

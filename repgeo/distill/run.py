@@ -9,22 +9,26 @@ the Trainer's ``checkpoint-N`` folders (each with ``feature_loss.pt`` when the l
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+import yaml
+
+from repgeo._files import DataError
 
 from .cache import TeacherCache
-from .checks import hidden_sizes
-from .config import RunConfig, save_config
+from .checks import check_tokenizers, hidden_sizes
+from .config import ConfigError, RunConfig, resume_changes, save_config
 from .feature_loss import FeatureLoss
 from .geometry import GeometryProbe
 from .mapping import format_layer_map, resolve_layer_map, save_layer_map
 from .students import derive_student
 from .tasks import ClassificationTask, InstructionTask
-from .trainer import DistillationTrainer
+from .trainer import DistillationTrainer, checkpoint_complete
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,15 +55,27 @@ def _load_tokenizer(path: str) -> Any | None:
         return None
 
 
+def _load_error(key: str, path: str, exc: Exception) -> ConfigError:
+    if Path(path).exists():
+        what = f"{path!r} is a local path but not a loadable transformers model folder"
+    else:
+        what = (f"{path!r} is not a local folder (resolved: {Path(path).resolve()}), so it was looked up on the "
+                "Hugging Face hub, which failed (offline, or no such model)")
+    return ConfigError(f"{key}: {what}. Original error: {exc}")
+
+
 def build_student(cfg: RunConfig, teacher: transformers.PreTrainedModel) -> tuple[Any, Any | None]:
     """The student model (and its own tokenizer when loaded from a folder that has one)."""
     st = cfg.student
     if st.path is not None:
         kwargs = {"num_labels": teacher.config.num_labels} if cfg.task == "classification" else {}
-        model = _model_class(cfg.task).from_pretrained(st.path, **kwargs)
+        try:
+            model = _model_class(cfg.task).from_pretrained(st.path, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise _load_error("student.path", st.path, exc) from exc
         return model, _load_tokenizer(st.path)
     if st.keep_every is None and st.num_layers is None and st.hidden_size is None:
-        raise ValueError("student: give a path, or derive it with keep_every / num_layers / hidden_size")
+        raise ConfigError("student: give a path, or derive it with keep_every / num_layers / hidden_size")
     return derive_student(teacher, keep_every=st.keep_every, num_layers=st.num_layers,
                           hidden_size=st.hidden_size, seed=cfg.seed), None
 
@@ -71,7 +87,10 @@ def build_trainer(
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     transformers.set_seed(cfg.seed)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.teacher.path)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.teacher.path)
+    except (OSError, ValueError) as exc:
+        raise _load_error("teacher.path", cfg.teacher.path, exc) from exc
     if cfg.task == "classification":
         task: Any = ClassificationTask(tokenizer, cfg.data)
     else:
@@ -81,13 +100,24 @@ def build_trainer(
     kwargs: dict[str, Any] = {}
     if cfg.teacher.dtype:
         kwargs["dtype"] = _DTYPES[cfg.teacher.dtype]
-    teacher = _model_class(cfg.task).from_pretrained(cfg.teacher.path, **kwargs)
+    try:
+        teacher = _model_class(cfg.task).from_pretrained(cfg.teacher.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error("teacher.path", cfg.teacher.path, exc) from exc
     if cfg.task == "classification" and teacher.config.num_labels != task.num_labels:
-        raise ValueError(f"the teacher has {teacher.config.num_labels} labels, the data {task.num_labels} "
-                         f"({task.labels})")
+        raise DataError(f"data file {cfg.data.train!r} has {task.num_labels} labels ({task.labels}) but the teacher "
+                        f"{cfg.teacher.path!r} has {teacher.config.num_labels} (config.num_labels); use the data the "
+                        "teacher was trained on, or list its classes in data.labels")
     student, student_tok = build_student(cfg, teacher)
+    try:
+        check_tokenizers(tokenizer, student_tok)
+    except ValueError as exc:
+        raise ConfigError(f"student.path: {exc}") from None
     s_dims, t_dims = hidden_sizes(student), hidden_sizes(teacher)
-    layer_map = resolve_layer_map(cfg.loss.layer_map, len(s_dims) - 1, len(t_dims) - 1)
+    try:
+        layer_map = resolve_layer_map(cfg.loss.layer_map, len(s_dims) - 1, len(t_dims) - 1)
+    except ValueError as exc:
+        raise ConfigError(f"loss.layer_map: {exc}") from None
     if verbose:
         print(f"[repgeo distill] layer map: {format_layer_map(layer_map)}")
     save_layer_map(layer_map, out / "layer_map.json")
@@ -158,17 +188,33 @@ def _teacher_cache(cfg: RunConfig, teacher: Any, train: Any, task: Any, feature_
 def run_distillation(
     cfg: RunConfig, *, resume: bool = False, callbacks: list[Any] | None = None, verbose: bool = True
 ) -> DistillResult:
-    """Train a student as configured; ``resume=True`` continues from the run folder's last checkpoint
-    (weights, optimizer, scheduler, projectors and RNG state)."""
+    """Train a student as configured; ``resume=True`` continues from the run folder's last complete checkpoint
+    (weights, optimizer, scheduler, projectors and RNG state).
+
+    Resuming refuses (:class:`~repgeo.distill.config.ConfigError`) a run folder whose ``config.yaml`` differs from
+    ``cfg`` in a key that changes the trained weights (model, data, loss, seed, optimisation, schedule length),
+    naming each key with its old and new value. Keys that only touch logging, saving, evaluation, the teacher
+    cache or ``output_dir`` may change (:data:`~repgeo.distill.config.RESUME_SAFE_KEYS`,
+    :data:`~repgeo.distill.config.RESUME_SAFE_TRAINER_KEYS`). A checkpoint whose writing was interrupted (no
+    readable ``trainer_state.json``, or no ``feature_loss.pt`` when the loss has parameters) is skipped.
+    """
     out = Path(cfg.output_dir)
     checkpoint = None
     if resume:
-        checkpoint = transformers.trainer_utils.get_last_checkpoint(str(out)) if out.is_dir() else None
-        if checkpoint is None:
+        if not out.is_dir() or transformers.trainer_utils.get_last_checkpoint(str(out)) is None:
             raise FileNotFoundError(f"--resume: no checkpoint-N folder in {out}")
+        _check_resume_config(cfg, out)
+    trainer, layer_map = build_trainer(cfg, callbacks=callbacks, verbose=verbose)
+    if resume:
+        with_projectors = trainer.feature_loss is not None and any(True for _ in trainer.feature_loss.parameters())
+        checkpoint, skipped = _last_complete_checkpoint(out, with_projectors)
+        if skipped:
+            warnings.warn(f"--resume: skipping incomplete checkpoint(s) {', '.join(skipped)} in {out} (their writing "
+                          "was interrupted)", stacklevel=2)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {out} (incomplete: {', '.join(skipped)})")
         if verbose:
             print(f"[repgeo distill] resuming from {checkpoint}")
-    trainer, layer_map = build_trainer(cfg, callbacks=callbacks, verbose=verbose)
     save_config(cfg, out / "config.yaml")
     trainer.train(resume_from_checkpoint=checkpoint)
     final = out / "final"
@@ -191,3 +237,34 @@ def run_distillation(
         print("[repgeo distill] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                                               if isinstance(v, float) and not k.startswith("eval_geometry")))
     return DistillResult(out, layer_map, metrics, trainer)
+
+
+def _check_resume_config(cfg: RunConfig, out: Path) -> None:
+    """Refuse to resume ``out`` with a configuration that changes the trained weights (see run_distillation)."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return  # nothing to compare against (the file is written before the first step, so only by hand)
+    saved = yaml.safe_load(path.read_text()) or {}
+    changes = resume_changes(saved, cfg)
+    if changes:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        raise ConfigError(
+            f"--resume: {path} was written with a different configuration; these keys change the trained weights: "
+            f"{listed}. Resume with the saved values, or start a new run in another output_dir"
+        )
+
+
+def _last_complete_checkpoint(out: Path, with_projectors: bool) -> tuple[str | None, list[str]]:
+    """The highest-step complete ``checkpoint-N`` folder of ``out`` and the names of the incomplete ones above it."""
+    steps = []
+    for p in out.iterdir():
+        name = p.name
+        if p.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+            steps.append((int(name[len("checkpoint-"):]), p))
+    skipped = []
+    for _, p in sorted(steps, reverse=True):
+        if checkpoint_complete(p, with_projectors):
+            return str(p), skipped
+        skipped.append(p.name)
+    return None, skipped
+

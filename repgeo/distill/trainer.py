@@ -246,16 +246,26 @@ class DistillationTrainer(transformers.Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+        # feature_loss.pt first: the base class writes trainer_state.json last (before rotating old checkpoints),
+        # so a readable trainer_state.json marks a complete checkpoint (see checkpoint_complete)
         if self.feature_loss is not None and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             self.save_feature_loss(folder)
+        super()._save_checkpoint(model, trial)
 
     def save_feature_loss(self, folder: str) -> None:
-        """Write the feature loss's state (projectors) as ``feature_loss.pt`` in ``folder``."""
+        """Write the feature loss's state (projectors) as ``feature_loss.pt`` in ``folder``, atomically (a temporary
+        file renamed into place: an interrupted or failed write leaves no partial file)."""
         if self.feature_loss is not None:
             os.makedirs(folder, exist_ok=True)
-            torch.save(self.feature_loss.state_dict(), os.path.join(folder, FEATURE_LOSS_FILE))
+            path = os.path.join(folder, FEATURE_LOSS_FILE)
+            tmp = os.path.join(folder, f".{FEATURE_LOSS_FILE}.{os.getpid()}.tmp")
+            try:
+                torch.save(self.feature_loss.state_dict(), tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -266,3 +276,17 @@ class DistillationTrainer(transformers.Trainer):
             raise FileNotFoundError(f"checkpoint {resume_from_checkpoint} has no {FEATURE_LOSS_FILE} (projectors)")
         state = torch.load(path, map_location=self.args.device, weights_only=True)
         self.feature_loss.load_state_dict(state)
+
+
+def checkpoint_complete(folder: str | os.PathLike[str], with_projectors: bool) -> bool:
+    """Whether a ``checkpoint-N`` folder was written to the end: ``trainer_state.json`` (the base Trainer's last
+    file) is readable JSON and, when the feature loss has parameters, ``feature_loss.pt`` (written first) exists."""
+    import json
+
+    try:
+        with open(os.path.join(folder, transformers.trainer.TRAINER_STATE_NAME)) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return not with_projectors or os.path.isfile(os.path.join(folder, FEATURE_LOSS_FILE))
+

@@ -58,7 +58,11 @@ def as_matrix(a: object, name: str) -> Array:
     xp = namespace(x)
     # one cheap pass: a NaN or Inf makes the sum non-finite; only then (or on overflow) look element-wise
     if not bool(xp.isfinite(xp.sum(x))) and not bool(xp.all(xp.isfinite(x))):
-        raise ValueError(f"{name} contains NaN or Inf")
+        bad = np.argwhere(~np.isfinite(np.asarray(x.detach().cpu() if is_torch(x) else x)))
+        r, c = (int(v) for v in bad[0])
+        raise ValueError(
+            f"{name} contains NaN or Inf ({len(bad)} value(s); the first at row {r}, column {c})"
+        )
     return x
 
 

@@ -74,7 +74,14 @@ def get(name: str) -> MetricSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown metric {name!r}; available: {', '.join(available())}") from None
+        import difflib
+
+        close = []
+        if isinstance(name, str):
+            close = [n for n in available() if n.lower() == name.lower()] or difflib.get_close_matches(
+                name, available(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown metric {name!r}; available: {', '.join(available())}{hint}") from None
 
 
 def available(*, streamable: bool | None = None, kind: str | None = None) -> list[str]:

@@ -2,39 +2,111 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from repgeo._files import DataError, read_text_utf8
+
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read a CSV (``.csv``/``.tsv``) or JSON-lines (``.jsonl``/``.json``) file into a list of dicts."""
+    """Read a CSV (``.csv``/``.tsv``) or JSON-lines (``.jsonl``/``.json``) file into a list of dicts.
+
+    The file must be UTF-8. In CSV files only empty cells are missing values (``NA`` or ``null`` stay text).
+    Problems raise :class:`~repgeo._files.DataError` naming the file (and the line for malformed JSON lines);
+    a missing file raises ``FileNotFoundError``.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file {str(p)!r} not found")
+    if p.suffix not in (".csv", ".tsv", ".jsonl", ".json"):
+        raise DataError(f"data file {str(p)!r}: expected .csv, .tsv, .jsonl or .json")
+    text = read_text_utf8(p)
+    if not text.strip():
+        raise DataError(f"data file {str(p)!r} is empty")
     if p.suffix in (".csv", ".tsv"):
         import pandas as pd
 
-        frame = pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",")
+        try:
+            frame = pd.read_csv(io.StringIO(text), sep="\t" if p.suffix == ".tsv" else ",",
+                                keep_default_na=False, na_values=[""])
+        except pd.errors.ParserError as exc:
+            raise DataError(f"data file {str(p)!r} is not valid {p.suffix[1:].upper()}: {exc}") from None
         return frame.to_dict(orient="records")
-    if p.suffix in (".jsonl", ".json"):
-        text = p.read_text()
-        if p.suffix == ".json" and text.lstrip().startswith("["):
-            return list(json.loads(text))
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    raise ValueError(f"data file {str(p)!r}: expected .csv, .tsv, .jsonl or .json")
+    if p.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"data file {str(p)!r}, line {exc.lineno}: not valid JSON: {exc.msg}") from None
+        records = list(data)
+    else:
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"data file {str(p)!r}, line {lineno}: not valid JSON ({exc.msg}); JSON-lines files hold one "
+                    "JSON object per line"
+                ) from None
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise DataError(f"data file {str(p)!r}, {record_where(p, i)}: expected a JSON object, got {r!r:.60}")
+    return records
+
+
+def record_where(path: str | Path, i: int) -> str:
+    """``"record i (line n)"``: where record ``i`` (0-based, as returned by :func:`load_records`) sits in its
+    file. Computed on the error path only (re-reads the file)."""
+    p = Path(path)
+    line = None
+    try:
+        text = read_text_utf8(p)
+        if p.suffix in (".csv", ".tsv"):
+            import csv
+
+            reader = csv.reader(io.StringIO(text), delimiter="\t" if p.suffix == ".tsv" else ",")
+            next(reader, None)  # header
+            for k, _ in enumerate(reader):
+                if k == i:
+                    line = reader.line_num
+                    break
+        elif not text.lstrip().startswith("["):
+            nonblank = [n for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+            line = nonblank[i] if i < len(nonblank) else None
+    except (OSError, ValueError):
+        pass
+    return f"record {i} (line {line})" if line is not None else f"record {i}"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (
+        isinstance(value, str) and not value.strip())
 
 
 def require_fields(records: list[dict[str, Any]], fields: Sequence[str], path: str) -> None:
-    """Raise naming the missing column."""
+    """Raise :class:`~repgeo._files.DataError` naming the file, the missing column, or the first record (and line)
+    whose value is absent or empty."""
     if not records:
-        raise ValueError(f"data file {path!r} has no records")
+        raise DataError(f"data file {path!r} has no records")
     for f in fields:
         if f not in records[0]:
-            raise ValueError(f"data file {path!r} has no field {f!r} (fields: {sorted(records[0])})")
+            raise DataError(f"data file {path!r} has no field {f!r} (fields: {sorted(records[0])}); "
+                            "set data.text_field / data.label_field (or prompt_field / response_field)")
+    for i, r in enumerate(records):
+        for f in fields:
+            if f not in r:
+                raise DataError(f"data file {path!r}, {record_where(path, i)}: no field {f!r} "
+                                f"(fields: {sorted(r)})")
+            if _missing(r[f]):
+                raise DataError(f"data file {path!r}, {record_where(path, i)}: field {f!r} is empty")
 
 
 class ListDataset(torch.utils.data.Dataset):

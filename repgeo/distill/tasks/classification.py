@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import ListDataset, Task, load_records, pad, require_fields
+from repgeo._files import DataError
+
+from .base import ListDataset, Task, load_records, pad, record_where, require_fields
 
 
 class ClassificationTask(Task):
@@ -19,19 +21,29 @@ class ClassificationTask(Task):
     def __init__(self, tokenizer: Any, data_cfg: Any, labels: list[Any] | None = None) -> None:
         super().__init__(tokenizer, data_cfg)
         self.labels: list[Any] | None = list(labels) if labels is not None else data_cfg.labels
+        self._labels_source = ("the labels given" if labels is not None
+                               else "data.labels" if data_cfg.labels is not None else None)
 
     def dataset(self, path: str, max_samples: int | None = None) -> ListDataset:
+        """Tokenised examples of ``path``. The first file read (the training set) fixes the label set unless
+        ``data.labels`` lists it; a later file (eval) with a label outside it raises
+        :class:`~repgeo._files.DataError` naming the file, record, line and label."""
         cfg = self.data_cfg
         records = load_records(path)[:max_samples]
         require_fields(records, [cfg.text_field, cfg.label_field], path)
         if self.labels is None:
             self.labels = sorted({r[cfg.label_field] for r in records}, key=str)
+            self._labels_source = f"the training data {path!r}"
         index = {str(lab): i for i, lab in enumerate(self.labels)}
         items = []
         for i, r in enumerate(records):
             key = str(r[cfg.label_field])
             if key not in index:
-                raise ValueError(f"data file {path!r}, record {i}: label {r[cfg.label_field]!r} not in {self.labels}")
+                raise DataError(
+                    f"data file {path!r}, {record_where(path, i)}: label {r[cfg.label_field]!r} does not occur in "
+                    f"{self._labels_source} (labels: {self.labels}); a model cannot learn a class it is never "
+                    "trained on. Fix the file, or list every class in data.labels"
+                )
             enc = self.tokenizer(str(r[cfg.text_field]), truncation=True, max_length=cfg.max_length)
             items.append({"input_ids": enc["input_ids"], "labels": index[key], "example_index": i})
         return ListDataset(items)

@@ -1,0 +1,547 @@
+"""Distillation quality study: geometric feature losses (Procrustes, FG) vs projection-MSE and CKA, on real
+labelled data obtainable offline, across tasks and seeds, with an α sweep on validation and paired tests.
+
+    python benchmarks/distill_quality.py --preset cpu     # about an hour on 2 CPU cores
+    python benchmarks/distill_quality.py --preset gpu     # one large GPU, about 10 minutes
+    python benchmarks/distill_quality.py --quick          # seconds-scale smoke run (a test runs it)
+
+Protocol (one *regime* = one task + one student + a training length):
+
+1. The teacher, all-MiniLM-L6-v2 with a classification head, is fine-tuned on the task's training split (linear-
+   probe initialised head, then the whole model; cached by settings) — ``repgeo.demo.teacher``.
+2. The student is derived from the teacher (``keep_every``: teacher blocks 0, k, 2k, …; or a narrower, freshly
+   initialised copy), its head re-fitted by a linear probe; every method starts from this same student.
+3. Methods, through the ``repgeo distill`` engine (``DistillationTrainer``, teacher logits and features cached):
+   ``ft`` (task loss only), ``kd`` (+ logit KD, T = 2), ``kd+proj_mse`` / ``kd+cka`` / ``kd+procrustes`` /
+   ``kd+fg`` (+ α × feature loss on mean-pooled mapped layers). α is *relative*: divided by the loss's value at
+   initialisation, so one grid treats every loss alike (``repgeo.distill.alpha``).
+4. α is chosen per feature loss on the validation split of the first regime, with the same grid and seeds for
+   every loss; the test split is used once, for the final numbers.
+5. Each method runs with ``seeds`` seeds (seed = data order, dropout and the projector's initialisation; the
+   student's starting weights are shared). Paired tests across seeds compare each geometric loss with the best
+   non-geometric method of the regime (by mean test accuracy), and with projection-MSE and CKA: mean difference
+   with a 95 % t-interval, paired t-test and Wilcoxon signed-rank p-values, Cohen's d_z.
+6. Ablations on the first regime: token-level instead of pooled features, and a linearly decaying α.
+
+Every finished run is appended to ``<work>/runs.jsonl`` (keyed by its settings), so an interrupted study resumes
+where it stopped. Results: ``benchmarks/results/distill_quality[_<preset>].json`` and ``.md``, and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FEATURE_METHODS = ("proj_mse", "cka", "procrustes", "fg")
+GEOMETRIC = ("procrustes", "fg")
+METHODS = ("ft", "kd", *(f"kd+{m}" for m in FEATURE_METHODS))
+
+
+@dataclass
+class Regime:
+    """One task + student + training length."""
+
+    task: str
+    seeds: int
+    n_train: int
+    n_dev: int
+    n_test: int
+    student_steps: int
+    keep_every: int = 2  # 6-layer teacher -> blocks 0, 2, 4
+    narrow_width: int | None = None
+    teacher_steps: int = 200
+    max_length: int = 64
+
+    @property
+    def name(self) -> str:
+        student = f"narrow{self.narrow_width}" if self.narrow_width else f"keep{self.keep_every}"
+        return f"{self.task}/{student}/{self.student_steps}steps"
+
+
+@dataclass
+class Preset:
+    regimes: list[Regime]
+    alpha_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
+    sweep_seeds: int = 2
+    ablation_seeds: int = 5
+    ablations: tuple[tuple[str, str, str], ...] = (("procrustes", "tokens", "constant"),
+                                                   ("procrustes", "mean", "linear"), ("fg", "mean", "linear"))
+    batch: int = 32
+    lr: float = 1e-4
+    teacher_lr: float = 5e-5
+    temperature: float = 2.0
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        regimes=[Regime("rotten_tomatoes", 2, 96, 48, 48, 4, teacher_steps=4, max_length=24)],
+        alpha_grid=(1.0,), sweep_seeds=1, ablation_seeds=1, ablations=(("procrustes", "mean", "linear"),),
+        batch=16),
+    "cpu": Preset(regimes=[
+        Regime("rotten_tomatoes", 10, 4000, 500, 1000, 100, teacher_steps=250),
+        Regime("banking77", 5, 4000, 500, 1000, 100, teacher_steps=300),
+        Regime("trec", 5, 3000, 500, 490, 100, teacher_steps=200),
+    ]),
+    "gpu": Preset(regimes=[
+        Regime("rotten_tomatoes", 10, 9000, 1000, 2000, 600, teacher_steps=1000, max_length=96),
+        Regime("banking77", 10, 9003, 1000, 3080, 600, teacher_steps=1200),
+        Regime("clinc", 5, 15000, 1000, 2250, 600, teacher_steps=1500),
+        Regime("trec", 5, 4849, 532, 490, 400, teacher_steps=600),
+        Regime("rotten_tomatoes", 5, 9000, 1000, 2000, 600, teacher_steps=1000, narrow_width=192, max_length=96),
+    ], alpha_grid=(0.1, 0.3, 1.0, 3.0, 10.0), sweep_seeds=3, ablation_seeds=10, batch=32),
+}
+
+
+# ----------------------------------------------------------------------------------------------- data and models
+def load_splits(task: str, r: Regime, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Train / dev / test frames (``text``, ``label`` as strings), subsampled with a fixed seed (stratified where
+    every class has enough rows)."""
+    from repgeo.study_data import text_classification
+
+    splits = text_classification(task)
+    sizes = {"train": r.n_train, "dev": r.n_dev, "test": r.n_test}
+    out = {}
+    for name, frame in splits.items():
+        frame = frame.assign(label=frame["label"].astype(str))
+        n = min(sizes[name], len(frame))
+        out[name] = frame.sample(n=n, random_state=seed).reset_index(drop=True) if n < len(frame) else frame
+    known = set(out["train"]["label"])
+    for name in ("dev", "test"):  # a class absent from the subsampled training split cannot be learned
+        out[name] = out[name][out[name]["label"].isin(known)].reset_index(drop=True)
+    return out
+
+
+def teacher_settings(preset: Preset, r: Regime, cache: Path) -> Any:
+    from repgeo.demo.settings import settings_for
+
+    return settings_for("default", n_train=r.n_train, n_test=r.n_dev, max_length=r.max_length,
+                        teacher_steps=r.teacher_steps, teacher_lr=preset.teacher_lr, teacher_batch=preset.batch,
+                        probe_init=min(1024, r.n_train), keep_every=r.keep_every, narrow_width=r.narrow_width,
+                        cache_dir=str(cache), seed=0)
+
+
+@dataclass
+class Prepared:
+    """A regime's teacher, student initialisation and data files."""
+
+    regime: Regime
+    teacher: Any
+    student_path: Path
+    labels: list[str]
+    files: dict[str, Path]
+    ids: dict[str, list[list[int]]]
+    y: dict[str, np.ndarray]
+    teacher_acc: dict[str, float] = field(default_factory=dict)
+    student_init_acc: dict[str, float] = field(default_factory=dict)
+
+
+def prepare(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
+    from repgeo.assets import minilm_path
+    from repgeo.demo.data import DemoData
+    from repgeo.demo.students import init_student
+    from repgeo.demo.teacher import encode, label_ids, predict, prepare_teacher
+
+    splits = load_splits(r.task, r)
+    labels = sorted(set(splits["train"]["label"]))
+    folder = work / r.name.replace("/", "_")
+    files = {}
+    for name, frame in splits.items():
+        files[name] = folder / "data" / f"{name}.jsonl"
+        files[name].parent.mkdir(parents=True, exist_ok=True)
+        frame.to_json(files[name], orient="records", lines=True, force_ascii=False)
+    data = DemoData(splits["train"], splits["dev"], labels, r.task, len(splits["train"]))
+    settings = teacher_settings(preset, r, work / "teachers")
+    teacher = prepare_teacher(str(minilm_path()), data, settings, cache_dir=work / "teachers", progress=False, log=log)
+    init_path = folder / "student-init"
+    if not (init_path / "config.json").is_file():
+        init_student(teacher, data, settings, init_path, narrow=r.narrow_width is not None)
+    tok = teacher.tokenizer
+    ids = {name: encode(tok, list(frame["text"]), r.max_length) for name, frame in splits.items()}
+    y = {name: label_ids(frame["label"], labels) for name, frame in splits.items()}
+    p = Prepared(r, teacher, init_path, labels, files, ids, y)
+    import transformers
+
+    student = transformers.AutoModelForSequenceClassification.from_pretrained(init_path)
+    for name in ("dev", "test"):
+        p.teacher_acc[name] = float((predict(teacher.model, ids[name], tok.pad_token_id) == y[name]).mean())
+        p.student_init_acc[name] = float((predict(student, ids[name], tok.pad_token_id) == y[name]).mean())
+    log(f"{r.name}: teacher test {p.teacher_acc['test']:.3f}, student init test {p.student_init_acc['test']:.3f}, "
+        f"{len(labels)} labels, train/dev/test {len(splits['train'])}/{len(splits['dev'])}/{len(splits['test'])}")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------- one run
+@dataclass(frozen=True)
+class RunSpec:
+    regime: str
+    method: str  # one of METHODS
+    seed: int
+    alpha: float = 0.0  # relative α (feature methods)
+    pooling: str = "mean"
+    schedule: str = "constant"
+    stage: str = "final"  # "sweep" | "final" | "ablation"
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Path) -> dict[str, Any]:
+    r = p.regime
+    metric = spec.method.split("+", 1)[1] if "+" in spec.method else None
+    return {
+        "task": "classification", "output_dir": str(out), "seed": spec.seed,
+        "teacher": {"path": str(p.teacher.path)}, "student": {"path": str(p.student_path)},
+        "data": {"train": str(p.files["train"]), "eval": str(p.files["dev"]), "labels": p.labels,
+                 "max_length": r.max_length},
+        "loss": {"metric": metric or "procrustes", "alpha": spec.alpha if metric else 0.0, "w_task": 1.0,
+                 "w_kd": 0.0 if spec.method == "ft" else 1.0, "temperature": preset.temperature,
+                 "pooling": spec.pooling, "layer_map": "uniform"},
+        "trainer": {"max_steps": r.student_steps, "learning_rate": preset.lr,
+                    "per_device_train_batch_size": preset.batch, "per_device_eval_batch_size": 64,
+                    "warmup_steps": max(1, r.student_steps // 10), "weight_decay": 0.01,
+                    "logging_steps": max(1, r.student_steps // 5), "save_strategy": "no", "disable_tqdm": True,
+                    "dataloader_pin_memory": False, "report_to": "none", "train_sampling_strategy": "group_by_length"},
+        "geometry": {"enabled": True, "metrics": ["procrustes", "cka", "fg"], "probe_size": min(256, len(p.y["dev"]))},
+        "cache": {"enabled": spec.method != "ft", "path": str(cache)},
+    }
+
+
+def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str, Any]:
+    """Train one student; its dev and test accuracy, the feature loss's initial value and α, seconds per step
+    and the final mapped-layer geometry on the dev probe set."""
+    import torch
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from repgeo.demo.teacher import predict
+    from repgeo.distill import build_trainer, config_from_dict
+    from repgeo.distill.alpha import AlphaSchedule, calibrate_alpha
+
+    folder = work / p.regime.name.replace("/", "_")
+    out = folder / "runs" / spec.key
+    suffix = f"{spec.pooling}" + ("-features" if "+" in spec.method else "-logits")
+    cfg = config_from_dict(run_config(preset, p, spec, out, folder / f"teacher_cache_{suffix}.pt"))
+    schedule = AlphaSchedule(spec.schedule)
+    trainer, _ = build_trainer(cfg, callbacks=[schedule], verbose=False)
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    schedule.trainer = trainer
+    alpha_eff, l0 = 0.0, float("nan")
+    if trainer.feature_loss is not None:
+        alpha_eff, l0 = calibrate_alpha(trainer, spec.alpha)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    pad = p.teacher.tokenizer.pad_token_id
+    acc = {name: float((predict(model, p.ids[name], pad) == p.y[name]).mean()) for name in ("dev", "test")}
+    geometry = trainer.geometry.measure(trainer.teacher, model, step=trainer.state.global_step)
+    history = trainer.state.log_history
+    row = {**dataclasses.asdict(spec), "key": spec.key, "dev_acc": acc["dev"], "test_acc": acc["test"],
+           "alpha_eff": alpha_eff, "feature_loss_init": l0, "sec_per_step": seconds / max(1, trainer.state.global_step),
+           "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), float("nan")),
+           "geometry": {k.removeprefix("geometry/"): v for k, v in geometry.items()}}
+    del trainer, model
+    gc.collect()
+    torch.manual_seed(0)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """``a - b`` across seeds: mean, 95 % t-interval, paired t-test and Wilcoxon p-values, Cohen's d_z."""
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    n = len(d)
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1)) if n > 1 else float("nan")
+    out = {"n": n, "diff": mean, "ci_low": float("nan"), "ci_high": float("nan"), "p_t": float("nan"),
+           "p_wilcoxon": float("nan"), "d_z": float("nan")}
+    if n > 1 and sd > 0:
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        out.update(ci_low=mean - half, ci_high=mean + half, p_t=float(stats.ttest_rel(a, b).pvalue), d_z=mean / sd)
+    elif n > 1:  # identical differences: no spread
+        out.update(ci_low=mean, ci_high=mean, p_t=1.0 if mean == 0 else 0.0)
+    if n > 1 and np.any(d != 0):
+        out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], stage: str = "final") -> dict[str, Any]:
+    """Per regime: mean ± std per method, and paired comparisons of each geometric loss."""
+    df = pd.DataFrame([r for r in rows if r["stage"] == stage])
+    out: dict[str, Any] = {}
+    for regime, g in df.groupby("regime", sort=False):
+        table = g.groupby("method")["test_acc"].agg(["mean", "std", "count"])
+        dev = g.groupby("method")["dev_acc"].mean()
+        wide = g.pivot_table(index="seed", columns="method", values="test_acc")
+        baselines = [m for m in ("ft", "kd", "kd+proj_mse", "kd+cka") if m in table.index]
+        best = max(baselines, key=lambda m: table.loc[m, "mean"]) if baselines else None
+        tests = {}
+        for geo in (f"kd+{m}" for m in GEOMETRIC):
+            if geo not in wide:
+                continue
+            for ref in dict.fromkeys([best, "kd+proj_mse", "kd+cka"]):
+                if ref is None or ref not in wide:
+                    continue
+                both = wide[[geo, ref]].dropna()
+                tests[f"{geo} vs {ref}"] = paired(both[geo].to_numpy(), both[ref].to_numpy())
+        out[regime] = {
+            "methods": {m: {"mean": float(t["mean"]), "std": float(t["std"]) if t["count"] > 1 else float("nan"),
+                            "n": int(t["count"]), "dev_mean": float(dev[m])} for m, t in table.iterrows()},
+            "best_non_geometric": best, "tests": tests,
+            "sec_per_step": g.groupby("method")["sec_per_step"].median().to_dict(),
+            "geometry": _mean_geometry(g),
+        }
+    return out
+
+
+def _mean_geometry(g: pd.DataFrame) -> dict[str, dict[str, float]]:
+    out = {}
+    for method, gg in g.groupby("method"):
+        keys = sorted({k for d in gg["geometry"] for k in d})
+        out[method] = {k: float(np.mean([d[k] for d in gg["geometry"] if k in d])) for k in keys}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the study
+class RunLog:
+    """Finished runs, one JSON line each, appended and flushed (an interrupted study resumes from it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by an interruption
+                    continue
+                self.rows[row["key"]] = row
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows[row["key"]] = row
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | None = None) -> dict[str, Any]:
+    import torch
+
+    from repgeo.demo.students import silence_transformers
+
+    preset = PRESETS[preset_name]
+    silence_transformers()
+    work.mkdir(parents=True, exist_ok=True)
+    runs = RunLog(work / "runs.jsonl")
+    t_start = time.perf_counter()
+
+    def do(p: Prepared, spec: RunSpec) -> dict[str, Any]:
+        if spec.key not in runs.rows:
+            row = run_one(preset, p, spec, work)
+            runs.add(row)
+            log(f"  {spec.stage} {spec.method} seed {spec.seed} α {spec.alpha} {spec.pooling}/{spec.schedule}: "
+                f"dev {row['dev_acc']:.3f} test {row['test_acc']:.3f} ({row['sec_per_step']:.2f} s/step)")
+        return runs.rows[spec.key]
+
+    regimes = preset.regimes[:limit_regimes]
+    prepared: dict[str, Prepared] = {}
+    teachers = {}
+    first = regimes[0]
+    p0 = prepared[first.name] = prepare(preset, first, work, log)
+    # 1. α sweep on the first regime's dev split: same grid and seeds for every feature loss
+    chosen: dict[str, float] = {}
+    sweep: dict[str, dict[float, float]] = {}
+    for m in FEATURE_METHODS:
+        sweep[m] = {}
+        for a in preset.alpha_grid:
+            accs = [do(p0, RunSpec(first.name, f"kd+{m}", s, a, stage="sweep"))["dev_acc"]
+                    for s in range(100, 100 + preset.sweep_seeds)]
+            sweep[m][a] = float(np.mean(accs))
+        chosen[m] = max(sweep[m], key=lambda a: (sweep[m][a], -abs(math.log(a))))
+        log(f"α sweep {m}: " + ", ".join(f"{a:g}: {v:.3f}" for a, v in sweep[m].items()) + f" -> α = {chosen[m]:g}")
+    # 2. final runs, every regime, every method
+    for r in regimes:
+        p = prepared.get(r.name) or prepare(preset, r, work, log)
+        prepared[r.name] = p
+        teachers[r.name] = {"teacher": p.teacher_acc, "student_init": p.student_init_acc, "labels": len(p.labels),
+                            "n": {k: len(v) for k, v in p.y.items()}, "teacher_seconds": p.teacher.seconds}
+        for seed in range(r.seeds):
+            for method in METHODS:
+                alpha = chosen[method.split("+", 1)[1]] if "+" in method else 0.0
+                do(p, RunSpec(r.name, method, seed, alpha))
+        torch.manual_seed(0)
+    # 3. ablations on the first regime: token-level features, decaying α
+    for metric, pooling, schedule in preset.ablations:
+        for seed in range(preset.ablation_seeds):
+            do(p0, RunSpec(first.name, f"kd+{metric}", seed, chosen[metric], pooling, schedule, stage="ablation"))
+    rows = list(runs.rows.values())
+    wanted = {r.name for r in regimes}
+    rows = [r for r in rows if r["regime"] in wanted]
+    return {"preset": preset_name, "settings": _preset_dict(preset, regimes), "alpha_sweep": sweep,
+            "alpha_chosen": chosen, "regimes": teachers, "summary": summarize(rows),
+            "ablations": _ablations(rows, first.name, chosen), "runs": rows,
+            "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def _preset_dict(preset: Preset, regimes: list[Regime]) -> dict[str, Any]:
+    d = dataclasses.asdict(preset)
+    d["regimes"] = [dataclasses.asdict(r) | {"name": r.name} for r in regimes]
+    return d
+
+
+def _ablations(rows: list[dict[str, Any]], regime: str, chosen: dict[str, float]) -> dict[str, Any]:
+    """Each ablation against the same loss with pooled features and constant α, on the same seeds."""
+    base = {(r["method"], r["seed"]): r["test_acc"] for r in rows
+            if r["regime"] == regime and r["stage"] == "final"}
+    out = {}
+    variants: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["stage"] == "ablation" and r["regime"] == regime:
+            variants.setdefault(f"{r['method']} {r['pooling']}/{r['schedule']}", {})[r["seed"]] = r["test_acc"]
+    for name, by_seed in variants.items():
+        method = name.split()[0]
+        seeds = [s for s in by_seed if (method, s) in base]
+        if seeds:
+            a = np.array([by_seed[s] for s in seeds])
+            b = np.array([base[(method, s)] for s in seeds])
+            out[name] = {"mean": float(a.mean()), "base_mean": float(b.mean()), **paired(a, b)}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- report
+def markdown(res: dict[str, Any], command: str) -> str:
+    lines = [f"# Distillation quality — preset `{res['preset']}`", "",
+             f"Command: `{command}` ({res['seconds'] / 60:.0f} min, {res['threads']} thread(s), {res['device']}).",
+             "", "Test accuracy, mean ± std over seeds (n = seeds); teacher and untrained student for reference.", ""]
+    regimes = list(res["summary"])
+    lines.append("| method | " + " | ".join(regimes) + " |")
+    lines.append("|---" * (len(regimes) + 1) + "|")
+    for m in METHODS:
+        cells = []
+        for g in regimes:
+            s = res["summary"][g]["methods"].get(m)
+            cells.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} (n={s['n']})" if s else "—")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for who in ("teacher", "student_init"):
+        lines.append(f"| *{who.replace('_', ' ')}* | "
+                     + " | ".join(f"{100 * res['regimes'][g][who]['test']:.1f}" for g in regimes) + " |")
+    lines += ["", "Paired differences in test accuracy (points, geometric − reference) across seeds:", "",
+              "| regime | comparison | diff | 95 % CI | p (t) | p (Wilcoxon) | d_z |", "|---|---|---|---|---|---|---|"]
+    for g in regimes:
+        best = res["summary"][g]["best_non_geometric"]
+        for name, t in res["summary"][g]["tests"].items():
+            ref = name.split(" vs ")[1]
+            tag = " (best non-geometric)" if ref == best else ""
+            lines.append(f"| {g} | {name}{tag} | {100 * t['diff']:+.2f} | [{100 * t['ci_low']:+.2f}, "
+                         f"{100 * t['ci_high']:+.2f}] | {t['p_t']:.3g} | {t['p_wilcoxon']:.3g} | {t['d_z']:+.2f} |")
+    lines += ["", "α sweep (relative α; mean dev accuracy of the first regime; chosen α in bold):", "",
+              "| loss | " + " | ".join(f"α = {a:g}" for a in next(iter(res["alpha_sweep"].values()))) + " |",
+              "|---" * (1 + len(next(iter(res["alpha_sweep"].values())))) + "|"]
+    for m, by_a in res["alpha_sweep"].items():
+        cells = [(f"**{100 * v:.1f}**" if float(a) == res["alpha_chosen"][m] else f"{100 * v:.1f}")
+                 for a, v in by_a.items()]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if res["ablations"]:
+        lines += ["", "Ablations on the first regime (vs the same loss, pooled features, constant α; same seeds):", "",
+                  "| variant | test acc | base | diff | p (t) |", "|---|---|---|---|---|"]
+        for name, a in res["ablations"].items():
+            lines.append(f"| {name} | {100 * a['mean']:.1f} | {100 * a['base_mean']:.1f} | {100 * a['diff']:+.2f} | "
+                         f"{a['p_t']:.3g} |")
+    lines += ["", "Cost (median seconds per training step, teacher cached) and final geometry between the last mapped "
+              "layers on the dev probe set (mean over seeds):", ""]
+    for g in regimes:
+        s = res["summary"][g]
+        geo_keys = sorted({k for d in s["geometry"].values() for k in d})
+        last = [k for k in geo_keys if k.endswith(max(k.split("/")[1] for k in geo_keys))]
+        lines += [f"**{g}**", "", "| method | s/step | " + " | ".join(last) + " |", "|---" * (2 + len(last)) + "|"]
+        for m in METHODS:
+            if m in s["sec_per_step"]:
+                lines.append(f"| {m} | {s['sec_per_step'][m]:.3f} | "
+                             + " | ".join(f"{s['geometry'][m].get(k, float('nan')):.3f}" for k in last) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(res["summary"])
+    fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 3.6), squeeze=False)
+    df = pd.DataFrame([r for r in res["runs"] if r["stage"] == "final"])
+    for ax, g in zip(axes[0], regimes, strict=True):
+        sub = df[df["regime"] == g]
+        for i, m in enumerate(METHODS):
+            acc = 100 * sub[sub["method"] == m]["test_acc"].to_numpy()
+            if len(acc):
+                color = "C3" if m.split("+")[-1] in GEOMETRIC else "C0"
+                ax.scatter(np.full(len(acc), i) + np.linspace(-0.15, 0.15, len(acc)), acc, s=9, color=color, alpha=0.6)
+                ax.errorbar(i, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else 0, fmt="_", color="k",
+                            capsize=4, markersize=14)
+        ax.axhline(100 * res["regimes"][g]["teacher"]["test"], color="grey", ls="--", lw=1, label="teacher")
+        ax.set_xticks(range(len(METHODS)), METHODS, rotation=40, ha="right", fontsize=8)
+        ax.set_title(g, fontsize=9)
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", choices=[p for p in PRESETS if p != "quick"], default="cpu")
+    ap.add_argument("--quick", action="store_true", help="a seconds-scale smoke run (what the test runs)")
+    ap.add_argument("--work", default=None, help="work folder (teachers, runs, runs.jsonl); default: a cache folder")
+    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+    ap.add_argument("--regimes", type=int, default=None, help="only the first N regimes of the preset")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    from repgeo.assets import cache_dir
+
+    preset = "quick" if args.quick else args.preset
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    work = Path(args.work) if args.work else cache_dir() / "distill_quality" / preset
+    out = Path(args.out) if args.out else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"[distill_quality] {msg}", file=sys.stderr, flush=True)
+
+    res = study(preset, work, log=log, limit_regimes=args.regimes)
+    stem = "distill_quality" if preset == "cpu" else f"distill_quality_{preset}"
+    command = "python benchmarks/distill_quality.py " + ("--quick" if args.quick else f"--preset {preset}")
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    (out / f"{stem}.md").write_text(markdown(res, command))
+    plot(res, out / f"{stem}.png")
+    print(markdown(res, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
