@@ -1,7 +1,7 @@
 """Distillation quality study: geometric feature losses (Procrustes, FG) vs projection-MSE and CKA, on real
 labelled data obtainable offline, across tasks and seeds, with an α sweep on validation and paired tests.
 
-    python benchmarks/distill_quality.py --preset cpu     # about an hour on 2 CPU cores
+    python benchmarks/distill_quality.py --preset cpu     # about an hour on 2 quiet CPU cores
     python benchmarks/distill_quality.py --preset gpu     # one large GPU, about 10 minutes
     python benchmarks/distill_quality.py --quick          # seconds-scale smoke run (a test runs it)
 
@@ -92,10 +92,10 @@ PRESETS: dict[str, Preset] = {
         alpha_grid=(1.0,), sweep_seeds=1, ablation_seeds=1, ablations=(("procrustes", "mean", "linear"),),
         batch=16),
     "cpu": Preset(regimes=[
-        Regime("rotten_tomatoes", 10, 4000, 500, 1000, 100, teacher_steps=250),
-        Regime("banking77", 5, 4000, 500, 1000, 100, teacher_steps=300),
-        Regime("trec", 5, 3000, 500, 490, 100, teacher_steps=200),
-    ]),
+        Regime("rotten_tomatoes", 10, 3000, 500, 1000, 60, teacher_steps=150),
+        Regime("banking77", 5, 4000, 500, 1000, 60, teacher_steps=200),
+    ], alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=1, ablation_seeds=5,
+        ablations=(("procrustes", "tokens", "constant"), ("procrustes", "mean", "linear"))),
     "gpu": Preset(regimes=[
         Regime("rotten_tomatoes", 10, 9000, 1000, 2000, 600, teacher_steps=1000, max_length=96),
         Regime("banking77", 10, 9003, 1000, 3080, 600, teacher_steps=1200),
@@ -208,7 +208,8 @@ def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Pat
         "teacher": {"path": str(p.teacher.path)}, "student": {"path": str(p.student_path)},
         "data": {"train": str(p.files["train"]), "eval": str(p.files["dev"]), "labels": p.labels,
                  "max_length": r.max_length},
-        "loss": {"metric": metric or "procrustes", "alpha": spec.alpha if metric else 0.0, "w_task": 1.0,
+        "loss": {"metric": metric or "procrustes", "alpha": spec.alpha if metric else 0.0, "alpha_relative": True,
+                 "alpha_schedule": spec.schedule, "w_task": 1.0,
                  "w_kd": 0.0 if spec.method == "ft" else 1.0, "temperature": preset.temperature,
                  "pooling": spec.pooling, "layer_map": "uniform"},
         "trainer": {"max_steps": r.student_steps, "learning_rate": preset.lr,
@@ -229,20 +230,18 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
 
     from repgeo.demo.teacher import predict
     from repgeo.distill import build_trainer, config_from_dict
-    from repgeo.distill.alpha import AlphaSchedule, calibrate_alpha
 
     folder = work / p.regime.name.replace("/", "_")
     out = folder / "runs" / spec.key
     suffix = f"{spec.pooling}" + ("-features" if "+" in spec.method else "-logits")
     cfg = config_from_dict(run_config(preset, p, spec, out, folder / f"teacher_cache_{suffix}.pt"))
-    schedule = AlphaSchedule(spec.schedule)
-    trainer, _ = build_trainer(cfg, callbacks=[schedule], verbose=False)
+    trainer, _ = build_trainer(cfg, verbose=False)
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
-    schedule.trainer = trainer
     alpha_eff, l0 = 0.0, float("nan")
-    if trainer.feature_loss is not None:
-        alpha_eff, l0 = calibrate_alpha(trainer, spec.alpha)
+    if trainer.feature_loss is not None:  # calibrated by the runner (loss.alpha_relative)
+        alpha = json.loads((out / "alpha.json").read_text())
+        alpha_eff, l0 = alpha["alpha_eff"], alpha["feature_loss_init"]
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
@@ -370,6 +369,9 @@ def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | N
     chosen: dict[str, float] = {}
     sweep: dict[str, dict[float, float]] = {}
     for m in FEATURE_METHODS:
+        if len(preset.alpha_grid) == 1:  # nothing to choose
+            chosen[m] = preset.alpha_grid[0]
+            continue
         sweep[m] = {}
         for a in preset.alpha_grid:
             accs = [do(p0, RunSpec(first.name, f"kd+{m}", s, a, stage="sweep"))["dev_acc"]
@@ -453,13 +455,16 @@ def markdown(res: dict[str, Any], command: str) -> str:
             tag = " (best non-geometric)" if ref == best else ""
             lines.append(f"| {g} | {name}{tag} | {100 * t['diff']:+.2f} | [{100 * t['ci_low']:+.2f}, "
                          f"{100 * t['ci_high']:+.2f}] | {t['p_t']:.3g} | {t['p_wilcoxon']:.3g} | {t['d_z']:+.2f} |")
-    lines += ["", "α sweep (relative α; mean dev accuracy of the first regime; chosen α in bold):", "",
-              "| loss | " + " | ".join(f"α = {a:g}" for a in next(iter(res["alpha_sweep"].values()))) + " |",
-              "|---" * (1 + len(next(iter(res["alpha_sweep"].values())))) + "|"]
-    for m, by_a in res["alpha_sweep"].items():
-        cells = [(f"**{100 * v:.1f}**" if float(a) == res["alpha_chosen"][m] else f"{100 * v:.1f}")
-                 for a, v in by_a.items()]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if res["alpha_sweep"]:
+        grid = next(iter(res["alpha_sweep"].values()))
+        lines += ["", "α sweep (relative α; mean dev accuracy of the first regime; chosen α in bold):", "",
+                  "| loss | " + " | ".join(f"α = {float(a):g}" for a in grid) + " |", "|---" * (1 + len(grid)) + "|"]
+        for m, by_a in res["alpha_sweep"].items():
+            cells = [(f"**{100 * v:.1f}**" if float(a) == res["alpha_chosen"][m] else f"{100 * v:.1f}")
+                     for a, v in by_a.items()]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    else:
+        lines += ["", f"α (relative, not swept): {res['alpha_chosen']}"]
     if res["ablations"]:
         lines += ["", "Ablations on the first regime (vs the same loss, pooled features, constant α; same seeds):", "",
                   "| variant | test acc | base | diff | p (t) |", "|---|---|---|---|---|"]

@@ -4,7 +4,7 @@ initialisation, through :func:`repgeo.distill.build_trainer` (the ``repgeo disti
 Methods: ``kd`` (task cross-entropy + logit KD, no feature loss) and ``proj_mse``, ``cka``, ``procrustes``,
 ``fg`` (the same + ``alpha_eff`` × feature loss on mean-pooled mapped layers). Equal α is not equal weight
 (the losses differ several-fold at initialisation), so each feature loss is scaled by its value at
-initialisation: ``alpha_eff = alpha / L_feat(init)`` (:func:`repgeo.distill.alpha.calibrate_alpha`), which
+initialisation: ``alpha_eff = alpha / L_feat(init)`` (the runner's ``loss.alpha_relative``), which
 makes every feature term start at ``alpha``. The teacher's logits and features on the training set are computed
 once (the runner's teacher cache) and shared by every run.
 """
@@ -12,6 +12,7 @@ once (the runner's teacher cache) and shared by every run.
 from __future__ import annotations
 
 import gc
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,7 @@ def run_config(settings: Any, method: str, *, teacher_path: Path, student_path: 
         "data": {"train": str(train_path), "eval": str(test_path), "text_field": "text", "label_field": "label",
                  "labels": [str(x) for x in labels], "max_length": settings.max_length},
         "loss": {"metric": method if feature else "procrustes", "alpha": settings.alpha if feature else 0.0,
+                 "alpha_relative": True,
                  "w_task": 1.0, "w_kd": 1.0, "temperature": settings.temperature, "pooling": settings.pooling,
                  "layer_map": "uniform"},
         "trainer": {"max_steps": settings.student_steps, "learning_rate": settings.student_lr,
@@ -139,7 +141,6 @@ def run_student(settings: Any, method: str, *, narrow: bool, teacher_path: Path,
                 progress: bool = True, log: Any = print) -> StudentRun:
     """Distil one student with ``method``; evaluate it on the test set; return it with its histories."""
     from repgeo.distill import build_trainer, config_from_dict, save_config
-    from repgeo.distill.alpha import calibrate_alpha
 
     t0 = time.perf_counter()
     suffix = "narrow" if narrow else "wide"
@@ -162,8 +163,9 @@ def run_student(settings: Any, method: str, *, narrow: bool, teacher_path: Path,
     geo.trainer = trainer
     save_config(cfg, out / "config.yaml")
     alpha_eff, l0 = 0.0, float("nan")
-    if trainer.feature_loss is not None:
-        alpha_eff, l0 = calibrate_alpha(trainer, settings.alpha)
+    if trainer.feature_loss is not None:  # calibrated by the runner (loss.alpha_relative)
+        alpha = json.loads((out / "alpha.json").read_text())
+        alpha_eff, l0 = alpha["alpha_eff"], alpha["feature_loss_init"]
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     pad_id = trainer.processing_class.pad_token_id

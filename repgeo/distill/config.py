@@ -11,6 +11,8 @@ Example (every section but ``task``, ``output_dir``, ``teacher.path`` and ``data
     loss:
       metric: procrustes            # any name in repgeo.metrics.available()
       alpha: 1.0                    # weight of the feature loss
+      alpha_relative: false         # true: alpha / (feature loss at initialisation), so every loss starts at alpha
+      alpha_schedule: constant      # constant | linear (decays to 0) | cosine
       w_task: 1.0
       w_kd: 1.0
       temperature: 2.0
@@ -78,6 +80,8 @@ class DataConfig:
 class LossConfig:
     metric: str = "procrustes"
     alpha: float = 1.0
+    alpha_relative: bool = False  # alpha / (feature loss of the untrained student): see repgeo.distill.alpha
+    alpha_schedule: Literal["constant", "linear", "cosine"] = "constant"
     w_task: float = 1.0
     w_kd: float = 1.0
     temperature: float = 2.0

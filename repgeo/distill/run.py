@@ -20,6 +20,7 @@ import yaml
 
 from repgeo._files import DataError
 
+from .alpha import AlphaSchedule, calibrate_alpha
 from .cache import TeacherCache
 from .checks import check_tokenizers, hidden_sizes
 from .config import ConfigError, RunConfig, resume_changes, save_config
@@ -161,7 +162,28 @@ def build_trainer(
         labels = [str(x) for x in task.labels]
         student.config.id2label = dict(enumerate(labels))
         student.config.label2id = {lab: i for i, lab in enumerate(labels)}
+    if trainer.feature_loss is not None:
+        _set_alpha(cfg, trainer, out, verbose)
     return trainer, layer_map
+
+
+def _set_alpha(cfg: RunConfig, trainer: DistillationTrainer, out: Path, verbose: bool) -> None:
+    """``loss.alpha_relative``: calibrate on the untrained student (the same value on every rank and on resume,
+    recorded in ``alpha.json``); ``loss.alpha_schedule``: a callback rescales it at every step."""
+    info: dict[str, Any] = {"alpha": cfg.loss.alpha, "relative": cfg.loss.alpha_relative,
+                            "schedule": cfg.loss.alpha_schedule}
+    if cfg.loss.alpha_relative:
+        alpha_eff, l0 = calibrate_alpha(trainer, cfg.loss.alpha)
+        info.update(alpha_eff=alpha_eff, feature_loss_init=l0)
+        if verbose:
+            print(f"[repgeo distill] feature loss at initialisation {l0:.4g}: alpha = {cfg.loss.alpha:g} / {l0:.4g} "
+                  f"= {alpha_eff:.4g}")
+    if cfg.loss.alpha_schedule != "constant":
+        schedule = AlphaSchedule(cfg.loss.alpha_schedule)
+        schedule.trainer = trainer
+        trainer.add_callback(schedule)
+    if trainer.args.should_save:
+        (out / "alpha.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
 def _teacher_cache(cfg: RunConfig, teacher: Any, train: Any, task: Any, feature_loss: Any, layer_map: dict[int, int],
