@@ -374,3 +374,61 @@ def test_disk_full_while_saving_the_teacher_cache(cls_setup, tmp_path, monkeypat
     assert trainer.teacher_cache is not None
     saved = TeacherCache.load(tmp_path / "run" / "teacher_cache.pt", trainer.teacher_cache.meta)
     assert saved is not None and len(saved.logits) == len(trainer.train_dataset)
+
+
+def test_relative_alpha_is_alpha_over_the_initial_feature_loss(cls_setup, tmp_path):
+    """``loss.alpha_relative``: alpha_eff = alpha / (feature loss of the untrained student on the first training
+    examples, eval mode), recorded in alpha.json; checked against the loss recomputed here batch by batch."""
+    from repgeo.distill.alpha import initial_feature_loss
+
+    cfg = config_from_dict(_config(cls_setup, tmp_path / "rel", loss={"metric": "fg", "alpha": 0.5,
+                                                                      "alpha_relative": True},
+                                   trainer={"max_steps": 1, "save_strategy": "no"}))
+    trainer, _ = build_trainer(cfg, verbose=False)
+    info = json.loads((tmp_path / "rel" / "alpha.json").read_text())
+    items = [trainer.train_dataset[i] for i in range(min(128, len(trainer.train_dataset)))]
+    bs = trainer.args.per_device_train_batch_size
+    trainer.model.eval()
+    values, weights = [], []
+    with torch.no_grad():
+        for start in range(0, len(items), bs):
+            chunk = items[start : start + bs]
+            if len(chunk) < 2:
+                continue
+            batch = trainer.task.collate(chunk)
+            batch.pop("example_index")
+            t = trainer.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                output_hidden_states=True)
+            s = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              output_hidden_states=True)
+            feats = trainer.feature_loss.teacher_features(t.hidden_states, batch["attention_mask"], None)
+            values.append(float(trainer.feature_loss(feats, s.hidden_states, batch["attention_mask"], None).total))
+            weights.append(len(chunk))
+    expected = sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+    assert info["feature_loss_init"] == pytest.approx(expected, rel=1e-6) and expected > 0
+    assert info["alpha_eff"] == pytest.approx(0.5 / expected) and trainer.alpha == pytest.approx(info["alpha_eff"])
+    assert initial_feature_loss(trainer) == pytest.approx(expected, rel=1e-6)  # reproducible: no dropout
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_alpha_schedule_decays_the_weight_step_by_step(cls_setup, tmp_path, schedule):
+    from repgeo.distill.alpha import schedule_factor
+
+    cfg = config_from_dict(_config(cls_setup, tmp_path / schedule, loss={"metric": "cka", "alpha": 2.0,
+                                                                         "alpha_schedule": schedule},
+                                   trainer={"max_steps": 4, "save_strategy": "no", "eval_strategy": "no"}))
+    trainer, _ = build_trainer(cfg, verbose=False)
+    seen = []
+
+    class Record(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.append(trainer.alpha)
+
+    trainer.add_callback(Record())  # after the schedule's callback: sees the value the step uses
+    trainer.train()
+    expected = [2.0 * schedule_factor(schedule, k, 4) for k in range(4)]
+    assert seen == pytest.approx(expected)
+    assert seen[0] == pytest.approx(2.0) and seen[-1] < seen[0]
+    assert schedule_factor("linear", 4, 4) == 0.0 and schedule_factor("cosine", 2, 4) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="alpha schedule must be one of"):
+        schedule_factor("exponential", 0, 1)

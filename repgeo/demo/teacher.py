@@ -27,7 +27,7 @@ from .data import DemoData
 
 TEACHER_META = "demo_teacher.json"
 HEAD_MODULES = ("classifier", "score", "pre_classifier")  # the new classification head of AutoModelFor...
-FORMAT = 4  # 3: the linear probe is fitted with dropout active; 4: length-grouped batches
+FORMAT = 5  # 4: length-grouped batches; 5: probe standardised by the spread under dropout
 
 
 @dataclass
@@ -140,30 +140,18 @@ def label_ids(values: Any, labels: list[Any]) -> np.ndarray:
     return np.array([index[str(v)] for v in values], dtype=np.int64)
 
 
-@torch.no_grad()
-def linear_probe_init(model: Any, ids: list[list[int]], y: np.ndarray, pad_id: int, *, batch_size: int = 64,
-                      C: float = 0.1, seed: int = 0) -> float | None:
-    """Initialise a new linear classification head with a logistic regression fitted on its own inputs (linear
-    probing before fine-tuning, as in LP-FT): a fresh random head otherwise spends the first steps of a short
-    fine-tuning undoing itself. The head's inputs are collected with dropout active, as fine-tuning will see them:
-    features that barely vary between texts (a saturated tanh pooler, e.g. a derived student's, whose pooler was
-    trained on another layer) but vary under dropout then get small weights, where an eval-mode fit gives them
-    weights that blow the training logits up to ~30. Returns the probe's training accuracy, or None when the head
-    is not a plain ``nn.Linear`` on one vector per text (then it is left as it is)."""
-    from sklearn.linear_model import LogisticRegression
-
-    head = next((m for name, m in model.named_children() if name in HEAD_MODULES), None)
-    if not isinstance(head, torch.nn.Linear):
-        return None
+def _head_inputs(model: Any, head: torch.nn.Module, ids: list[list[int]], pad_id: int, *, batch_size: int,
+                 dropout: bool, seed: int) -> np.ndarray | None:
+    """The rows ``head`` receives for ``ids`` (in order), with dropout active or not; None if not one per text."""
     device = next(model.parameters()).device
     rows: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].detach().float().cpu()))
     was_training = model.training
-    model.train()
+    model.train(dropout)
+    order = np.argsort([len(s) for s in ids], kind="stable")  # similar lengths batched: less padding
     try:
         with torch.random.fork_rng(devices=[]):  # dropout masks drawn from ``seed``, the global RNG left alone
             torch.manual_seed(seed)
-            order = np.argsort([len(s) for s in ids], kind="stable")  # similar lengths batched: less padding
             for start in range(0, len(ids), batch_size):
                 model(**_batch([ids[i] for i in order[start : start + batch_size]], pad_id, device))
     finally:
@@ -173,10 +161,35 @@ def linear_probe_init(model: Any, ids: list[list[int]], y: np.ndarray, pad_id: i
         return None
     X = np.empty((len(ids), rows[0].shape[1]), dtype=np.float32)
     X[order] = torch.cat(rows).numpy()
+    return X
+
+
+@torch.no_grad()
+def linear_probe_init(model: Any, ids: list[list[int]], y: np.ndarray, pad_id: int, *, batch_size: int = 64,
+                      C: float = 0.1, seed: int = 0) -> float | None:
+    """Initialise a new linear classification head with a logistic regression fitted on its own inputs (linear
+    probing before fine-tuning, as in LP-FT): a fresh random head otherwise spends the first steps of a short
+    fine-tuning undoing itself.
+
+    The regression is fitted on the eval-mode inputs, standardised by their spread *with dropout active*, the
+    spread fine-tuning will see. Features that barely vary between texts but do vary under dropout (a saturated
+    tanh pooler, e.g. a derived student's, whose pooler was trained on another layer) then cannot get huge
+    weights: standardised by their eval-mode spread, they did, and blew the training logits up to ~30 (students
+    then collapsed to the majority class). Returns the probe's training accuracy, or None when the head is not a
+    plain ``nn.Linear`` on one vector per text (then it is left as it is)."""
+    from sklearn.linear_model import LogisticRegression
+
+    head = next((m for name, m in model.named_children() if name in HEAD_MODULES), None)
+    if not isinstance(head, torch.nn.Linear):
+        return None
     k = head.out_features
     if len(set(y.tolist())) != k:
         return None
-    mu, sd = X.mean(0), X.std(0) + 1e-6  # fit on standardised features, then fold the scaling into the head
+    X = _head_inputs(model, head, ids, pad_id, batch_size=batch_size, dropout=False, seed=seed)
+    noisy = _head_inputs(model, head, ids, pad_id, batch_size=batch_size, dropout=True, seed=seed)
+    if X is None or noisy is None:
+        return None
+    mu, sd = X.mean(0), np.maximum(X.std(0), noisy.std(0)) + 1e-6  # fit standardised; fold the scaling into the head
     clf = LogisticRegression(C=C, max_iter=2000).fit((X - mu) / sd, y)
     coef = clf.coef_ / sd
     bias = clf.intercept_ - coef @ mu
