@@ -247,7 +247,9 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
     seconds = time.perf_counter() - t0
     model = trainer.accelerator.unwrap_model(trainer.model)
     pad = p.teacher.tokenizer.pad_token_id
-    acc = {name: float((predict(model, p.ids[name], pad) == p.y[name]).mean()) for name in ("dev", "test")}
+    splits = ("dev",) if spec.stage == "sweep" else ("dev", "test")  # the sweep never looks at the test split
+    acc = {name: float((predict(model, p.ids[name], pad) == p.y[name]).mean()) for name in splits}
+    acc.setdefault("test", float("nan"))
     geometry = trainer.geometry.measure(trainer.teacher, model, step=trainer.state.global_step)
     history = trainer.state.log_history
     row = {**dataclasses.asdict(spec), "key": spec.key, "dev_acc": acc["dev"], "test_acc": acc["test"],
@@ -357,7 +359,8 @@ def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | N
             row = run_one(preset, p, spec, work)
             runs.add(row)
             log(f"  {spec.stage} {spec.method} seed {spec.seed} α {spec.alpha} {spec.pooling}/{spec.schedule}: "
-                f"dev {row['dev_acc']:.3f} test {row['test_acc']:.3f} ({row['sec_per_step']:.2f} s/step)")
+                f"dev {row['dev_acc']:.3f}" + ("" if spec.stage == "sweep" else f" test {row['test_acc']:.3f}")
+                + f" ({row['sec_per_step']:.2f} s/step)")
         return runs.rows[spec.key]
 
     regimes = preset.regimes[:limit_regimes]
