@@ -328,13 +328,21 @@ class RunLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: dict[str, dict[str, Any]] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by an interruption
-                    continue
-                self.rows[row["key"]] = row
+        if not path.is_file():
+            return
+        text = path.read_text()
+        cut = False
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption
+                cut = True
+                continue
+            self.rows[row["key"]] = row
+        if cut or (text and not text.endswith("\n")):  # rewrite without it, atomically, before appending
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows.values()))
+            os.replace(tmp, path)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows[row["key"]] = row
