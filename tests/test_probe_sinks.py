@@ -235,27 +235,33 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _sigkill_after_shards(proc: subprocess.Popen, folder: Path, n_shards: int, delay: float = 0.0) -> None:
+    """SIGKILL the collector ``proc`` ``delay`` seconds after its manifest lists ``n_shards`` shards; then reap it."""
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if len(read_manifest(folder)["shards"]) >= n_shards:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            assert proc.poll() is None, "collector exited before it could be killed"
+            time.sleep(0.01)
+        else:
+            pytest.fail("no shards written in time")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
 def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path):
     script = tmp_path / "collect_script.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     proc = subprocess.Popen([sys.executable, str(script), "slow", str(killed)], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if len(read_manifest(killed)["shards"]) >= 2:
-                    break
-            except (FileNotFoundError, ValueError):
-                pass
-            assert proc.poll() is None, "collector exited before it could be killed"
-            time.sleep(0.02)
-        else:
-            pytest.fail("no shards written in time")
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    _sigkill_after_shards(proc, killed, 2)
     assert proc.returncode == -signal.SIGKILL
     stored = read_manifest(killed)
     assert not stored["complete"] and 2 <= len(stored["shards"]) < 6
@@ -310,22 +316,7 @@ def test_random_sigkill_trials_resume_byte_identical(tmp_path):
     for t in range(3):
         folder, min_shards, delay = tmp_path / f"killed{t}", rng.randint(1, 4), rng.uniform(0.0, 0.25)
         proc = subprocess.Popen([sys.executable, str(script), "slow", str(folder)], env=env)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if len(read_manifest(folder)["shards"]) >= min_shards:
-                        break
-                except (FileNotFoundError, ValueError):
-                    pass
-                assert proc.poll() is None, "collector exited before it could be killed"
-                time.sleep(0.01)
-            else:
-                pytest.fail("no shards written in time")
-            time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.wait()
+        _sigkill_after_shards(proc, folder, min_shards, delay)
         assert proc.returncode == -signal.SIGKILL, (t, min_shards, delay)
         stored = read_manifest(folder)
         assert not stored["complete"] and min_shards <= len(stored["shards"]) < 6
