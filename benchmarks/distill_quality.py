@@ -226,7 +226,6 @@ def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Pat
 def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str, Any]:
     """Train one student; its dev and test accuracy, the feature loss's initial value and α, seconds per step
     and the final mapped-layer geometry on the dev probe set."""
-    import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from repgeo.demo.teacher import predict
@@ -241,8 +240,7 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
         trainer.remove_callback(cb)
     alpha_eff, l0 = 0.0, float("nan")
     if trainer.feature_loss is not None:  # calibrated by the runner (loss.alpha_relative)
-        alpha = json.loads((out / "alpha.json").read_text())
-        alpha_eff, l0 = alpha["alpha_eff"], alpha["feature_loss_init"]
+        alpha_eff, l0 = trainer.alpha_info["alpha_eff"], trainer.alpha_info["feature_loss_init"]
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
@@ -259,7 +257,6 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
            "geometry": {k.removeprefix("geometry/"): v for k, v in geometry.items()}}
     del trainer, model
     gc.collect()
-    torch.manual_seed(0)
     return row
 
 
@@ -401,7 +398,6 @@ def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | N
             for method in METHODS:
                 alpha = chosen[method.split("+", 1)[1]] if "+" in method else 0.0
                 do(p, RunSpec(r.name, method, seed, alpha))
-        torch.manual_seed(0)
     # 3. ablations on the first regime: token-level features, decaying α
     for metric, pooling, schedule in preset.ablations:
         for seed in range(preset.ablation_seeds):

@@ -12,7 +12,6 @@ once (the runner's teacher cache) and shared by every run.
 from __future__ import annotations
 
 import gc
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +163,7 @@ def run_student(settings: Any, method: str, *, narrow: bool, teacher_path: Path,
     save_config(cfg, out / "config.yaml")
     alpha_eff, l0 = 0.0, float("nan")
     if trainer.feature_loss is not None:  # calibrated by the runner (loss.alpha_relative)
-        alpha = json.loads((out / "alpha.json").read_text())
-        alpha_eff, l0 = alpha["alpha_eff"], alpha["feature_loss_init"]
+        alpha_eff, l0 = trainer.alpha_info["alpha_eff"], trainer.alpha_info["feature_loss_init"]
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     pad_id = trainer.processing_class.pad_token_id

@@ -182,6 +182,7 @@ def _set_alpha(cfg: RunConfig, trainer: DistillationTrainer, out: Path, verbose:
         schedule = AlphaSchedule(cfg.loss.alpha_schedule)
         schedule.trainer = trainer
         trainer.add_callback(schedule)
+    trainer.alpha_info = info
     if trainer.args.should_save:
         (out / "alpha.json").write_text(json.dumps(info, indent=1) + "\n")
 

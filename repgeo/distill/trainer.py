@@ -116,6 +116,7 @@ class DistillationTrainer(transformers.Trainer):
         self.task = task
         self.feature_loss = feature_loss if alpha > 0 else None
         self.alpha, self.w_task, self.w_kd, self.temperature = alpha, w_task, w_kd, temperature
+        self.alpha_info: dict[str, Any] = {}  # how build_trainer set alpha (the content of alpha.json)
         self.feature_tokens = feature_tokens
         self.projector_lr = projector_lr
         self.teacher_cache = teacher_cache
