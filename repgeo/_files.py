@@ -36,3 +36,14 @@ def read_text_utf8(path: str | Path, what: str = "data file") -> str:
             f"{what} {str(path)!r} is not UTF-8 text: byte 0x{bad} at offset {exc.start} (line {line}) cannot be "
             "decoded; re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
         ) from None
+
+
+def model_source_problem(name_or_path: str) -> str:
+    """Why ``from_pretrained(name_or_path)`` most likely failed, and what to do: a local path that is not a model
+    folder, or a name that was looked up on the Hugging Face hub (offline here, or no such model)."""
+    if Path(name_or_path).exists():
+        return (f"{name_or_path!r} is a local path but could not be loaded as a transformers model folder "
+                "(config.json, weights and tokenizer files are needed)")
+    return (f"{name_or_path!r} is not a local folder (resolved: {Path(name_or_path).resolve()}), so it was looked "
+            "up on the Hugging Face hub, which failed (offline, or the name does not exist). Download it where the "
+            f"hub is reachable (`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR instead")

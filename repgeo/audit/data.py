@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from repgeo._files import read_text_utf8
+from repgeo._files import model_source_problem, read_text_utf8
 
 __all__ = ["load_model", "read_texts"]
 
@@ -92,16 +92,7 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModel.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        local = Path(name_or_path).exists()
-        hint = (
-            f"{name_or_path!r} is a local path but could not be loaded as a transformers model folder "
-            "(config.json, weights and tokenizer files are needed)"
-            if local
-            else f"{name_or_path!r} is not a local folder, so it was looked up on the Hugging Face hub, which "
-            "failed (offline, or the name does not exist). Download it where the hub is reachable "
-            f"(`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR instead"
-        )
-        raise OSError(f"cannot load model: {hint}. Original error: {e}") from e
+        raise OSError(f"cannot load model: {model_source_problem(name_or_path)}. Original error: {e}") from e
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

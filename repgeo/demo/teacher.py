@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from repgeo._files import model_source_problem
+
 from .data import DemoData
 
 TEACHER_META = "demo_teacher.json"
@@ -91,11 +93,7 @@ def load_classifier(source: str, num_labels: int, tokenizer: Any) -> Any:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as exc:
-        where = ("a local folder that transformers cannot load (it needs config.json, weights and tokenizer files)"
-                 if Path(source).exists() else
-                 "not a local folder, so it was looked up on the Hugging Face hub, which failed (offline, or no "
-                 "such model); download it where the hub is reachable and pass the folder")
-        raise OSError(f"cannot load teacher {source!r}: {where}. Original error: {exc}") from exc
+        raise OSError(f"cannot load teacher: {model_source_problem(source)}. Original error: {exc}") from exc
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -18,7 +18,7 @@ import torch
 import transformers
 import yaml
 
-from repgeo._files import DataError
+from repgeo._files import DataError, model_source_problem
 
 from .alpha import AlphaSchedule, calibrate_alpha
 from .cache import TeacherCache
@@ -57,12 +57,7 @@ def _load_tokenizer(path: str) -> Any | None:
 
 
 def _load_error(key: str, path: str, exc: Exception) -> ConfigError:
-    if Path(path).exists():
-        what = f"{path!r} is a local path but not a loadable transformers model folder"
-    else:
-        what = (f"{path!r} is not a local folder (resolved: {Path(path).resolve()}), so it was looked up on the "
-                "Hugging Face hub, which failed (offline, or no such model)")
-    return ConfigError(f"{key}: {what}. Original error: {exc}")
+    return ConfigError(f"{key}: {model_source_problem(path)}. Original error: {exc}")
 
 
 def build_student(cfg: RunConfig, teacher: transformers.PreTrainedModel) -> tuple[Any, Any | None]:
