@@ -36,11 +36,12 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,15 @@ METHODS = ("ft", "kd", *(f"kd+{m}" for m in FEATURE_METHODS))
 
 @dataclass
 class Regime:
-    """One task + student + training length."""
+    """One task + student + training length.
+
+    ``family="encoder"``: ``task`` is a classification set, the teacher MiniLM, the student ``keep_every`` or
+    ``narrow_width``. ``family="causal"``: ``task`` is ``+``-joined classification sets templated into instruction
+    tasks (:func:`repgeo.study_data.instruction_records`), ``heldout`` a set held out as an unseen task, the
+    teacher SmolLM2-135M-Instruct (``teacher="toy"``: a tiny random Llama, for ``--quick``) fine-tuned on the
+    instructions, the student ``num_layers`` of its blocks (evenly spread, first and last kept). ``n_*`` are
+    totals over the tasks (split evenly); the held-out task gets ``n_test`` examples.
+    """
 
     task: str
     seeds: int
@@ -65,9 +74,17 @@ class Regime:
     narrow_width: int | None = None
     teacher_steps: int = 200
     max_length: int = 64
+    family: str = "encoder"
+    heldout: str | None = None
+    num_layers: int | None = None
+    teacher: str = "smollm2"
+    batch: int | None = None  # default: the preset's
 
     @property
     def name(self) -> str:
+        if self.family == "causal":
+            held = f"->{self.heldout}" if self.heldout else ""
+            return f"instruct({self.task}{held})/L{self.num_layers}/{self.student_steps}steps"
         student = f"narrow{self.narrow_width}" if self.narrow_width else f"keep{self.keep_every}"
         return f"{self.task}/{student}/{self.student_steps}steps"
 
@@ -83,17 +100,22 @@ class Preset:
     batch: int = 32
     lr: float = 1e-4
     teacher_lr: float = 5e-5
+    causal_teacher_lr: float = 1e-4
     temperature: float = 2.0
 
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
-        regimes=[Regime("rotten_tomatoes", 2, 96, 48, 48, 4, teacher_steps=4, max_length=24)],
+        regimes=[Regime("rotten_tomatoes", 2, 96, 48, 48, 4, teacher_steps=4, max_length=24),
+                 Regime("rotten_tomatoes", 1, 64, 16, 16, 4, family="causal", num_layers=2, teacher="toy",
+                        teacher_steps=40, max_length=48, batch=8)],
         alpha_grid=(1.0,), sweep_seeds=1, ablation_seeds=1, ablations=(("procrustes", "mean", "linear"),),
-        batch=16),
+        batch=16, causal_teacher_lr=3e-3),
     "cpu": Preset(regimes=[
         Regime("rotten_tomatoes", 10, 3000, 500, 1000, 60, teacher_steps=150),
         Regime("banking77", 5, 4000, 500, 1000, 60, teacher_steps=200),
+        Regime("rotten_tomatoes+banking77+hwu64", 5, 600, 60, 150, 60, family="causal", heldout="clinc",
+               num_layers=10, teacher_steps=120, max_length=64, batch=8),
     ], alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=1, ablation_seeds=5,
         ablations=(("procrustes", "tokens", "constant"), ("procrustes", "mean", "linear"))),
     # sized for one large GPU but not yet measured on one: on an H200 a student step measured ~20 ms and the pooled
@@ -137,20 +159,55 @@ def teacher_settings(preset: Preset, r: Regime, cache: Path) -> Any:
 
 @dataclass
 class Prepared:
-    """A regime's teacher, student initialisation and data files."""
+    """A regime's teacher, student initialisation, data files and scorer.
+
+    ``score(model, split)`` gives ``{"acc"}`` (encoder) or ``{"rougeL", "exact_match"}`` in [0, 1] (causal, by
+    greedy generation); ``primary`` names the one the tables use. Causal regimes also score split ``heldout``.
+    """
 
     regime: Regime
-    teacher: Any
+    teacher_path: Path
     student_path: Path
-    labels: list[str]
     files: dict[str, Path]
-    ids: dict[str, list[list[int]]]
-    y: dict[str, np.ndarray]
-    teacher_acc: dict[str, float] = field(default_factory=dict)
-    student_init_acc: dict[str, float] = field(default_factory=dict)
+    score: Callable[[Any, str], dict[str, float]]
+    primary: str
+    labels: list[str] | None
+    n: dict[str, int]
+    teacher_seconds: float
+    teacher_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    student_init_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        return ("dev", "test", "heldout") if "heldout" in self.files else ("dev", "test")
+
+    def measure_references(self, teacher: Any, student: Any, log: Any) -> None:
+        for name in self.eval_splits:
+            self.teacher_scores[name] = self.score(teacher, name)
+            self.student_init_scores[name] = self.score(student, name)
+        log(f"{self.regime.name}: teacher test {self.teacher_scores['test']}, student init test "
+            f"{self.student_init_scores['test']}, train/dev/test {self.n}")
+
+
+def regime_folder(work: Path, r: Regime) -> Path:
+    return work / r.name.replace("/", "_").replace("+", "_").replace("(", "_").replace(")", "").replace(">", "")
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(tmp, path)
+    return path
 
 
 def prepare(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
+    return (prepare_causal if r.family == "causal" else prepare_encoder)(preset, r, work, log)
+
+
+def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
+    import transformers
+
     from repgeo.assets import minilm_path
     from repgeo.demo.data import DemoData
     from repgeo.demo.students import init_student
@@ -158,12 +215,9 @@ def prepare(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
 
     splits = load_splits(r.task, r)
     labels = sorted(set(splits["train"]["label"]))
-    folder = work / r.name.replace("/", "_")
-    files = {}
-    for name, frame in splits.items():
-        files[name] = folder / "data" / f"{name}.jsonl"
-        files[name].parent.mkdir(parents=True, exist_ok=True)
-        frame.to_json(files[name], orient="records", lines=True, force_ascii=False)
+    folder = regime_folder(work, r)
+    files = {name: _write_jsonl(folder / "data" / f"{name}.jsonl", frame.to_dict("records"))
+             for name, frame in splits.items()}
     data = DemoData(splits["train"], splits["dev"], labels, r.task, len(splits["train"]))
     settings = teacher_settings(preset, r, work / "teachers")
     teacher = prepare_teacher(str(minilm_path()), data, settings, cache_dir=work / "teachers", progress=False, log=log)
@@ -173,16 +227,128 @@ def prepare(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
     tok = teacher.tokenizer
     ids = {name: encode(tok, list(frame["text"]), r.max_length) for name, frame in splits.items()}
     y = {name: label_ids(frame["label"], labels) for name, frame in splits.items()}
-    p = Prepared(r, teacher, init_path, labels, files, ids, y)
+
+    def score(model: Any, split: str) -> dict[str, float]:
+        return {"acc": float((predict(model, ids[split], tok.pad_token_id) == y[split]).mean())}
+
+    p = Prepared(r, Path(teacher.path), init_path, files, score, "acc", labels,
+                 {k: len(v) for k, v in y.items()}, teacher.seconds)
+    p.measure_references(teacher.model, transformers.AutoModelForSequenceClassification.from_pretrained(init_path),
+                         log)
+    return p
+
+
+def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
+    """Instruction records from the labelled sets, the fine-tuned causal teacher and the truncated student."""
     import transformers
 
-    student = transformers.AutoModelForSequenceClassification.from_pretrained(init_path)
-    for name in ("dev", "test"):
-        p.teacher_acc[name] = float((predict(teacher.model, ids[name], tok.pad_token_id) == y[name]).mean())
-        p.student_init_acc[name] = float((predict(student, ids[name], tok.pad_token_id) == y[name]).mean())
-    log(f"{r.name}: teacher test {p.teacher_acc['test']:.3f}, student init test {p.student_init_acc['test']:.3f}, "
-        f"{len(labels)} labels, train/dev/test {len(splits['train'])}/{len(splits['dev'])}/{len(splits['test'])}")
+    from repgeo.distill.config import DataConfig
+    from repgeo.distill.students import derive_student
+    from repgeo.distill.tasks.instruction import InstructionTask
+    from repgeo.study_data import instruction_records
+
+    tasks = r.task.split("+")
+    share = {k: max(1, v // len(tasks)) for k, v in (("train", r.n_train), ("dev", r.n_dev), ("test", r.n_test))}
+    records: dict[str, list[dict[str, Any]]] = {"train": [], "dev": [], "test": []}
+    for t in tasks:
+        sub = dataclasses.replace(r, n_train=share["train"], n_dev=share["dev"], n_test=share["test"])
+        for split, frame in load_splits(t, sub).items():
+            records[split] += instruction_records(t, frame)
+    if r.heldout:
+        held = load_splits(r.heldout, dataclasses.replace(r, n_train=10**9, n_dev=0, n_test=r.n_test))
+        records["heldout"] = instruction_records(r.heldout, held["test"])
+    order = np.random.default_rng(0).permutation(len(records["train"]))
+    records["train"] = [records["train"][i] for i in order]  # tasks interleaved
+    folder = regime_folder(work, r)
+    files = {name: _write_jsonl(folder / "data" / f"{name}.jsonl", recs) for name, recs in records.items()}
+
+    teacher_path, seconds = causal_teacher(preset, r, records, work / "teachers", log)
+    tok = transformers.AutoTokenizer.from_pretrained(teacher_path)
+    teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_path)
+    init_path = folder / "student-init"
+    if not (init_path / "config.json").is_file():
+        derive_student(teacher, num_layers=r.num_layers).save_pretrained(init_path)
+        tok.save_pretrained(init_path)
+    student = transformers.AutoModelForCausalLM.from_pretrained(init_path)
+    task = InstructionTask(tok, DataConfig(train=str(files["train"]), max_length=r.max_length))
+    datasets = {name: task.dataset(str(path)) for name, path in files.items() if name != "train"}
+    longest = max(len(tok(x["response"], add_special_tokens=False)["input_ids"]) for recs in records.values()
+                  for x in recs)
+
+    def score(model: Any, split: str) -> dict[str, float]:
+        out = task.generate_scores(model, datasets[split], max_new_tokens=longest + 1, num_samples=None,
+                                   batch_size=64)
+        return {k: v / 100.0 for k, v in out.items()}
+
+    p = Prepared(r, teacher_path, init_path, files, score, "rougeL", None,
+                 {k: len(v) for k, v in records.items()}, seconds)
+    p.measure_references(teacher, student, log)
     return p
+
+
+def causal_teacher(preset: Preset, r: Regime, records: dict[str, list[dict[str, Any]]], cache: Path,
+                   log: Any) -> tuple[Path, float]:
+    """The causal teacher fine-tuned on the training instructions (AdamW, linear warm-up and decay, loss on the
+    response tokens), cached by its settings and data; (folder, seconds it took)."""
+    import torch
+    import transformers
+
+    from repgeo.distill.config import DataConfig
+    from repgeo.distill.tasks.instruction import InstructionTask
+
+    batch = r.batch or preset.batch
+    settings = {"teacher": r.teacher, "steps": r.teacher_steps, "lr": preset.causal_teacher_lr, "batch": batch,
+                "max_length": r.max_length, "format": 1,
+                "data": hashlib.sha256(json.dumps(records["train"]).encode()).hexdigest()}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    out = cache / f"causal-{key}"
+    meta = out / "study_teacher.json"
+    if meta.is_file():
+        return out, json.loads(meta.read_text())["seconds"]
+    t0 = time.perf_counter()
+    transformers.set_seed(0)
+    if r.teacher == "toy":
+        from repgeo.distill.toy import tiny_model, word_tokenizer
+
+        texts = [x["prompt"] + x["response"] for recs in records.values() for x in recs]
+        tok = word_tokenizer(texts, style="causal")
+        model = tiny_model("llama", len(tok), hidden_size=32, num_layers=4, tokenizer=tok)
+    else:
+        from repgeo.study_data import smollm2_path
+
+        tok = transformers.AutoTokenizer.from_pretrained(smollm2_path())
+        model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_path())
+    task = InstructionTask(tok, DataConfig(train="", max_length=r.max_length))
+    items = [task.dataset_item(x["prompt"], x["response"], i) for i, x in enumerate(records["train"])]
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.causal_teacher_lr, weight_decay=0.01)
+    warm = max(1, r.teacher_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min((k + 1) / warm, max(0.0, (r.teacher_steps - k) / max(1, r.teacher_steps - warm))))
+    rng = np.random.default_rng(0)
+    model.train()
+    order: list[int] = []
+    for step in range(r.teacher_steps):
+        if len(order) < batch:
+            order += list(rng.permutation(len(items)))
+        inputs = task.collate([items[i] for i in order[:batch]])
+        del order[:batch]
+        inputs.pop("example_index")
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % max(1, r.teacher_steps // 5) == 0 or step == r.teacher_steps - 1:
+            log(f"causal teacher step {step + 1}/{r.teacher_steps}: loss {loss.item():.3f}")
+    seconds = time.perf_counter() - t0
+    tmp = cache / f".causal-{key}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "study_teacher.json").write_text(json.dumps({**settings, "seconds": seconds}, indent=1) + "\n")
+    os.replace(tmp, out)
+    return out, seconds
 
 
 # ----------------------------------------------------------------------------------------------- one run
@@ -204,34 +370,36 @@ class RunSpec:
 def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Path) -> dict[str, Any]:
     r = p.regime
     metric = spec.method.split("+", 1)[1] if "+" in spec.method else None
+    data: dict[str, Any] = {"train": str(p.files["train"]), "eval": str(p.files["dev"]), "max_length": r.max_length}
+    if p.labels is not None:
+        data["labels"] = p.labels
     return {
-        "task": "classification", "output_dir": str(out), "seed": spec.seed,
-        "teacher": {"path": str(p.teacher.path)}, "student": {"path": str(p.student_path)},
-        "data": {"train": str(p.files["train"]), "eval": str(p.files["dev"]), "labels": p.labels,
-                 "max_length": r.max_length},
+        "task": "instruction" if r.family == "causal" else "classification", "output_dir": str(out),
+        "seed": spec.seed, "teacher": {"path": str(p.teacher_path)}, "student": {"path": str(p.student_path)},
+        "data": data,
         "loss": {"metric": metric or "procrustes", "alpha": spec.alpha if metric else 0.0, "alpha_relative": True,
                  "alpha_schedule": spec.schedule, "w_task": 1.0,
                  "w_kd": 0.0 if spec.method == "ft" else 1.0, "temperature": preset.temperature,
                  "pooling": spec.pooling, "layer_map": "uniform"},
         "trainer": {"max_steps": r.student_steps, "learning_rate": preset.lr,
-                    "per_device_train_batch_size": preset.batch, "per_device_eval_batch_size": 64,
+                    "per_device_train_batch_size": r.batch or preset.batch, "per_device_eval_batch_size": 64,
                     "warmup_steps": max(1, r.student_steps // 10), "weight_decay": 0.01,
                     "logging_steps": max(1, r.student_steps // 5), "save_strategy": "no", "disable_tqdm": True,
                     "dataloader_pin_memory": False, "report_to": "none", "train_sampling_strategy": "group_by_length"},
-        "geometry": {"enabled": True, "metrics": ["procrustes", "cka", "fg"], "probe_size": min(256, len(p.y["dev"]))},
+        "geometry": {"enabled": True, "metrics": ["procrustes", "cka", "fg"], "probe_size": min(256, p.n["dev"])},
         "cache": {"enabled": spec.method != "ft", "path": str(cache)},
     }
 
 
 def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str, Any]:
-    """Train one student; its dev and test accuracy, the feature loss's initial value and α, seconds per step
-    and the final mapped-layer geometry on the dev probe set."""
+    """Train one student; its dev and test score (``dev_acc`` / ``test_acc``: the regime's primary score; all
+    scores under ``scores``), the feature loss's initial value and α, seconds per step and the final mapped-layer
+    geometry on the dev probe set."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from repgeo.demo.teacher import predict
     from repgeo.distill import build_trainer, config_from_dict
 
-    folder = work / p.regime.name.replace("/", "_")
+    folder = regime_folder(work, p.regime)
     out = folder / "runs" / spec.key
     suffix = f"{spec.pooling}" + ("-features" if "+" in spec.method else "-logits")
     cfg = config_from_dict(run_config(preset, p, spec, out, folder / f"teacher_cache_{suffix}.pt"))
@@ -245,13 +413,13 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
     trainer.train()
     seconds = time.perf_counter() - t0
     model = trainer.accelerator.unwrap_model(trainer.model)
-    pad = p.teacher.tokenizer.pad_token_id
-    splits = ("dev",) if spec.stage == "sweep" else ("dev", "test")  # the sweep never looks at the test split
-    acc = {name: float((predict(model, p.ids[name], pad) == p.y[name]).mean()) for name in splits}
-    acc.setdefault("test", float("nan"))
+    # the sweep never looks at the test split
+    splits = ("dev",) if spec.stage == "sweep" else p.eval_splits
+    scores = {name: p.score(model, name) for name in splits}
     geometry = trainer.geometry.measure(trainer.teacher, model, step=trainer.state.global_step)
     history = trainer.state.log_history
-    row = {**dataclasses.asdict(spec), "key": spec.key, "dev_acc": acc["dev"], "test_acc": acc["test"],
+    row = {**dataclasses.asdict(spec), "key": spec.key, "dev_acc": scores["dev"][p.primary],
+           "test_acc": scores["test"][p.primary] if "test" in scores else float("nan"), "scores": scores,
            "alpha_eff": alpha_eff, "feature_loss_init": l0, "sec_per_step": seconds / max(1, trainer.state.global_step),
            "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), float("nan")),
            "geometry": {k.removeprefix("geometry/"): v for k, v in geometry.items()}}
@@ -392,8 +560,11 @@ def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | N
     for r in regimes:
         p = prepared.get(r.name) or prepare(preset, r, work, log)
         prepared[r.name] = p
-        teachers[r.name] = {"teacher": p.teacher_acc, "student_init": p.student_init_acc, "labels": len(p.labels),
-                            "n": {k: len(v) for k, v in p.y.items()}, "teacher_seconds": p.teacher.seconds}
+        teachers[r.name] = {"teacher": {k: v[p.primary] for k, v in p.teacher_scores.items()},
+                            "student_init": {k: v[p.primary] for k, v in p.student_init_scores.items()},
+                            "scores": {"teacher": p.teacher_scores, "student_init": p.student_init_scores},
+                            "primary": p.primary, "labels": len(p.labels) if p.labels else None, "n": p.n,
+                            "teacher_seconds": p.teacher_seconds}
         for seed in range(r.seeds):
             for method in METHODS:
                 alpha = chosen[method.split("+", 1)[1]] if "+" in method else 0.0
@@ -405,11 +576,32 @@ def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | N
     rows = list(runs.rows.values())
     wanted = {r.name for r in regimes}
     rows = [r for r in rows if r["regime"] in wanted]
+    views, view_refs = score_views(rows, teachers)
     return {"preset": preset_name, "settings": _preset_dict(preset, regimes), "alpha_sweep": sweep,
-            "alpha_chosen": chosen, "regimes": teachers, "summary": summarize(rows),
+            "alpha_chosen": chosen, "regimes": {**teachers, **view_refs}, "summary": summarize(rows + views),
             "ablations": _ablations(rows, first.name, chosen), "runs": rows,
             "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+#: Extra table columns for causal regimes: (suffix, split, score); the regime's own column is ROUGE-L on held-out
+#: examples of the training tasks.
+CAUSAL_VIEWS = ((" · exact match", "test", "exact_match"), (" · held-out task", "heldout", "rougeL"),
+                (" · held-out task EM", "heldout", "exact_match"))
+
+
+def score_views(rows: list[dict[str, Any]], refs: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """For causal regimes, copies of the final runs whose ``test_acc`` is another score (:data:`CAUSAL_VIEWS`),
+    under the regime name + suffix, with the teacher / untrained-student references for those columns."""
+    views, view_refs = [], {}
+    for row in rows:
+        for suffix, split, key in CAUSAL_VIEWS:
+            if row["stage"] == "final" and key in row.get("scores", {}).get(split, {}):
+                views.append({**row, "regime": row["regime"] + suffix, "test_acc": row["scores"][split][key]})
+                ref = refs[row["regime"]]["scores"]
+                view_refs[row["regime"] + suffix] = {
+                    who: {"test": ref[who][split][key]} for who in ("teacher", "student_init")}
+    return views, view_refs
 
 
 def _preset_dict(preset: Preset, regimes: list[Regime]) -> dict[str, Any]:
@@ -482,6 +674,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
     lines += ["", "Cost (median seconds per training step, teacher cached) and final geometry between the last mapped "
               "layers on the dev probe set (mean over seeds):", ""]
     for g in regimes:
+        if " · " in g:  # a score view of a causal regime: same runs, same cost and geometry
+            continue
         s = res["summary"][g]
         geo_keys = sorted({k for d in s["geometry"].values() for k in d})
         last = [k for k in geo_keys if k.endswith(max(k.split("/")[1] for k in geo_keys))]

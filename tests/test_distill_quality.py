@@ -70,6 +70,18 @@ def test_summary_names_the_best_non_geometric_method_and_pairs_by_seed():
     assert s["methods"]["kd+cka"]["mean"] == pytest.approx(0.73) and s["methods"]["kd"]["n"] == 4
 
 
+def test_score_views_add_a_column_per_extra_causal_score():
+    enc = {**_row("kd", 0, 0.8, regime="enc"), "scores": {"test": {"acc": 0.8}}}
+    scores = {"test": {"rougeL": 0.6, "exact_match": 0.5}, "heldout": {"rougeL": 0.2, "exact_match": 0.1}}
+    causal = {**_row("kd", 0, 0.6, regime="llm"), "scores": scores}
+    sweep = {**causal, "stage": "sweep"}
+    ref = {"teacher": scores, "student_init": {k: {"rougeL": 0.0, "exact_match": 0.0} for k in scores}}
+    views, refs = dq.score_views([enc, causal, sweep], {"enc": {}, "llm": {"scores": ref}})
+    assert {v["regime"]: v["test_acc"] for v in views} == {
+        "llm · exact match": 0.5, "llm · held-out task": 0.2, "llm · held-out task EM": 0.1}
+    assert refs["llm · held-out task"] == {"teacher": {"test": 0.2}, "student_init": {"test": 0.0}}
+
+
 def test_run_log_survives_a_cut_line_and_resumes(tmp_path):
     log = dq.RunLog(tmp_path / "runs.jsonl")
     log.add({"key": "a", "x": 1})
@@ -96,13 +108,25 @@ def _assets_ready() -> bool:
 def test_quick_study_end_to_end(tmp_path, one_torch_thread):
     assert dq.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
     res = json.loads((tmp_path / "out" / "distill_quality_quick.json").read_text())
-    (regime,) = res["summary"]
-    s = res["summary"][regime]
+    encoder, causal = (r.name for r in dq.PRESETS["quick"].regimes)
+    assert list(res["summary"]) == [encoder, causal, causal + " · exact match"]  # no held-out task in --quick
+    s = res["summary"][encoder]
     assert set(s["methods"]) == set(dq.METHODS)
     assert all(m["n"] == 2 for m in s["methods"].values())
     assert set(res["alpha_chosen"]) == set(dq.FEATURE_METHODS)
     runs = res["runs"]
     assert all(0.0 <= r["test_acc"] <= 1.0 and r["sec_per_step"] > 0 for r in runs)
+    # the causal regime: instruction task scored by generation; its teacher learnt the response format
+    assert res["regimes"][causal]["primary"] == "rougeL"
+    assert res["regimes"][causal]["teacher"]["test"] >= 0.5
+    causal_runs = [r for r in runs if r["regime"] == causal]
+    assert {r["method"] for r in causal_runs} == set(dq.METHODS)
+    for r in causal_runs:
+        assert set(r["scores"]) == {"dev", "test"} and r["test_acc"] == r["scores"]["test"]["rougeL"]
+        assert r["scores"]["test"]["exact_match"] <= r["scores"]["test"]["rougeL"] + 1e-12  # EM implies ROUGE-L 1
+    em_view = res["summary"][causal + " · exact match"]["methods"]
+    assert em_view["kd"]["mean"] == pytest.approx(
+        np.mean([r["scores"]["test"]["exact_match"] for r in causal_runs if r["method"] == "kd"]))
     feature_runs = [r for r in runs if "+" in r["method"]]
     assert all(r["feature_loss_init"] > 0 and r["alpha_eff"] == pytest.approx(r["alpha"] / r["feature_loss_init"])
                for r in feature_runs)

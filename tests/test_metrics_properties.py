@@ -38,6 +38,15 @@ def pair(seed: int, n: int, p: int, q: int):
     return rng, X, Y
 
 
+def rounding_tol(name: str, regressor: np.ndarray, default: float) -> float:
+    """Absolute tolerance for a value that is exact in real arithmetic. Projection-MSE solves normal equations,
+    so its documented accuracy is about ``eps * cond(Y)^2`` for the centred regressor Y (the student)."""
+    if name != "proj_mse":
+        return default
+    cond = np.linalg.cond(regressor - regressor.mean(0))
+    return max(default, 10 * np.finfo(float).eps * cond**2)
+
+
 DECLARED = [(name, t) for name in available() for t in sorted(get(name).invariances)]
 
 
@@ -47,7 +56,9 @@ DECLARED = [(name, t) for name in available() for t in sorted(get(name).invarian
 def test_declared_invariances_hold(name, transform, seed, shape):
     rng, X, Y = pair(seed, *shape)
     spec = get(name)
-    assert spec(X, TRANSFORMS[transform](rng, Y)) == pytest.approx(spec(X, Y), rel=1e-7, abs=1e-9)
+    Y2 = TRANSFORMS[transform](rng, Y)
+    tol = max(rounding_tol(name, Y, 1e-9), rounding_tol(name, Y2, 1e-9))
+    assert spec(X, Y2) == pytest.approx(spec(X, Y), rel=1e-7, abs=tol)
 
 
 @pytest.mark.parametrize("name", ["procrustes", "procrustes_angular", "nbs", "fg", "cka", "cka_debiased", "cka_rbf"])
@@ -86,9 +97,9 @@ def test_identical_inputs_are_a_perfect_match(name, seed, shape):
     spec = get(name)
     value = spec(X, X.copy())
     best = spec.bounds[1] if spec.kind == "similarity" else 0.0
-    tol = 2e-7 if name in ("procrustes", "bures", "procrustes_angular", "fg") else 1e-9  # sqrt of ~eps
+    tol = 2e-7 if name in ("procrustes", "bures", "procrustes_angular", "fg") else rounding_tol(name, X, 1e-9)
     assert value == pytest.approx(best, abs=tol)
-    assert spec.loss(X, X.copy()) == pytest.approx(0.0, abs=1e-12)
+    assert spec.loss(X, X.copy()) == pytest.approx(0.0, abs=tol)
 
 
 @settings(max_examples=40, deadline=None)

@@ -203,3 +203,22 @@ def test_the_study_loaders_are_importable_from_repgeo_assets_too():
     assert tc is text_classification and from_assets is study_data.smollm2_path
     with pytest.raises(AttributeError):
         assets.no_such_loader  # noqa: B018
+
+
+def test_instruction_records_template_every_row_and_word_the_labels():
+    frame = pd.DataFrame({"text": ["where is my card", "cancel it"], "label": ["card_arrival", "Refund_not_showing_up"]})
+    recs = study_data.instruction_records("banking77", frame)
+    assert [r["response"] for r in recs] == [" card arrival", " refund not showing up"]
+    assert all(r["task"] == "banking77" for r in recs)
+    assert recs[0]["prompt"] == study_data.INSTRUCTION_TEMPLATES["banking77"].format(text="where is my card")
+    assert recs[0]["prompt"].endswith("Request:")  # the response follows the prompt directly
+    rt = study_data.instruction_records("rotten_tomatoes", pd.DataFrame({"text": ["fun"], "label": ["fresh"]}))
+    assert rt[0]["response"] == " positive" and "Review: fun\n" in rt[0]["prompt"]
+    boolq = pd.DataFrame({"text": ["q [SEP] p"], "label": ["False"], "question": ["is it"], "passage": ["It is not."]})
+    (b,) = study_data.instruction_records("boolq", boolq)
+    assert b["response"] == " no" and b["prompt"].startswith("It is not.\nQuestion: is it?")
+
+
+def test_instruction_records_refuse_a_set_without_a_template():
+    with pytest.raises(ValueError, match="no instruction template for 'trec'.*templated: rotten_tomatoes"):
+        study_data.instruction_records("trec", pd.DataFrame({"text": ["who"], "label": ["ENTY:color"]}))

@@ -37,19 +37,18 @@ class InstructionTask(Task):
         cfg = self.data_cfg
         records = load_records(path)[:max_samples]
         require_fields(records, [cfg.prompt_field, cfg.response_field], path)
-        items = []
-        for i, r in enumerate(records):
-            p, resp = self.encode(str(r[cfg.prompt_field]), str(r[cfg.response_field]))
-            p = p[: max(1, cfg.max_length - 1)]  # keep at least one response token
-            resp = resp[: cfg.max_length - len(p)]
-            items.append({
-                "input_ids": p + resp,
-                "labels": [IGNORE] * len(p) + resp,
-                "example_index": i,
-                "prompt": str(r[cfg.prompt_field]),
-                "response": str(r[cfg.response_field]),
-            })
-        return ListDataset(items)
+        return ListDataset([self.dataset_item(str(r[cfg.prompt_field]), str(r[cfg.response_field]), i)
+                            for i, r in enumerate(records)])
+
+    def dataset_item(self, prompt: str, response: str, index: int) -> dict[str, Any]:
+        """One example: ids truncated to ``max_length`` (the prompt first, keeping at least one response token),
+        labels ``-100`` on the prompt."""
+        max_length = self.data_cfg.max_length
+        p, resp = self.encode(prompt, response)
+        p = p[: max(1, max_length - 1)]
+        resp = resp[: max_length - len(p)]
+        return {"input_ids": p + resp, "labels": [IGNORE] * len(p) + resp, "example_index": index,
+                "prompt": prompt, "response": response}
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = [f["input_ids"] for f in features]
