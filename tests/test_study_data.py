@@ -206,7 +206,8 @@ def test_the_study_loaders_are_importable_from_repgeo_assets_too():
 
 
 def test_instruction_records_template_every_row_and_word_the_labels():
-    frame = pd.DataFrame({"text": ["where is my card", "cancel it"], "label": ["card_arrival", "Refund_not_showing_up"]})
+    frame = pd.DataFrame({"text": ["where is my card", "cancel it"],
+                          "label": ["card_arrival", "Refund_not_showing_up"]})
     recs = study_data.instruction_records("banking77", frame)
     assert [r["response"] for r in recs] == [" card arrival", " refund not showing up"]
     assert all(r["task"] == "banking77" for r in recs)
@@ -220,5 +221,5 @@ def test_instruction_records_template_every_row_and_word_the_labels():
 
 
 def test_instruction_records_refuse_a_set_without_a_template():
-    with pytest.raises(ValueError, match="no instruction template for 'trec'.*templated: rotten_tomatoes"):
+    with pytest.raises(ValueError, match=r"no instruction template for 'trec'.*templated: rotten_tomatoes"):
         study_data.instruction_records("trec", pd.DataFrame({"text": ["who"], "label": ["ENTY:color"]}))
