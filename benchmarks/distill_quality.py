@@ -1,30 +1,38 @@
 """Distillation quality study: geometric feature losses (Procrustes, FG) vs projection-MSE and CKA, on real
 labelled data obtainable offline, across tasks and seeds, with an α sweep on validation and paired tests.
 
-    python benchmarks/distill_quality.py --preset cpu     # about an hour on 2 quiet CPU cores
-    python benchmarks/distill_quality.py --preset gpu     # one large GPU; estimated 1-1.5 hours, not yet measured
-    python benchmarks/distill_quality.py --quick          # seconds-scale smoke run (a test runs it)
+    python benchmarks/distill_quality.py --preset cpu     # about 2.5 hours on 2 quiet CPU cores (resumable)
+    python benchmarks/distill_quality.py --preset gpu     # one large GPU; several hours, not yet measured
+    python benchmarks/distill_quality.py --quick          # the smoke run a test runs (a few minutes on CPU)
 
 Protocol (one *regime* = one task + one student + a training length):
 
-1. The teacher, all-MiniLM-L6-v2 with a classification head, is fine-tuned on the task's training split (linear-
-   probe initialised head, then the whole model; cached by settings) — ``repgeo.demo.teacher``.
-2. The student is derived from the teacher (``keep_every``: teacher blocks 0, k, 2k, …; or a narrower, freshly
-   initialised copy), its head re-fitted by a linear probe; every method starts from this same student.
+1. Encoder regimes: the teacher, all-MiniLM-L6-v2 with a classification head, is fine-tuned on the task's
+   training split (linear-probe initialised head, then the whole model; cached by settings) —
+   ``repgeo.demo.teacher``. The student is derived from it (``keep_every``: teacher blocks 0, k, 2k, …; or a
+   narrower, freshly initialised copy), its head re-fitted by a linear probe. Scored by test accuracy.
+2. Causal regimes (the paper's OPT / instruction-following setting): labelled sets templated into instruction
+   tasks (``repgeo.study_data.instruction_records``: prompt -> the label in words). The teacher,
+   SmolLM2-135M-Instruct, is fine-tuned on the training tasks' instructions (response tokens only; cached); the
+   student keeps ``num_layers`` of its 30 blocks (evenly spread, first and last kept). Scored by greedy generation:
+   ROUGE-L (the table's number) and exact match on held-out examples of the training tasks, and the same on a
+   held-out *task* (``heldout``, never trained on). Every method starts from the same student.
 3. Methods, through the ``repgeo distill`` engine (``DistillationTrainer``, teacher logits and features cached):
    ``ft`` (task loss only), ``kd`` (+ logit KD, T = 2), ``kd+proj_mse`` / ``kd+cka`` / ``kd+procrustes`` /
    ``kd+fg`` (+ α × feature loss on mean-pooled mapped layers). α is *relative*: divided by the loss's value at
    initialisation, so one grid treats every loss alike (``repgeo.distill.alpha``).
 4. α is chosen per feature loss on the validation split of the first regime, with the same grid and seeds for
-   every loss; the test split is used once, for the final numbers.
+   every loss, and used in every regime (relative α is what makes it transfer); the test split is used once, for
+   the final numbers.
 5. Each method runs with ``seeds`` seeds (seed = data order, dropout and the projector's initialisation; the
    student's starting weights are shared). Paired tests across seeds compare each geometric loss with the best
-   non-geometric method of the regime (by mean test accuracy), and with projection-MSE and CKA: mean difference
+   non-geometric method of the regime (by mean test score), and with projection-MSE and CKA: mean difference
    with a 95 % t-interval, paired t-test and Wilcoxon signed-rank p-values, Cohen's d_z.
 6. Ablations on the first regime: token-level instead of pooled features, and a linearly decaying α.
 
 Every finished run is appended to ``<work>/runs.jsonl`` (keyed by its settings), so an interrupted study resumes
-where it stopped. Results: ``benchmarks/results/distill_quality[_<preset>].json`` and ``.md``, and a plot.
+where it stopped, with the teacher its recorded runs used (pinned in ``<work>/<regime>/teacher.json``).
+Results: ``benchmarks/results/distill_quality[_<preset>].json`` and ``.md``, and a plot.
 """
 
 from __future__ import annotations
@@ -126,6 +134,10 @@ PRESETS: dict[str, Preset] = {
         Regime("banking77", 10, 9003, 1000, 3080, 300, teacher_steps=800),
         Regime("trec", 5, 4849, 532, 490, 300, teacher_steps=400),
         Regime("rotten_tomatoes", 5, 8927, 1000, 2000, 300, teacher_steps=600, narrow_width=192, max_length=96),
+        Regime("rotten_tomatoes+banking77+hwu64", 10, 6000, 300, 600, 300, family="causal", heldout="clinc",
+               num_layers=10, teacher_steps=600, max_length=96, batch=32),
+        Regime("rotten_tomatoes+banking77+hwu64", 5, 6000, 300, 600, 300, family="causal", heldout="clinc",
+               num_layers=6, teacher_steps=600, max_length=96, batch=32),
     ], alpha_grid=(0.1, 0.3, 1.0, 3.0, 10.0), sweep_seeds=2, ablation_seeds=10, batch=64),
 }
 
@@ -194,6 +206,27 @@ def regime_folder(work: Path, r: Regime) -> Path:
     return work / r.name.replace("/", "_").replace("+", "_").replace("(", "_").replace(")", "").replace(">", "")
 
 
+PIN = "teacher.json"
+
+
+def pinned_teacher(folder: Path) -> Path | None:
+    """The teacher folder this regime's recorded runs were trained against (``<regime>/teacher.json``), if it
+    still exists. A resumed study keeps it even when the teacher recipe has changed since, so that every run of a
+    regime shares one teacher; start the regime afresh with a new ``--work`` folder."""
+    try:
+        path = Path(json.loads((folder / PIN).read_text())["teacher"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
+def pin_teacher(folder: Path, teacher: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{PIN}.tmp"
+    tmp.write_text(json.dumps({"teacher": str(teacher)}) + "\n")
+    os.replace(tmp, folder / PIN)
+
+
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -212,7 +245,16 @@ def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared
     from repgeo.assets import minilm_path
     from repgeo.demo.data import DemoData
     from repgeo.demo.students import init_student
-    from repgeo.demo.teacher import encode, label_ids, predict, prepare_teacher
+    from repgeo.demo.teacher import (
+        TEACHER_META,
+        TeacherResult,
+        encode,
+        label_ids,
+        load_classifier,
+        load_tokenizer,
+        predict,
+        prepare_teacher,
+    )
 
     splits = load_splits(r.task, r)
     labels = sorted(set(splits["train"]["label"]))
@@ -221,10 +263,20 @@ def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared
              for name, frame in splits.items()}
     data = DemoData(splits["train"], splits["dev"], labels, r.task, len(splits["train"]))
     settings = teacher_settings(preset, r, work / "teachers")
-    teacher = prepare_teacher(str(minilm_path()), data, settings, cache_dir=work / "teachers", progress=False, log=log)
+    pinned = pinned_teacher(folder)
+    if pinned is not None:
+        log(f"{r.name}: keeping the teacher of its recorded runs, {pinned}")
+        tok = load_tokenizer(str(pinned))
+        model = load_classifier(str(pinned), len(labels), tok)
+        meta = json.loads((pinned / TEACHER_META).read_text())
+        teacher = TeacherResult(pinned, model, tok, float("nan"), np.array([]), True, meta["seconds"])
+    else:
+        teacher = prepare_teacher(str(minilm_path()), data, settings, cache_dir=work / "teachers", progress=False,
+                                  log=log)
     init_path = folder / "student-init"
     if not (init_path / "config.json").is_file():
         init_student(teacher, data, settings, init_path, narrow=r.narrow_width is not None)
+    pin_teacher(folder, Path(teacher.path))
     tok = teacher.tokenizer
     ids = {name: encode(tok, list(frame["text"]), r.max_length) for name, frame in splits.items()}
     y = {name: label_ids(frame["label"], labels) for name, frame in splits.items()}
@@ -263,13 +315,19 @@ def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
     folder = regime_folder(work, r)
     files = {name: _write_jsonl(folder / "data" / f"{name}.jsonl", recs) for name, recs in records.items()}
 
-    teacher_path, seconds = causal_teacher(preset, r, records, work / "teachers", log)
+    pinned = pinned_teacher(folder)
+    if pinned is not None:
+        log(f"{r.name}: keeping the teacher of its recorded runs, {pinned}")
+        teacher_path, seconds = pinned, json.loads((pinned / "study_teacher.json").read_text())["seconds"]
+    else:
+        teacher_path, seconds = causal_teacher(preset, r, records, work / "teachers", log)
     tok = transformers.AutoTokenizer.from_pretrained(teacher_path)
     teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_path)
     init_path = folder / "student-init"
     if not (init_path / "config.json").is_file():
         derive_student(teacher, num_layers=r.num_layers).save_pretrained(init_path)
         tok.save_pretrained(init_path)
+    pin_teacher(folder, teacher_path)
     student = transformers.AutoModelForCausalLM.from_pretrained(init_path)
     task = InstructionTask(tok, DataConfig(train=str(files["train"]), max_length=r.max_length))
     datasets = {name: task.dataset(str(path)) for name, path in files.items() if name != "train"}

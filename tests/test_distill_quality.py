@@ -82,6 +82,18 @@ def test_score_views_add_a_column_per_extra_causal_score():
     assert refs["llm · held-out task"] == {"teacher": {"test": 0.2}, "student_init": {"test": 0.0}}
 
 
+def test_a_regime_keeps_the_teacher_its_recorded_runs_used(tmp_path):
+    regime, teacher = tmp_path / "regime", tmp_path / "teacher-old"
+    assert dq.pinned_teacher(regime) is None  # nothing recorded yet
+    teacher.mkdir()
+    dq.pin_teacher(regime, teacher)
+    assert dq.pinned_teacher(regime) is None  # not a model folder (any more): fine-tune afresh
+    (teacher / "config.json").write_text("{}")
+    assert dq.pinned_teacher(regime) == teacher
+    (regime / dq.PIN).write_text('{"teacher": ')  # a cut file counts as no pin
+    assert dq.pinned_teacher(regime) is None
+
+
 def test_run_log_survives_a_cut_line_and_resumes(tmp_path):
     log = dq.RunLog(tmp_path / "runs.jsonl")
     log.add({"key": "a", "x": 1})
