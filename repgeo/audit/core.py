@@ -272,9 +272,9 @@ def _batch_rows(batch: Any, pooling: str) -> np.ndarray:
 
 
 def _default_layers(model: nn.Module, who: str) -> list[int]:
-    from repgeo.probe.select import _num_hidden_states, unwrap_model
+    from repgeo.probe.select import num_hidden_states, unwrap_model
 
-    n = _num_hidden_states(unwrap_model(model))
+    n = num_hidden_states(unwrap_model(model))
     if n is None:
         raise ValueError(
             f"{who}_layers is required for a model without config.num_hidden_layers "

@@ -103,7 +103,9 @@ def _close(query: str, names: Sequence[str]) -> list[str]:
     return close[:5]
 
 
-def _num_hidden_states(model: nn.Module) -> int | None:
+def num_hidden_states(model: nn.Module) -> int | None:
+    """How many hidden states a Hugging Face model returns with ``output_hidden_states=True`` (its text /
+    decoder config's ``num_hidden_layers`` + 1, the embeddings included); None for a model without a config."""
     config = getattr(model, "config", None)
     if config is None:
         return None
@@ -146,7 +148,7 @@ def resolve_layers(model: nn.Module, layers: LayerSpec | Iterable[LayerSpec]) ->
         layers = [layers]
     names = [n for n, _ in model.named_modules() if n]
     name_set = set(names)
-    n_states = _num_hidden_states(model)
+    n_states = num_hidden_states(model)
     out: list[Layer] = []
     for spec in layers:
         if isinstance(spec, bool) or not isinstance(spec, (str, int)):
