@@ -692,7 +692,9 @@ def _ablations(rows: list[dict[str, Any]], regime: str, chosen: dict[str, float]
 def markdown(res: dict[str, Any], command: str) -> str:
     lines = [f"# Distillation quality — preset `{res['preset']}`", "",
              f"Command: `{command}` ({res['seconds'] / 60:.0f} min, {res['threads']} thread(s), {res['device']}).",
-             "", "Test accuracy, mean ± std over seeds (n = seeds); teacher and untrained student for reference.", ""]
+             "", "Test score, mean ± std over seeds (n = seeds): accuracy for the encoder regimes; for the instruct "
+             "regimes ROUGE-L (or exact match) on held-out examples of the training tasks, and on a held-out task. "
+             "Teacher and untrained student for reference.", ""]
     regimes = list(res["summary"])
     lines.append("| method | " + " | ".join(regimes) + " |")
     lines.append("|---" * (len(regimes) + 1) + "|")
@@ -705,11 +707,14 @@ def markdown(res: dict[str, Any], command: str) -> str:
     for who in ("teacher", "student_init"):
         lines.append(f"| *{who.replace('_', ' ')}* | "
                      + " | ".join(f"{100 * res['regimes'][g][who]['test']:.1f}" for g in regimes) + " |")
-    lines += ["", "Paired differences in test accuracy (points, geometric − reference) across seeds:", "",
+    lines += ["", "Paired differences in test score (points, geometric − reference) across seeds; comparisons where "
+              "every seed scored the same for both methods are left out:", "",
               "| regime | comparison | diff | 95 % CI | p (t) | p (Wilcoxon) | d_z |", "|---|---|---|---|---|---|---|"]
     for g in regimes:
         best = res["summary"][g]["best_non_geometric"]
         for name, t in res["summary"][g]["tests"].items():
+            if t["diff"] == 0 and t["ci_low"] == t["ci_high"] == 0:  # every seed scored alike: nothing to test
+                continue
             ref = name.split(" vs ")[1]
             tag = " (best non-geometric)" if ref == best else ""
             lines.append(f"| {g} | {name}{tag} | {100 * t['diff']:+.2f} | [{100 * t['ci_low']:+.2f}, "
@@ -737,7 +742,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
             continue
         s = res["summary"][g]
         geo_keys = sorted({k for d in s["geometry"].values() for k in d})
-        last = [k for k in geo_keys if k.endswith(max(k.split("/")[1] for k in geo_keys))]
+        top = max((k.split("/")[1] for k in geo_keys), key=_pair_order)  # e.g. "s10_t30" after "s9_t27"
+        last = [k for k in geo_keys if k.split("/")[1] == top]
         lines += [f"**{g}**", "", "| method | s/step | " + " | ".join(last) + " |", "|---" * (2 + len(last)) + "|"]
         for m in METHODS:
             if m in s["sec_per_step"]:
@@ -745,6 +751,11 @@ def markdown(res: dict[str, Any], command: str) -> str:
                              + " | ".join(f"{s['geometry'][m].get(k, float('nan')):.3f}" for k in last) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _pair_order(pair: str) -> tuple[int, ...]:
+    """``"s3_t6"`` -> ``(3, 6)``: mapped layer pairs in numeric order."""
+    return tuple(int(part[1:]) for part in pair.split("_"))
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
@@ -783,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     ap.add_argument("--regimes", type=int, default=None, help="only the first N regimes of the preset")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--report", action="store_true",
+                    help="only rewrite the .md and .png from the preset's existing .json (no training)")
     args = ap.parse_args(argv)
     import torch
 
@@ -799,10 +812,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[distill_quality] {msg}", file=sys.stderr, flush=True)
 
-    res = study(preset, work, log=log, limit_regimes=args.regimes)
     stem = "distill_quality" if preset == "cpu" else f"distill_quality_{preset}"
     command = "python benchmarks/distill_quality.py " + ("--quick" if args.quick else f"--preset {preset}")
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    if args.report:
+        res = json.loads((out / f"{stem}.json").read_text())
+    else:
+        res = study(preset, work, log=log, limit_regimes=args.regimes)
+        (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     (out / f"{stem}.md").write_text(markdown(res, command))
     plot(res, out / f"{stem}.png")
     print(markdown(res, command))
