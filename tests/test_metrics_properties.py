@@ -97,9 +97,9 @@ def test_identical_inputs_are_a_perfect_match(name, seed, shape):
     spec = get(name)
     value = spec(X, X.copy())
     best = spec.bounds[1] if spec.kind == "similarity" else 0.0
-    tol = 2e-7 if name in ("procrustes", "bures", "procrustes_angular", "fg") else rounding_tol(name, X, 1e-9)
-    assert value == pytest.approx(best, abs=tol)
-    assert spec.loss(X, X.copy()) == pytest.approx(0.0, abs=tol)
+    sqrt_of_eps = name in ("procrustes", "bures", "procrustes_angular", "fg")  # values are square roots
+    assert value == pytest.approx(best, abs=2e-7 if sqrt_of_eps else rounding_tol(name, X, 1e-9))
+    assert spec.loss(X, X.copy()) == pytest.approx(0.0, abs=rounding_tol(name, X, 1e-12))
 
 
 @settings(max_examples=40, deadline=None)
