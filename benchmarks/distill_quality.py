@@ -207,6 +207,7 @@ def regime_folder(work: Path, r: Regime) -> Path:
 
 
 PIN = "teacher.json"
+CAUSAL_TEACHER_META = "study_teacher.json"  # settings and seconds of a fine-tuned causal teacher
 
 
 def pinned_teacher(folder: Path) -> Path | None:
@@ -221,17 +222,17 @@ def pinned_teacher(folder: Path) -> Path | None:
 
 
 def pin_teacher(folder: Path, teacher: Path) -> None:
+    from repgeo.probe.sinks import atomic_write_bytes
+
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{PIN}.tmp"
-    tmp.write_text(json.dumps({"teacher": str(teacher)}) + "\n")
-    os.replace(tmp, folder / PIN)
+    atomic_write_bytes(folder / PIN, (json.dumps({"teacher": str(teacher)}) + "\n").encode())
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    from repgeo.probe.sinks import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
     return path
 
 
@@ -245,16 +246,7 @@ def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared
     from repgeo.assets import minilm_path
     from repgeo.demo.data import DemoData
     from repgeo.demo.students import init_student
-    from repgeo.demo.teacher import (
-        TEACHER_META,
-        TeacherResult,
-        encode,
-        label_ids,
-        load_classifier,
-        load_tokenizer,
-        predict,
-        prepare_teacher,
-    )
+    from repgeo.demo.teacher import TeacherResult, encode, label_ids, load_teacher_folder, predict, prepare_teacher
 
     splits = load_splits(r.task, r)
     labels = sorted(set(splits["train"]["label"]))
@@ -266,9 +258,7 @@ def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared
     pinned = pinned_teacher(folder)
     if pinned is not None:
         log(f"{r.name}: keeping the teacher of its recorded runs, {pinned}")
-        tok = load_tokenizer(str(pinned))
-        model = load_classifier(str(pinned), len(labels), tok)
-        meta = json.loads((pinned / TEACHER_META).read_text())
+        model, tok, meta = load_teacher_folder(pinned, len(labels))
         teacher = TeacherResult(pinned, model, tok, float("nan"), np.array([]), True, meta["seconds"])
     else:
         teacher = prepare_teacher(str(minilm_path()), data, settings, cache_dir=work / "teachers", progress=False,
@@ -318,7 +308,7 @@ def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
     pinned = pinned_teacher(folder)
     if pinned is not None:
         log(f"{r.name}: keeping the teacher of its recorded runs, {pinned}")
-        teacher_path, seconds = pinned, json.loads((pinned / "study_teacher.json").read_text())["seconds"]
+        teacher_path, seconds = pinned, json.loads((pinned / CAUSAL_TEACHER_META).read_text())["seconds"]
     else:
         teacher_path, seconds = causal_teacher(preset, r, records, work / "teachers", log)
     tok = transformers.AutoTokenizer.from_pretrained(teacher_path)
@@ -361,7 +351,7 @@ def causal_teacher(preset: Preset, r: Regime, records: dict[str, list[dict[str, 
                 "data": hashlib.sha256(json.dumps(records["train"]).encode()).hexdigest()}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = cache / f"causal-{key}"
-    meta = out / "study_teacher.json"
+    meta = out / CAUSAL_TEACHER_META
     if meta.is_file():
         return out, json.loads(meta.read_text())["seconds"]
     t0 = time.perf_counter()
@@ -405,7 +395,7 @@ def causal_teacher(preset: Preset, r: Regime, records: dict[str, list[dict[str, 
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "study_teacher.json").write_text(json.dumps({**settings, "seconds": seconds}, indent=1) + "\n")
+    (tmp / CAUSAL_TEACHER_META).write_text(json.dumps({**settings, "seconds": seconds}, indent=1) + "\n")
     os.replace(tmp, out)
     return out, seconds
 
@@ -564,9 +554,9 @@ class RunLog:
                 continue
             self.rows[row["key"]] = row
         if cut or (text and not text.endswith("\n")):  # rewrite without it, atomically, before appending
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows.values()))
-            os.replace(tmp, path)
+            from repgeo.probe.sinks import atomic_write_bytes
+
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in self.rows.values()).encode())
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows[row["key"]] = row

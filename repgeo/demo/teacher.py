@@ -256,6 +256,13 @@ def fine_tune(model: Any, tokenizer: Any, data: DemoData, settings: Any, *, prog
     return curve
 
 
+def load_teacher_folder(folder: Path, num_labels: int) -> tuple[Any, Any, dict[str, Any]]:
+    """A fine-tuned teacher saved by :func:`prepare_teacher`: (model, tokenizer, its ``demo_teacher.json``)."""
+    tokenizer = load_tokenizer(str(folder))
+    model = load_classifier(str(folder), num_labels, tokenizer)
+    return model, tokenizer, json.loads((Path(folder) / TEACHER_META).read_text())
+
+
 def prepare_teacher(source: str, data: DemoData, settings: Any, *, cache_dir: Path | None = None,
                     out_dir: Path | None = None, progress: bool = True, log: Any = print) -> TeacherResult:
     """The fine-tuned teacher: loaded from the cache when one was trained with the same settings, else fine-tuned
@@ -267,9 +274,7 @@ def prepare_teacher(source: str, data: DemoData, settings: Any, *, cache_dir: Pa
     t0 = time.perf_counter()
     test_ids = None
     if settings.use_cache and (folder / TEACHER_META).is_file():
-        meta = json.loads((folder / TEACHER_META).read_text())
-        tokenizer = load_tokenizer(str(folder))
-        model = load_classifier(str(folder), len(data.labels), tokenizer)
+        model, tokenizer, meta = load_teacher_folder(folder, len(data.labels))
         log(f"teacher: loaded the fine-tuned teacher from the cache {folder}")
         test_ids = encode(tokenizer, data.test["text"], settings.max_length)
         pred = predict(model, test_ids, tokenizer.pad_token_id, desc="teacher test", progress=progress)
