@@ -66,7 +66,11 @@ def test_zero_row_on_the_sphere_and_zero_scale_without_normalisation():
     Xz = X.copy()
     Xz[3] = 0
     with pytest.raises(ValueError, match="X has an all-zero row"):
-        repgeo.procrustes(Xz, Y, normalize="rows")
+        repgeo.procrustes(Xz, Y, center=False, normalize="rows")
+    Xm = X.copy()
+    Xm[3] = np.delete(X, 3, axis=0).mean(axis=0)  # the row equal to the column means is zero once centred
+    with pytest.raises(ValueError, match=r"X has an all-zero row \(after centring"):
+        repgeo.procrustes(Xm, Y, normalize="rows")
     with pytest.raises(ValueError, match="CKA is undefined: Y is zero"):
         repgeo.cka(X, np.ones((10, 3)), normalize=None)
     # the distance itself is defined without normalisation: d(X, 0) = ||X_c||

@@ -27,10 +27,10 @@ SHAPES = [(9, 20, 14), (60, 7, 11), (40, 12, 12), (5, 3, 30)]
 def prep(A: np.ndarray, center: bool, normalize: str | None) -> np.ndarray:
     """Independent implementation of the documented preprocessing order."""
     A = np.array(A, dtype=float)
-    if normalize == "rows":
-        A = A / np.linalg.norm(A, axis=1, keepdims=True)
     if center:
         A = A - A.mean(axis=0)
+    if normalize == "rows":  # unit rows, each sample weighted 1/n
+        A = A / np.linalg.norm(A, axis=1, keepdims=True) / np.sqrt(A.shape[0])
     if normalize == "frobenius":
         A = A / np.linalg.norm(A)
     return A
@@ -105,9 +105,9 @@ def test_linear_cka_matches_explicit_hsic(rng, shape, opts):
     X, Y = related_pair(rng, *shape)
     Xp, Yp = prep(X, **opts), prep(Y, **opts)
     K, L = Xp @ Xp.T, Yp @ Yp.T
-    if opts["center"]:
+    if opts["center"] and opts["normalize"] != "rows":
         ref = hsic_biased(K, L) / np.sqrt(hsic_biased(K, K) * hsic_biased(L, L))
-    else:  # uncentred alignment: cosine of the raw Gram matrices
+    else:  # uncentred alignment: cosine of the Gram matrices ("rows" centres before the sphere, not after)
         ref = np.sum(K * L) / (np.linalg.norm(K) * np.linalg.norm(L))
     assert repgeo.cka(X, Y, **opts) == pytest.approx(ref, rel=1e-10)
 

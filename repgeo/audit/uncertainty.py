@@ -151,20 +151,30 @@ class _ReplicateStats(FeatureStats):
 def _prepare(A: np.ndarray, *, center: bool, normalize: Any) -> torch.Tensor:
     """Float64 tensor of the rows after the row-wise part of the preprocessing, rotated into the row space
     when n < p, and centred globally (when ``center``) so that the per-replicate centring is well
-    conditioned."""
+    conditioned. Under ``normalize="rows"`` the rows are centred first (when ``center``) and then put on the
+    unit sphere, as :mod:`repgeo.metrics._prep` does; the replicates must then not centre again (see
+    :func:`_side_options`)."""
     from repgeo.metrics._prep import unit_rows
 
     A = np.asarray(A, dtype=np.float64)
     if normalize == "rows":
+        if center:
+            A = A - A.mean(axis=0, keepdims=True)
         A = unit_rows(A, "features")
     t = torch.from_numpy(np.ascontiguousarray(A))
     n, p = t.shape
     if n < p:
         _, _, vh = torch.linalg.svd(t, full_matrices=False)
         t = t @ vh.T
-    if center:
+    if center and normalize != "rows":
         t = t - t.mean(dim=0, keepdim=True)
     return t.contiguous()
+
+
+def _side_options(center: bool, normalize: Any) -> tuple[bool, Any]:
+    """Per-replicate (center, normalize) on :func:`_prepare`'s rows: unit rows are not re-centred, and their
+    1/sqrt(n) weighting is a Frobenius normalisation (the trace of unit rows is the row count)."""
+    return (False, "frobenius") if normalize == "rows" else (center, normalize)
 
 
 GRAM_MAX_ROWS = 4096  # up to this many rows, traces and Frobenius norms come from n x n Gram matrices
@@ -284,8 +294,11 @@ def replicate_values(
     """
     if (weights is None) == (perms is None):
         raise ValueError("give exactly one of weights (bootstrap) or perms (permutation)")
-    streamable = [m for m in metrics if get(m).streamable]
-    rowwise = [m for m in metrics if not get(m).streamable]
+    # "rows" with centring centres each bootstrap replicate before the sphere: no fixed per-row transform exists
+    exact_only = normalize == "rows" and center and weights is not None
+    streamable = [] if exact_only else [m for m in metrics if get(m).streamable]
+    rowwise = [m for m in metrics if m not in streamable]
+    side_center, side_normalize = _side_options(center, normalize)
     need_cross = bool(_SVD_METRICS.intersection(streamable) or "proj_mse" in streamable)
     result: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {c: {m: [] for m in metrics} for c in cells}
     reps = weights if weights is not None else perms
@@ -307,7 +320,8 @@ def replicate_values(
             c = stop - start
             if weights is not None:
                 W = torch.from_numpy(np.ascontiguousarray(weights[start:stop]))
-                side = {k: _SideStats(A, W, center, normalize, grams[k], squares[k]) for k, A in prep.items()}
+                side = {k: _SideStats(A, W, side_center, side_normalize, grams[k], squares[k])
+                        for k, A in prep.items()}
                 for t, s in cells:
                     tx, ty = side[("t", t)], side[("s", s)]
                     C = _cross(tx, ty) if need_cross else None
@@ -317,7 +331,8 @@ def replicate_values(
                         result[(t, s)][m].append(v)
             else:
                 P = torch.from_numpy(np.ascontiguousarray(perms[start:stop]))
-                side = {k: _SideStats(A, ones, center, normalize, grams[k], squares[k]) for k, A in prep.items()}
+                side = {k: _SideStats(A, ones, side_center, side_normalize, grams[k], squares[k])
+                        for k, A in prep.items()}
                 for t, s in cells:
                     tx, ty = side[("t", t)], side[("s", s)]
                     A, B = prep[("t", t)], prep[("s", s)]

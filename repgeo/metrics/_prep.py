@@ -6,15 +6,22 @@ Conventions (stated once for the whole package)
   same n stimuli (sentences or tokens); columns are features, and p != q is normal.
 * Preprocessing always runs in this order:
 
-  1. ``normalize="rows"``: every row is divided by its Euclidean norm (samples on the unit sphere);
-  2. ``center=True``: column means are removed;
+  1. ``center=True``: column means are removed;
+  2. ``normalize="rows"``: every (centred) row is divided by its Euclidean norm, so each sample lies on the unit
+     sphere, and the matrix is then divided by ``sqrt(n)``: every sample carries the weight ``1/n``, so sums
+     over samples become means and ``||X||_F = 1`` (the same scale as ``"frobenius"``). Hence under "rows"
+     ``sqrt(n) X`` has unit rows, ``D_FG = ||C_X - C_Y||_F / n`` where ``C`` is the n x n matrix of cosines
+     between the (centred) samples (the root-mean-square change of a cosine over all ordered pairs), and
+     ``D_P^2 = 2 - 2 ||X^T Y||_*``: values (and a loss's scale) do not grow with the batch size n. Rows are not
+     re-centred afterwards: centring after the projection would move them off the sphere;
   3. ``normalize="frobenius"``: each matrix is divided by its Frobenius norm (so ``||X||_F = 1``);
      ``normalize=None`` leaves the scale alone.
 
 * Bad input raises ``TypeError`` / ``ValueError`` naming the argument: different row counts, too few rows,
   not 2-D, NaN or Inf, complex/bool/object dtypes, numpy mixed with torch, tensors on different devices, a
-  zero row under ``normalize="rows"``, and a matrix that is zero after preprocessing when the metric must
-  divide by its norm (the metric is undefined there; we raise rather than return NaN).
+  zero row under ``normalize="rows"`` (after centring: a row equal to the column means), and a matrix that is
+  zero after preprocessing when the metric must divide by its norm (the metric is undefined there; we raise
+  rather than return NaN).
 """
 
 from __future__ import annotations
@@ -106,9 +113,27 @@ def unit_rows(x: Array, name: str) -> Array:
     xp = namespace(x)
     scale = xp.max(xp.abs(x), axis=1, keepdims=True)
     if not bool(xp.all(scale > 0)):
-        raise ValueError(f"{name} has an all-zero row, which cannot be put on the unit sphere (normalize='rows')")
+        raise ValueError(
+            f"{name} has an all-zero row (after centring when center=True: a row equal to the column means), "
+            "which cannot be put on the unit sphere (normalize='rows')"
+        )
     xs = x / scale
     return xs / xp.sqrt(xp.sum(xs * xs, axis=1, keepdims=True))
+
+
+def sphere_rows(x: Array, name: str, *, center: bool) -> Array:
+    """``normalize="rows"``: centre (if ``center``), put every row on the unit sphere, divide by ``sqrt(n)``.
+
+    A row that centring leaves at rounding level (max |entry| <= 8 eps max|x|, e.g. a row equal to the column
+    means) has no direction and is refused like a zero row, rather than turned into a unit vector of noise.
+    """
+    xp = namespace(x)
+    if center:
+        big = xp.max(xp.abs(x))
+        x = x - xp.mean(x, axis=0, keepdims=True)
+        floor = 8 * xp.finfo(x.dtype).eps * big
+        x = xp.where(xp.max(xp.abs(x), axis=1, keepdims=True) <= floor, xp.zeros_like(x), x)
+    return unit_rows(x, name) / (x.shape[0] ** 0.5)
 
 
 def frobenius_norm(x: Array, name: str) -> Array:
@@ -147,14 +172,15 @@ def preprocess_scaled(
     """Preprocess without copying the data where possible.
 
     Returns ``(x', m, s)``: the preprocessed matrix is ``(x' - 1 m^T) / s``, with ``m`` None when ``x'`` is
-    already centred (or ``center=False``) and ``s = 1`` unless ``normalize="frobenius"``. Metrics apply ``m``
+    already centred (or ``center=False``, or ``normalize="rows"``, which materialises its centred unit rows) and
+    ``s = 1`` unless ``normalize="frobenius"``. Metrics apply ``m``
     and ``s`` to the statistics; :func:`preprocess` materialises the matrix. Inputs so large or small that
     their squares leave the dtype's range are rescaled explicitly (Frobenius normalisation) or refused with an
     error naming the argument (no normalisation), never turned into inf or a silent 0.
     """
     xp = namespace(x)
     if normalize == "rows":
-        x = unit_rows(x, name)
+        return sphere_rows(x, name, center=center), None, 1.0
     mean, centred = None, None
     if center:
         mean = xp.mean(x, axis=0, keepdims=True)
@@ -177,7 +203,7 @@ def preprocess_scaled(
 
 
 def preprocess(x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:
-    """Apply rows -> center -> frobenius, in that order (see module docstring)."""
+    """Apply center -> rows -> frobenius, in that order (see module docstring)."""
     x, mean, scale = preprocess_scaled(x, name, center=center, normalize=normalize)
     if mean is not None:
         x = x - mean

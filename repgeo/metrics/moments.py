@@ -12,8 +12,10 @@ for *centred* co-moments::
 
 so large means do not destroy precision, and two :class:`Moments` merge the same way (also across processes,
 :meth:`Moments.all_reduce`). Uncentred statistics (``center=False``) are recovered as ``C + n mean mean^T``.
-``normalize="rows"`` needs the statistics of the row-normalised stream, which are kept alongside when the
-object is made with ``rows=True`` (that doubles the cost of :meth:`update`).
+``normalize="rows"`` with ``center=False`` needs the statistics of the row-normalised stream, which are kept
+alongside when the object is made with ``rows=True`` (that doubles the cost of :meth:`update`). With
+``center=True`` "rows" centres each row *before* putting it on the sphere (see :mod:`repgeo.metrics._prep`),
+which needs the column means of the whole stream first: it cannot be streamed in one pass and is refused.
 
 Not computable from moments (they need the rows): debiased CKA and RBF CKA.
 """
@@ -230,6 +232,12 @@ class Moments:
         check_options(center, normalize)
         if self.n < min_rows:
             raise ValueError(f"the metric needs at least {min_rows} rows; these Moments hold {self.n}")
+        if normalize == "rows" and center:
+            raise ValueError(
+                "normalize='rows' with center=True centres every row before putting it on the sphere, which needs "
+                "the column means of the whole stream first; Moments cannot stream it in one pass. Use "
+                "center=False with normalize='rows', or the in-memory metric functions"
+            )
         if normalize == "rows" and not self.rows:
             raise ValueError("normalize='rows' needs Moments(rows=True), which keeps row-normalised statistics")
         cm = self._sphere if normalize == "rows" else self._plain
@@ -239,7 +247,7 @@ class Moments:
             xx = xx + n * (mx[:, None] * mx[None, :])
             yy = yy + n * (my[:, None] * my[None, :])
             xy = xy + n * (mx[:, None] * my[None, :])
-        if normalize == "frobenius":
+        if normalize in ("frobenius", "rows"):  # unit rows: the trace is n, i.e. the 1/sqrt(n) weighting
             xp = namespace(xy)
             sx, sy = xp.linalg.trace(xx), xp.linalg.trace(yy)
             for name, s in (("X", sx), ("Y", sy)):
