@@ -168,8 +168,8 @@ def test_procrustes_fg_near_zero_orders_disagree():
     proc, fg = get("procrustes").fn, get("fg").fn
     a, b = cx.arrays["near_a"], cx.arrays["near_b"]
     assert proc(cx.X, a) < proc(cx.X, b) and fg(cx.X, a) > fg(cx.X, b)
-    sweep = cx.data["sweep"]
-    assert np.all(np.diff(sweep["procrustes"]) < 0) and np.all(np.diff(sweep["fg"]) < 0)
+    sweep = cx.data["orders"]
+    assert np.all(np.diff(sweep["procrustes"]) > 0) and np.all(np.diff(sweep["fg"]) > 0)
 
 
 def test_count_eps_orthogonal():
@@ -328,7 +328,8 @@ def test_cli_passes_prints_tables_and_writes_figures(tmp_path, capsys):
     figs = sorted((tmp_path / "figs").glob("*.png"))
     names = {f.stem for f in figs}
     assert {"projection_invertible", "projection_minibatch", "cka_antiparallel", "cka_translation",
-            "cka_dominant_direction", "procrustes_fg", "invariance_audit", "optimization"} <= names
+            "cka_dominant_direction", "procrustes_fg", "invariance_audit", "optimization", "orders"} <= names
+    assert "orders of blindness" in out and "sqrt(2(1 - CKA))" in out
     for f in figs:
         _png_ok(f)
 

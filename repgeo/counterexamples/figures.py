@@ -1,4 +1,5 @@
-"""Figures for the counterexamples: per-case metric values, the optimisation curves, the invariance heatmap.
+"""Figures for the counterexamples: per-case metric values and orders of blindness, the optimisation curves, the
+invariance heatmap.
 
 Every function returns a matplotlib ``Figure`` of a fixed size (``FIGSIZE`` inches at ``DPI``, i.e.
 1000 x 450 pixels when saved with :func:`save`) and never calls ``pyplot.show``; the caller saves or displays it.
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from ._core import Counterexample
 from .audit import invariance_matrix
 from .optimize import OptimizationResult
+from .orders import DISTANCES, LABELS, orders
 
 FIGSIZE = (10.0, 4.5)
 DPI = 100
@@ -42,28 +44,42 @@ def _bars(ax: object, table: pd.DataFrame, title: str) -> None:
     ax.legend(fontsize=7, loc="best", framealpha=0.6)
 
 
+def _orders_panel(ax: object, table: pd.DataFrame, title: str, xlabel: str = "eps") -> None:
+    """Every distance of an order sweep against eps on log-log axes, with its fitted slope (or "blind")."""
+    fitted = orders(table)
+    for name in DISTANCES:
+        v = np.clip(table[name].to_numpy(dtype=float), 1e-17, None)
+        s = fitted[name]
+        label = f"{LABELS[name]}: blind" if np.isnan(s) else f"{LABELS[name]}: slope {s:.2f}"
+        ax.loglog(table["eps"], v, "o-" if not np.isnan(s) else "x:", ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best", framealpha=0.6)
+
+
 def plot_counterexample(cx: Counterexample) -> Figure:
-    """The certificate's metric values as grouped bars (one group per metric, one bar per pair), with a second
-    panel where the construction has one: Theorem 1's per-metric change between (a) and (b) seen from (c) on a
-    log scale; the dominant-direction curve; the Procrustes/FG sweep to zero."""
+    """The certificate's metric values as grouped bars (one group per metric, one bar per pair), then, where the
+    construction has them: the spherical pair's bars, the order sweep (every distance against the perturbation
+    size, log-log, with fitted slopes), the dominant-direction curve."""
     table = cx.metric_table()
     spherical = [p.label for p in cx.pairs if p.normalize == "rows"]
-    extra = cx.name in ("cka_antiparallel", "cka_dominant_direction", "procrustes_fg")
-    fig, axes = _new(2 if extra or spherical else 1)
+    sweeps = [k for k in ("orders", "orders_sphere") if k in cx.data]
+    shown = sweeps[-1:]  # the informative sweep: on the sphere when there is one (elsewhere all are blind)
+    extra = bool(spherical) + len(shown) + (cx.name == "cka_dominant_direction")
+    fig, axes = _new(1 + extra)
     _bars(axes[0], table.drop(columns=spherical), f"{cx.title}: metric values")
+    k = 1
     if spherical:
-        _bars(axes[1], table[spherical], "on the sphere (normalize='rows', center=False)")
-    elif cx.name == "cka_antiparallel":
-        change = (table["b vs c"] - table["a vs c"]).abs().clip(lower=1e-17)
-        ax = axes[1]
-        ax.bar(np.arange(len(change)), change.to_numpy(), color="tab:red")
-        ax.set_yscale("log")
-        ax.set_xticks(np.arange(len(change)))
-        ax.set_xticklabels(change.index, rotation=40, ha="right", fontsize=8)
-        ax.set_title("|metric(b, c) - metric(a, c)|: what each metric sees of the perturbation", fontsize=9)
-    elif cx.name == "cka_dominant_direction":
+        _bars(axes[k], table[spherical], "on the sphere (normalize='rows', center=False)")
+        k += 1
+    for key in shown:
+        where = " on the sphere" if key == "orders_sphere" else ""
+        _orders_panel(axes[k], cx.data[key], f"orders{where}: distance vs {cx.data['order_parameter']}",
+                      cx.data["order_parameter"])
+        k += 1
+    if cx.name == "cka_dominant_direction":
         curve = cx.data["curve"]
-        ax = axes[1]
+        ax = axes[k]
         for name in ("cka", "nbs"):
             ax.loglog(curve["ratio"], 1 - curve[name], "o-", label=f"1 - {name}")
         for name in ("procrustes", "fg"):
@@ -71,14 +87,21 @@ def plot_counterexample(cx: Counterexample) -> Figure:
         ax.set_xlabel("variance ratio of the shared direction")
         ax.set_title("distance from identical geometry", fontsize=10)
         ax.legend(fontsize=7)
-    elif cx.name == "procrustes_fg":
-        sweep = cx.data["sweep"]
-        ax = axes[1]
-        ax.loglog(sweep["d"], sweep["procrustes"], "o-", label="Procrustes")
-        ax.loglog(sweep["d"], sweep["fg"], "s-", label="FG")
-        ax.set_xlabel("noise d in Y = XQ + d N")
-        ax.set_title("both vanish together", fontsize=10)
-        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_orders(cases: list[Counterexample]) -> Figure:
+    """One panel per informative order sweep of the given constructions (log-log distance vs perturbation size;
+    sweeps where every distance is blind are left out), on a grid of two rows."""
+    panels = [(cx, key) for cx in cases for key in ("orders", "orders_sphere")
+              if key in cx.data and not all(np.isnan(v) for v in orders(cx.data[key]).values())]
+    cols = max(1, (len(panels) + 1) // 2)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    axes = [fig.add_subplot(2 if len(panels) > 1 else 1, cols, i + 1) for i in range(len(panels))]
+    for ax, (cx, key) in zip(axes, panels, strict=True):
+        where = " (sphere)" if key == "orders_sphere" else ""
+        _orders_panel(ax, cx.data[key], f"{cx.name}{where}", cx.data["order_parameter"])
     fig.tight_layout()
     return fig
 
