@@ -143,3 +143,35 @@ def test_spherical_fg_bounds_every_cosine_change_and_procrustes(rng):
     assert dfg >= np.abs(cos(X) - cos(Y)).max() / 25 - 1e-12
     Xs, Ys = (preprocess(A, "A", **sphere) for A in (X, Y))
     assert float(repgeo.procrustes(X, Y, **sphere)) >= dfg / (_op(Xs) + _op(Ys)) - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cka_distance_and_fg_are_equivalent(seed):
+    """Centred unit-Frobenius inputs (tr K = tr L = 1), r = max(rank K, rank L), d_CKA = sqrt(2(1 - CKA)):
+    d_CKA <= 2 sqrt(r) D_FG and D_FG <= (1 + sqrt(2r)) d_CKA — so no perturbation separates CKA from FG by an
+    order (repgeo.counterexamples.orders states the argument). Checked on pairs from far apart to near zero."""
+    rng = np.random.default_rng(seed)
+    for X, Y in _pairs(rng):
+        Xs, Ys = _std(X), _std(Y)
+        r = max(np.linalg.matrix_rank(Xs), np.linalg.matrix_rank(Ys))
+        d_cka = np.sqrt(max(2 * (1 - float(repgeo.cka(X, Y))), 0.0))
+        d_fg = float(repgeo.fg(X, Y))
+        assert d_cka <= 2 * np.sqrt(r) * d_fg + 1e-7
+        assert d_fg <= (1 + np.sqrt(2 * r)) * d_cka + 1e-7
+        K, L = Xs @ Xs.T, Ys @ Ys.T  # d_CKA is the Frobenius distance of the unit-Frobenius Gram matrices
+        assert d_cka == pytest.approx(np.linalg.norm(K / np.linalg.norm(K) - L / np.linalg.norm(L)), abs=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_r_teacher_bounds(seed):
+    """Any unit-Frobenius rank-r teacher X and any student (L = YY^T, eigenvalues lambda decreasing):
+    D_FG >= sqrt(sum_{i>r} lambda_i^2) (Eckart-Young-Mirsky) and D_P^2 >= 2 - 2 sqrt(sum_{i<=r} lambda_i)
+    (||X^T Y||_* <= sum_{i<=r} sigma_i(X) sigma_i(Y), then Cauchy-Schwarz)."""
+    rng = np.random.default_rng(seed)
+    n, r = 24, 3
+    X = _std(rng.normal(size=(n, r)) @ rng.normal(size=(r, 10)))
+    for Y in (rng.normal(size=(n, 40)), rng.normal(size=(n, 5)) * np.geomspace(1, 0.1, 5)):
+        Ys = _std(Y)
+        lam = np.clip(np.sort(np.linalg.eigvalsh(Ys @ Ys.T))[::-1], 0.0, None)
+        assert float(repgeo.fg(X, Y)) >= np.sqrt((lam[r:] ** 2).sum()) - 1e-12
+        assert float(repgeo.procrustes(X, Y)) ** 2 >= 2 - 2 * np.sqrt(lam[:r].sum()) - 1e-12
