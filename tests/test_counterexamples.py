@@ -339,3 +339,31 @@ def test_cli_exit_status_reflects_a_broken_claim(tmp_path, capsys, broken_regist
     out = capsys.readouterr().out
     assert "broken_orth declares orthogonal-invariance" in out and "FAILED" in out
     assert not (tmp_path / "figs").exists()
+
+
+def test_converged_optima_with_an_over_complete_teacher():
+    """Teacher of rank 8 > q = 3 (unit Frobenius, singular values sigma): Procrustes and CKA are both maximised
+    by the teacher's top-q part (student singular values proportional to sigma), so D_P = sqrt(2 - 2 sqrt(sum_{
+    i<=q} sigma_i^2)) for both; FG's optimum shifts the top-q eigenvalues by c = (1 - sum_{i<=q} sigma_i^2)/q:
+    D_FG^2 = q c^2 + sum_{i>q} sigma_i^4. The plateau criterion stops every run before the cap."""
+    X = make_teacher(n=40, p=12, rank=8, seed=1)
+    s, q = np.linalg.svd(X, compute_uv=False), 3
+    dp = np.sqrt(2 - 2 * np.sqrt((s[:q] ** 2).sum()))
+    c = (1 - (s[:q] ** 2).sum()) / q
+    dfg = np.sqrt(q * c * c + (s[q:] ** 4).sum())
+    runs = {m: optimize_student(X, m, q=q, steps=3000, seed=1, record_every=1000, plateau_window=50,
+                                plateau_rtol=1e-8, record_metrics=["procrustes", "fg"], snapshot_steps=(50,),
+                                snapshot_seconds=(1e-4, 1e4))
+            for m in ("procrustes", "cka", "fg")}
+    for m, r in runs.items():
+        assert r.converged_step is not None and r.converged_step % 50 == 0 and r.converged_step < 3000, m
+        assert r.final["step"] == r.converged_step
+        assert set(r.snapshots) == {"step=50", "seconds=0.0001", "seconds=10000"}
+        np.testing.assert_array_equal(r.snapshots["seconds=10000"], r.student)  # budget never reached
+        assert np.all(np.diff(r.history["seconds"]) > 0)
+    assert runs["procrustes"].final["procrustes"] == pytest.approx(dp, abs=1e-8)
+    assert runs["cka"].final["procrustes"] == pytest.approx(dp, abs=1e-8)
+    assert runs["fg"].final["fg"] == pytest.approx(dfg, abs=1e-8)
+    assert runs["fg"].final["procrustes"] > dp + 1e-3  # a different optimum
+    with pytest.raises(ValueError, match="plateau_window"):
+        optimize_student(X, "fg", q=q, steps=10, plateau_window=0)
