@@ -5,11 +5,16 @@ whose :meth:`~Counterexample.certify` lists every registered metric's value and 
 and pass/fail. Inputs follow the theory's convention: centred, unit-Frobenius-norm matrices.
 
 * :func:`projection_invertible` — projection-MSE = 0 under an invertible non-orthogonal map (Theorem 2);
+  every other metric sees the map at first order in cond - 1;
 * :func:`projection_minibatch` — projection-MSE = 0 for a pure-noise student when the batch has n <= q rows;
-* :func:`cka_antiparallel` — CKA cannot tell the paper's configurations (a) and (b) apart (Theorem 1);
+* :func:`cka_antiparallel` — Theorem 1: CKA barely tells the paper's configurations (a) and (b) apart; as
+  distances, Procrustes sees the perturbation at first order, FG and CKA at second, debiased CKA not at all
+  (it separates CKA from Procrustes, not from FG);
 * :func:`cka_translation` — CKA is blind to translation, the spherical geometry is not;
 * :func:`cka_dominant_direction` — CKA is dominated by one high-variance direction;
 * :func:`procrustes_fg_equivalence` — D_P = 0 <=> D_FG = 0, and they differ away from zero;
+* :mod:`.orders` — orders of blindness: each construction with a perturbation size eps is swept over
+  eps in [0.01, 0.3] and the fitted log-log slopes of five distances are certified;
 * :func:`count_eps_orthogonal` — the paper's Figure 2a statistic;
 * :func:`invariance_audit` — every metric under every transform class;
 * :func:`optimize_student` / :func:`optimization_experiment` — the synthetic optimisation experiment (§5.1).
