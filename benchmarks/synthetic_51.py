@@ -42,6 +42,11 @@ BUDGETS = ("converged", "step=300", "step=1500", "seconds=0.25", "seconds=1")
 TRACKED = ("cka", "procrustes", "fg", "proj_mse")
 
 
+def _sig(values: list[float]) -> list[float]:
+    """Values to 6 significant digits (the trajectories are for plotting; the JSON stays small)."""
+    return [float(f"{v:.6g}") for v in values]
+
+
 def run_seed(seed: int, *, n: int, p: int, rank: int, q: int, max_steps: int) -> dict:
     X = make_teacher(n=n, p=p, rank=rank, seed=seed)
     teacher = {f"{e:g}": count_eps_orthogonal(X, e, center=True) for e in EPS_GRID}
@@ -62,7 +67,7 @@ def run_seed(seed: int, *, n: int, p: int, rank: int, q: int, max_steps: int) ->
             "wall_s": time.perf_counter() - t0,
             "kept": kept,
             "final": {k: float(h[k].iloc[-1]) for k in ("loss", *TRACKED)},
-            "trajectory": {k: h[k].tolist() for k in ("step", "seconds", "loss", *TRACKED)},
+            "trajectory": {k: _sig(h[k].tolist()) for k in ("step", "seconds", "loss", *TRACKED)},
             # largest fall of CKA between two recorded points (a "spike" down) along this run
             "cka_largest_drop": float(max(0.0, np.max(np.maximum.accumulate(h["cka"].to_numpy())
                                                       - h["cka"].to_numpy()))),
@@ -204,12 +209,11 @@ def main() -> int:
     meta = {"seeds": args.seeds, "rank": args.rank, "q": args.q, "n": 200, "p": 64, "lr": 0.05,
             "plateau": {"window": 100, "rtol": 1e-5}, "max_steps": args.max_steps, "eps_grid": EPS_GRID,
             "teacher_mean": teacher.mean(), "teacher_sd": teacher.std(ddof=1),
-            "command": "python benchmarks/synthetic_51.py" + ("" if args.seeds == 10 else f" --seeds {args.seeds}"),
+            "command": " ".join(["python benchmarks/synthetic_51.py", *sys.argv[1:]]),
             "wall_s": time.perf_counter() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "synthetic_51.json").write_text(json.dumps(
-        {"meta": meta, "summary": {k: v for k, v in summary.items()},
-         "per_seed": [{k: v for k, v in r.items()} for r in results]}, indent=1, default=float))
+        {"meta": meta, "summary": summary, "per_seed": results}, separators=(",", ":"), default=float))
     md = markdown(summary, meta)
     (args.out / "synthetic_51.md").write_text(md)
     fig2a(summary, args.out / "synthetic_51_fig2a.png")
