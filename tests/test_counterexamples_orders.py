@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import repgeo.counterexamples.constructions as constructions
+import repgeo.counterexamples.projection as projection_module
+import repgeo.counterexamples.theorem1 as theorem1_module
 from repgeo.counterexamples import (
     cka_antiparallel,
     cka_dominant_direction,
@@ -85,7 +86,7 @@ def test_the_theorem1_ratio_cka_distance_to_fg_stays_bounded():
 
 # ------------------------------------------------------------------------------------------ mutations
 
-_THEOREM1_ARRAYS = constructions._theorem1_arrays  # the original, before a test replaces it
+_THEOREM1_ARRAYS = theorem1_module._theorem1_arrays  # the original, before a test replaces it
 
 
 def _theorem1_shared_direction(n, p, q, m, eps, seed):
@@ -110,28 +111,28 @@ def _theorem1_along_v(n, p, q, m, eps, seed):
 
 
 def test_mutation_shared_direction_breaks_theorem1(monkeypatch):
-    monkeypatch.setattr(constructions, "_theorem1_arrays", _theorem1_shared_direction)
+    monkeypatch.setattr(theorem1_module, "_theorem1_arrays", _theorem1_shared_direction)
     failed = _failed(cka_antiparallel())
     assert "debiased CKA(a,c) - debiased CKA(b,c) = 0 exactly" in failed
     assert any("sqrt(2(1 - debiased CKA)) blind" in f for f in failed)
 
 
 def test_mutation_parallel_perturbation_breaks_the_orders(monkeypatch):
-    monkeypatch.setattr(constructions, "_theorem1_arrays", _theorem1_along_v)
+    monkeypatch.setattr(theorem1_module, "_theorem1_arrays", _theorem1_along_v)
     failed = _failed(cka_antiparallel())
     assert any(f.startswith("order of D_FG") for f in failed)  # now first order, like D_P
     assert any(f.startswith("order of sqrt(2(1 - CKA))") for f in failed)
 
 
 def test_mutation_orthogonal_student_breaks_theorem2(monkeypatch):
-    original = constructions._projection_pair
+    original = projection_module._projection_pair
 
     def orthogonal_map(n, p, q, cond, seed):
         X, _, M = original(n, p, q, cond, seed)
         Q = np.linalg.qr(np.random.default_rng(seed).normal(size=(p, q)))[0]  # Y = X Q: an isometry of X's span
         return X, standardise(X @ Q), M
 
-    monkeypatch.setattr(constructions, "_projection_pair", orthogonal_map)
+    monkeypatch.setattr(projection_module, "_projection_pair", orthogonal_map)
     failed = _failed(projection_invertible(n=80, p=16))
     assert "Procrustes D_P(X, Y) = closed form (grows with cond)" in failed
     assert "the fitted W is not orthogonal: cond(W) = cond" in failed
