@@ -453,3 +453,14 @@ def test_demo_teacher_cache_is_verified_and_refit_when_damaged(setup, tmp_path):
     assert all(torch.equal(refit[k], reference[k]) for k in reference)  # the same teacher, fine-tuned again
     third = prepare_teacher(str(setup["teacher"]), data, s, cache_dir=tmp_path, progress=False, log=logs.append)
     assert third.cached and np.array_equal(third.predictions, first.predictions)
+
+
+def test_resume_refuses_training_data_changed_in_place(setup, tmp_path):
+    train = tmp_path / "train.csv"
+    shutil.copy(setup["train"], train)
+    data = _data(setup, tmp_path / "run", data={"train": str(train)}, trainer={"max_steps": 2})
+    run_distillation(config_from_dict(data), verbose=False)
+    with open(train, "a") as f:
+        f.write("an extra review that was not there,1\n")
+    with pytest.raises(IntegrityError, match=rf"^--resume: the content of data\.train '{train}' changed since the run"):
+        run_distillation(config_from_dict(data), resume=True, verbose=False)

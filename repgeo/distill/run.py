@@ -267,6 +267,7 @@ def _run(cfg: RunConfig, out: Path, resume: bool, callbacks: list[Any] | None, v
         if not out.is_dir() or transformers.trainer_utils.get_last_checkpoint(str(out)) is None:
             raise FileNotFoundError(f"--resume: no checkpoint-N folder in {out}")
         _check_resume_config(cfg, out)
+        _check_resume_inputs(cfg, out)
         checkpoint, skipped = _last_intact_checkpoint(out)
         if checkpoint is None:
             raise IntegrityError(f"--resume: no intact checkpoint in {out}: {'; '.join(skipped)}")
@@ -281,6 +282,8 @@ def _run(cfg: RunConfig, out: Path, resume: bool, callbacks: list[Any] | None, v
         if verbose:
             print(f"[repgeo distill] resuming from {checkpoint}")
     save_config(cfg, out / "config.yaml")
+    if trainer.args.should_save and not resume:
+        atomic_write_text(out / INPUTS_FILE, json.dumps(_input_hashes(cfg), indent=1) + "\n")
     trainer.train(resume_from_checkpoint=checkpoint)
     final = out / "final"
     trainer.save_model(str(final))
@@ -317,6 +320,33 @@ def _check_resume_config(cfg: RunConfig, out: Path) -> None:
             f"--resume: {path} was written with a different configuration; these keys change the trained weights: "
             f"{listed}. Resume with the saved values, or start a new run in another output_dir"
         )
+
+
+INPUTS_FILE = "inputs.json"
+
+
+def _input_hashes(cfg: RunConfig) -> dict[str, str | None]:
+    """sha256 of the content the trained weights depend on: the teacher's and student's files and the data."""
+    paths = {"teacher.path": cfg.teacher.path, "student.path": cfg.student.path, "data.train": cfg.data.train}
+    return {k: content_sha256(v) if v is not None and Path(v).exists() else None for k, v in paths.items()}
+
+
+def _check_resume_inputs(cfg: RunConfig, out: Path) -> None:
+    """Refuse to resume when a model folder or the training data changed content since the run started."""
+    path = out / INPUTS_FILE
+    if not path.is_file():
+        return  # a run folder written before repgeo recorded its inputs
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"--resume: {path} is damaged ({type(exc).__name__})") from None
+    now = _input_hashes(cfg)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        where = ", ".join(f"{k} {getattr(getattr(cfg, k.split('.')[0]), k.split('.')[1])!r}" for k in changed)
+        raise IntegrityError(f"--resume: the content of {where} changed since the run in {out} started (sha256 "
+                             f"recorded in {path}); resume with the original files, or start a new run in another "
+                             "output_dir")
 
 
 def _last_intact_checkpoint(out: Path) -> tuple[str | None, list[str]]:
