@@ -30,8 +30,14 @@ def run(args: argparse.Namespace) -> int:
     traceback). Warnings (a skipped checkpoint, a rebuilt cache, texts cut to max_length) print as one line."""
     import warnings
 
-    from repgeo._files import FolderLockedError, IntegrityError
-    from repgeo.distill import ConfigError, DataError, load_config, run_distillation
+    from repgeo.distill import (
+        ConfigError,
+        DataError,
+        FolderLockedError,
+        IntegrityError,
+        load_config,
+        run_distillation,
+    )
 
     def one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
         print(f"repgeo distill: warning: {message}", file=sys.stderr)
