@@ -598,8 +598,10 @@ def _collection_trials(t: _Trials, rnd, root: Path) -> None:
     for i in range(4):  # SIGKILL at a random point, then resume
         folder = root / f"kill{i}"
         _kill_after_ready(_spawn(_COLLECTOR, str(folder), str(n)), rnd.uniform(0.0, 0.4))
+        stored = len(json.loads((folder / "manifest.json").read_text())["shards"]) if (
+            folder / "manifest.json").is_file() else 0
         resume(folder)
-        t.compare("collection", "SIGKILL + resume", _same_files(folder, ref))
+        t.compare("collection", f"SIGKILL after {stored}/{n} batches + resume", _same_files(folder, ref))
     for i, fault in enumerate([flip_byte, flip_byte, truncate, truncate]):  # a damaged shard or manifest
         folder = root / f"fault{i}"
         shutil.copytree(ref, folder)
@@ -658,6 +660,7 @@ def _distill_trials(t: _Trials, rnd, root: Path, setup) -> None:
     def user_resume(out: Path, path: Path, trial: str) -> None:
         """What a user does after a crash: --resume when a checkpoint is there, else run again."""
         resume = any(out.glob("checkpoint-*"))
+        trial += " + resume" if resume else " + rerun"
         code, err = _cli(["distill", "--config", str(path), *(["--resume"] if resume else [])])
         if code == 0:
             t.compare("distillation", trial, _final_equal(out, ref), err[-2000:])
@@ -669,8 +672,9 @@ def _distill_trials(t: _Trials, rnd, root: Path, setup) -> None:
     for i in range(5):  # SIGKILL during training or in the middle of writing a checkpoint
         out = root / f"kill{i}"
         path = config(out)
-        _kill_at_checkpoint(cli(path), out / f"checkpoint-{rnd.choice([2, 4, 6, 8])}", rnd.uniform(0.0, 0.1))
-        user_resume(out, path, "SIGKILL + resume")
+        step, delay = rnd.choice([2, 4, 6, 8]), rnd.uniform(0.0, 0.1)
+        _kill_at_checkpoint(cli(path), out / f"checkpoint-{step}", delay)
+        user_resume(out, path, f"SIGKILL {delay:.2f} s after checkpoint-{step} appeared")
     faults = [("byte flip", flip_byte)] * 3 + [("exponent flip", flip_exponent)] * 2 + [("truncation", truncate)] * 3
     for i, (name, fault) in enumerate(faults):  # a damaged file in one checkpoint (or, once, in every one)
         out = root / f"fault{i}"
@@ -837,9 +841,10 @@ def test_random_faults_end_identical_or_with_one_line_error(setup, tmp_path, mon
         (tmp_path / area).mkdir()
         run(tmp_path / area)
     summary: dict[str, dict[str, int]] = {}
-    for area, _, outcome, _ in t.rows:
+    for area, fault, outcome, _ in t.rows:
         summary.setdefault(area, {}).setdefault(outcome, 0)
         summary[area][outcome] += 1
+        print(f"  {area:20s} {fault:55s} {outcome}")
     print(f"random fault trials (seed {seed}): {len(t.rows)}: {json.dumps(summary)}")
     silent = [r for r in t.rows if r[2] == "silent"]
     assert not silent, silent
