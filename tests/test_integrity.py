@@ -368,6 +368,25 @@ def test_audit_output_that_is_a_file_or_locked_is_refused(setup, tmp_path, capsy
     assert list(busy.iterdir()) == []
 
 
+def test_an_audit_refused_on_its_data_leaves_no_out_folder(setup, tmp_path, capsys):
+    argv = _audit_argv(setup, tmp_path, out=tmp_path / "new" / "out")
+    argv[argv.index("--data") + 1] = str(tmp_path / "missing.txt")
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and "missing.txt" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_demo_out_that_is_a_file_or_locked_is_refused_before_work(tmp_path, capsys):
+    (tmp_path / "report").write_text("x")
+    code, err = run_cli(["demo", "--fast", "--out", str(tmp_path / "report"), "--no-progress"], capsys)
+    assert code == 2 and one_line(err).startswith(f"repgeo demo: --out '{tmp_path / 'report'}'")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with FolderLock(busy, "demo"):
+        code, err = run_cli(["demo", "--fast", "--out", str(busy), "--no-progress"], capsys)
+    assert code == 2 and "is being written by another demo (pid" in one_line(err)
+
+
 # ------------------------------------------------------------------------------------------- assets
 
 
