@@ -217,6 +217,7 @@ def test_resume_with_no_intact_checkpoint_exits_2_naming_the_files(setup, straig
     line = one_line(err)
     assert line.startswith(f"repgeo distill: --resume: no intact checkpoint in {out}: checkpoint-4: ")
     assert "feature_loss.pt is" in line and "checkpoint-2: " in line and "optimizer.pt fails its sha256" in line
+    assert line.endswith("; run without --resume to start over")
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before  # nothing written
 
 

@@ -270,7 +270,8 @@ def _run(cfg: RunConfig, out: Path, resume: bool, callbacks: list[Any] | None, v
         _check_resume_inputs(cfg, out)
         checkpoint, skipped = _last_intact_checkpoint(out)
         if checkpoint is None:
-            raise IntegrityError(f"--resume: no intact checkpoint in {out}: {'; '.join(skipped)}")
+            raise IntegrityError(f"--resume: no intact checkpoint in {out}: {'; '.join(skipped)}; run without "
+                                 "--resume to start over")
     trainer, layer_map = build_trainer(cfg, callbacks=callbacks, verbose=verbose)
     if checkpoint is not None:
         has_projectors = trainer.feature_loss is not None and any(True for _ in trainer.feature_loss.parameters())
