@@ -2,7 +2,7 @@
 
     repgeo audit --teacher PATH_OR_NAME --student PATH_OR_NAME --data FILE(.txt|.csv|.jsonl) --out DIR
                  [--text-column C] [--teacher-layers 0,2,4] [--student-layers 0,1,2]
-                 [--metrics procrustes,cka,fg] [--pooling mean] [--max-length 128]
+                 [--metrics procrustes,cka,fg] [--pooling mean] [--max-length N]
                  [--ci-method jackknife] [--n-perm 200]
     repgeo layers PATH_OR_NAME
 
@@ -49,7 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="procrustes,cka,fg", help="comma-separated metric names")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "tokens"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128, help="texts are cut to this many tokens (reported)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="texts are cut to this many tokens (reported); default 128, or fewer when a model embeds "
+                        "fewer positions")
     p.add_argument("--ci-method", default="jackknife", choices=["jackknife", "bootstrap"],
                    help="confidence intervals: delete-one-fold jackknife over stimuli (default) or bootstrap")
     p.add_argument("--n-folds", type=int, default=100, help="jackknife folds (0: no intervals)")
@@ -63,16 +65,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _input_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments, checked before any work: ``--n-folds`` (0 or >= 2), ``--max-length``
-    (>= 1 and within both models' position embeddings, when their configs load), ``--out`` (not a file)."""
+    (>= 1 and within both models' position embeddings, when their configs load; unset, it becomes 128 or the
+    smaller of those), ``--out`` (not a file)."""
     from repgeo._files import check_output_folder
 
     if args.ci_method == "jackknife" and args.n_folds != 0 and args.n_folds < 2:
         return f"--n-folds must be 0 (no intervals) or >= 2 (the jackknife leaves out one of several folds), got " \
                f"{args.n_folds}"
-    if args.max_length < 1:
+    if args.max_length is not None and args.max_length < 1:
         return f"--max-length must be >= 1, got {args.max_length}"
-    for flag, name in (("--teacher", args.teacher), ("--student", args.student)):
-        limit = _max_positions(name)
+    limits = [(flag, name, _max_positions(name)) for flag, name in (("--teacher", args.teacher),
+                                                                     ("--student", args.student))]
+    if args.max_length is None:
+        args.max_length = min([128, *(n for _, _, n in limits if n is not None)])
+    for flag, name, limit in limits:
         if limit is not None and args.max_length > limit:
             return (f"--max-length {args.max_length} exceeds the {limit} positions of {flag} {name!r} "
                     f"(its config's max_position_embeddings); use --max-length {limit} or less")
