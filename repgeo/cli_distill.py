@@ -25,17 +25,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the subcommand; returns the exit status (2 for a configuration or data error, printed on stderr without
-    a traceback)."""
-    from repgeo.distill import ConfigError, DataError, load_config, run_distillation
+    """Run the subcommand; returns the exit status: 2 for a configuration or data error, a damaged checkpoint with
+    no intact one to fall back to, an output_dir held by another run or that is a file (one line on stderr, no
+    traceback). Warnings (a skipped checkpoint, a rebuilt cache, texts cut to max_length) print as one line."""
+    import warnings
+
+    from repgeo.distill import (
+        ConfigError,
+        DataError,
+        FolderLockedError,
+        IntegrityError,
+        load_config,
+        run_distillation,
+    )
+
+    def one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        print(f"repgeo distill: warning: {message}", file=sys.stderr)
 
     try:
-        cfg = load_config(args.config, list(args.overrides))
-        run_distillation(cfg, resume=args.resume)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            cfg = load_config(args.config, list(args.overrides))
+            run_distillation(cfg, resume=args.resume)
     except ConfigError as exc:
         print(f"repgeo distill: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, FileNotFoundError, IntegrityError, FolderLockedError, NotADirectoryError) as exc:
         print(f"repgeo distill: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -80,7 +80,7 @@ def test_roundtrip_matches_memory_and_manifest(tmp_path):
     assert ident["layers"] == ["encoder.layer.0.output", "hidden_states.2"]
     assert ident["model_class"].endswith("BertModel") and len(ident["weights_sha256"]) == 64
     assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == [
-        ".lock", "manifest.json", "shard-000000.safetensors", "shard-000001.safetensors", "shard-000002.safetensors",
+        "manifest.json", "shard-000000.safetensors", "shard-000001.safetensors", "shard-000002.safetensors",
     ]  # fmt: skip
     # per-layer selection and torch output
     only = load_shards(tmp_path / "acts", ["hidden_states.2"])

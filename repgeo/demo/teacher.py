@@ -4,7 +4,9 @@ The fine-tuned teacher is written to ``<cache>/teacher-<key>/`` (model, tokenize
 settings it was trained with, its loss curve, its held-out accuracy and the seconds it took). ``key`` hashes
 everything the weights depend on: the source model (its folder's files or its hub name), the data split, the
 label order, the maximum length and every fine-tuning setting; a later run with the same settings loads it in
-seconds, any change trains a new one. Writes are atomic (a temporary folder renamed into place).
+seconds, any change trains a new one. Writes are atomic (a temporary folder renamed into place) and the folder
+carries ``repgeo_files.json``, the size and sha256 of each of its files: a cached teacher is verified before it is
+loaded, and one that differs (a damaged or edited file) is fine-tuned again, with a line saying why.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from repgeo._files import model_source_problem
+from repgeo._files import IntegrityError, content_sha256, model_source_problem, verify_folder, write_manifest
 
 from .data import DemoData
 
 TEACHER_META = "demo_teacher.json"
+CACHE_MANIFEST = "repgeo_files.json"
 HEAD_MODULES = ("classifier", "score", "pre_classifier")  # the new classification head of AutoModelFor...
 FORMAT = 5  # 4: length-grouped batches; 5: probe standardised by the spread under dropout
 
@@ -52,15 +55,12 @@ def default_cache_dir() -> Path:
 
 
 def _source_identity(source: str) -> dict[str, Any]:
+    """The source model: its hub name, or the sha256 of its folder's files (a model re-saved in place is another
+    source)."""
     p = Path(source)
     if not p.exists():
         return {"hub": source}
-    files = sorted(f for f in p.rglob("*") if f.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(p)}\x1f{st.st_size}\x1f{int(st.st_mtime)}\x1e".encode())
-    return {"folder": str(p.resolve()), "files": h.hexdigest()}
+    return {"folder": str(p.resolve()), "files": content_sha256(p)}
 
 
 def cache_key(source: str, data: DemoData, settings: Any) -> str:
@@ -273,7 +273,7 @@ def prepare_teacher(source: str, data: DemoData, settings: Any, *, cache_dir: Pa
     folder = cache_dir / f"teacher-{key}"
     t0 = time.perf_counter()
     test_ids = None
-    if settings.use_cache and (folder / TEACHER_META).is_file():
+    if settings.use_cache and (folder / TEACHER_META).is_file() and _cache_intact(folder, log):
         model, tokenizer, meta = load_teacher_folder(folder, len(data.labels))
         log(f"teacher: loaded the fine-tuned teacher from the cache {folder}")
         test_ids = encode(tokenizer, data.test["text"], settings.max_length)
@@ -304,6 +304,7 @@ def prepare_teacher(source: str, data: DemoData, settings: Any, *, cache_dir: Pa
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / TEACHER_META).write_text(json.dumps(meta, indent=1) + "\n")
+            write_manifest(tmp, CACHE_MANIFEST)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
@@ -318,6 +319,16 @@ def prepare_teacher(source: str, data: DemoData, settings: Any, *, cache_dir: Pa
         tokenizer.save_pretrained(path)
         (path / TEACHER_META).write_text(json.dumps(meta, indent=1) + "\n")
     return TeacherResult(path, model, tokenizer, acc, pred, False, time.perf_counter() - t0, curve, source)
+
+
+def _cache_intact(folder: Path, log: Any) -> bool:
+    """Whether the cached teacher ``folder`` matches its manifest (sizes and sha256); if not, say why."""
+    try:
+        verify_folder(folder, CACHE_MANIFEST, deep=True)
+    except IntegrityError as exc:
+        log(f"teacher: the cached teacher is not intact ({exc}); fine-tuning it again")
+        return False
+    return True
 
 
 def accuracy_se(acc: float, n: int) -> float:

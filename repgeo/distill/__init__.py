@@ -4,7 +4,7 @@ Built on the Hugging Face ``Trainer``; see :class:`DistillationTrainer` for the 
 ``w_task * CE + w_kd * T^2 * KL(teacher_T || student_T) + alpha * sum_k w_k D(teacher_k, student_k)``.
 """
 
-from repgeo._files import DataError
+from repgeo._files import DataError, FolderLockedError, IntegrityError
 
 from .cache import TeacherCache
 from .config import ConfigError, RunConfig, config_from_dict, load_config, save_config
@@ -22,7 +22,9 @@ __all__ = [
     "DistillationTrainer",
     "FeatureLoss",
     "FeatureLossOutput",
+    "FolderLockedError",
     "GeometryProbe",
+    "IntegrityError",
     "RunConfig",
     "TeacherCache",
     "build_trainer",

@@ -3,19 +3,22 @@
 The teacher is frozen and run in eval mode, so its outputs for a training example never change. The cache runs
 it once over the training set and stores, per example, the logit rows the KD term compares and the pooled rows
 of every mapped teacher layer; :class:`~repgeo.distill.trainer.DistillationTrainer` then looks batches up by
-``example_index`` instead of running the teacher. The file records what it depends on (teacher, data, layers,
-pooling, token selection, max length); a cache built for other settings is rebuilt, never silently reused.
+``example_index`` instead of running the teacher. Next to the cache, ``<name>.json`` records what it depends on
+(the sha256 of the teacher's files and of the data, layers, pooling, token selection, max length) and the size
+and sha256 of the cache file itself: a cache built from other inputs is rebuilt, a damaged one is refused
+(:class:`~repgeo._files.IntegrityError`), never silently reused.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from repgeo._files import IntegrityError, atomic_path, atomic_write_text, build_manifest, verify_files
 from repgeo.probe.pooling import effective_mask
 
 
@@ -89,26 +92,40 @@ class TeacherCache:
         return logits, feats
 
     def save(self, path: str | Path) -> None:
-        """Write atomically: a temporary file in the same folder, then renamed (an interrupted write leaves no
-        partial cache)."""
+        """Write the cache atomically (a temporary file in the same folder, then renamed: an interrupted write
+        leaves no partial cache), then its record ``<path>.json`` (inputs and checksum)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             torch.save({"meta": self.meta, "logits": self.logits, "features": self.features}, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        record = build_manifest(path.parent, [path.name], meta=self.meta)
+        atomic_write_text(_record_path(path), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path, meta: dict[str, Any] | None = None) -> TeacherCache | None:
-        """The cache at ``path``, or None when missing or built for other settings than ``meta``."""
+        """The cache at ``path``; None when it is missing, has no record or was built from other inputs than
+        ``meta`` (rebuild it). A cache whose file differs in size or sha256 from its record, or cannot be read,
+        raises :class:`~repgeo._files.IntegrityError` naming the file."""
         p = Path(path)
-        if not p.is_file():
+        rec_path = _record_path(p)
+        if not p.is_file() or not rec_path.is_file():
             return None
-        data = torch.load(p, weights_only=False)
-        if meta is not None and data.get("meta") != meta:
+        try:
+            record = json.loads(rec_path.read_text())
+            stored_meta, files = record["meta"], record["files"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"{rec_path} is damaged ({type(exc).__name__}: {exc})") from None
+        if meta is not None and json.loads(json.dumps(meta)) != stored_meta:
             return None
+        verify_files(p.parent, {"files": files}, deep=True)
+        try:
+            data = torch.load(p, weights_only=False)
+        except Exception as exc:
+            raise IntegrityError(f"{p} cannot be read ({type(exc).__name__}: {exc})") from None
         return cls(data["logits"], data["features"], data["meta"])
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
 
 
 def _kd_counts(task: Any, batch: dict[str, torch.Tensor], b: int) -> list[int]:

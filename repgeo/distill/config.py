@@ -270,11 +270,46 @@ def _validate(cfg: RunConfig) -> None:
     _validate_trainer(cfg.trainer)
 
 
+#: Ranges of the numeric ``trainer:`` keys (checked with the key's ``TrainingArguments`` type before any work).
+TRAINER_RANGES: dict[str, tuple[Any, str]] = {
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "num_train_epochs": (lambda v: v > 0, "> 0"),
+    "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "eval_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "max_grad_norm": (lambda v: v >= 0, ">= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_epsilon": (lambda v: v > 0, "> 0"),
+    "logging_steps": (lambda v: v > 0, "> 0"),
+    "save_steps": (lambda v: v > 0, "> 0"),
+    "eval_steps": (lambda v: v > 0, "> 0"),
+    "save_total_limit": (lambda v: v >= 0, ">= 0"),
+    "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _choices(tp: Any) -> list[str]:
+    """The values of the enum in a ``TrainingArguments`` annotation such as ``IntervalStrategy | str``."""
+    import enum
+
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    return [str(m.value) for a in args if isinstance(a, type) and issubclass(a, enum.Enum) for m in a]
+
+
 def _validate_trainer(trainer: dict[str, Any]) -> None:
+    """Names (with did-you-mean), types (the ``TrainingArguments`` annotations), enum choices and ranges
+    (:data:`TRAINER_RANGES`) of the ``trainer:`` block; ``max_steps <= 0`` only together with ``num_train_epochs``."""
     import transformers
 
     names = {f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init}
-    for key in trainer:
+    hints = typing.get_type_hints(transformers.TrainingArguments)
+    for key, value in trainer.items():
         if key in RESERVED_TRAINER_KEYS:
             raise ConfigError(f"trainer.{key}: set by the runner (use the top-level output_dir)")
         if key not in names:
@@ -282,6 +317,21 @@ def _validate_trainer(trainer: dict[str, Any]) -> None:
             close += [n for n in sorted(names) if n.startswith(str(key)[:4]) and n not in close][: 5 - len(close)]
             hint = f"; did you mean one of {close}?" if close else ""
             raise ConfigError(f"trainer.{key}: not a transformers.TrainingArguments field{hint}")
+        tp = hints.get(key, Any)
+        value = _coerce(value, tp, f"trainer.{key}")
+        choices = _choices(tp)
+        if choices and isinstance(value, str) and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"trainer.{key}: unknown value {value!r}; {hint}expected one of {', '.join(choices)}")
+        if key in TRAINER_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok, text = TRAINER_RANGES[key]
+            if not ok(value):
+                raise ConfigError(f"trainer.{key}: must be {text}, got {value!r}")
+    steps = trainer.get("max_steps")
+    if isinstance(steps, int) and steps <= 0 and "num_train_epochs" not in trainer:
+        raise ConfigError(f"trainer.max_steps: must be >= 1, got {steps} (a value <= 0 means 'train for "
+                          "trainer.num_train_epochs epochs': set num_train_epochs to ask for that)")
 
 
 # --------------------------------------------------------------------------- loading
@@ -404,8 +454,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved configuration as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved configuration as YAML (atomically)."""
+    from repgeo._files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # --------------------------------------------------------------------------- resuming

@@ -13,6 +13,10 @@ replaced by a :class:`~repgeo.distill.cache.TeacherCache`). The feature loss's p
 their own optimizer parameter group (``projector_lr``, no weight decay) and are saved as ``feature_loss.pt`` in
 every checkpoint and restored on resume. Gradient clipping (``max_grad_norm``) covers the student only.
 
+Every checkpoint ends with ``repgeo_checkpoint.json``: the size and sha256 of each of its files (weights,
+optimizer, scheduler, RNG states, projectors, trainer state), written after all of them and before older
+checkpoints are rotated away. :func:`checkpoint_problem` verifies a checkpoint against it before a resume.
+
 Every term is a per-batch mean, so the trainer tells the base class not to rescale by token counts
 (``model_accepts_loss_kwargs = False``); gradient accumulation then averages micro-batches. Under data
 parallelism the feature loss sees the global batch (rows gathered with gradient); the CE and KD terms are
@@ -28,12 +32,16 @@ import torch
 import torch.nn.functional as F
 import transformers
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
+
+from repgeo._files import IntegrityError, atomic_path, verify_folder, write_manifest
 
 from .checks import check_layer_map, check_logits, check_projectors, check_tokenizers, check_vocab_covers, hidden_sizes
 from .feature_loss import FeatureLoss
 from .gather import all_reduce_mean
 
 FEATURE_LOSS_FILE = "feature_loss.pt"
+CHECKPOINT_MANIFEST = "repgeo_checkpoint.json"
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -247,26 +255,30 @@ class DistillationTrainer(transformers.Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        # feature_loss.pt first: the base class writes trainer_state.json last (before rotating old checkpoints),
-        # so a readable trainer_state.json marks a complete checkpoint (see checkpoint_complete)
+        # feature_loss.pt first, the checksum manifest last; older checkpoints are rotated away only once the new
+        # one is complete (the base class would rotate right after trainer_state.json, before the manifest)
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         if self.feature_loss is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             self.save_feature_loss(folder)
-        super()._save_checkpoint(model, trial)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's RNG state is on disk
+        if self.args.should_save:
+            write_manifest(folder, CHECKPOINT_MANIFEST, step=self.state.global_step)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     def save_feature_loss(self, folder: str) -> None:
         """Write the feature loss's state (projectors) as ``feature_loss.pt`` in ``folder``, atomically (a temporary
         file renamed into place: an interrupted or failed write leaves no partial file)."""
         if self.feature_loss is not None:
             os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, FEATURE_LOSS_FILE)
-            tmp = os.path.join(folder, f".{FEATURE_LOSS_FILE}.{os.getpid()}.tmp")
-            try:
+            with atomic_path(os.path.join(folder, FEATURE_LOSS_FILE)) as tmp:
                 torch.save(self.feature_loss.state_dict(), tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -279,15 +291,19 @@ class DistillationTrainer(transformers.Trainer):
         self.feature_loss.load_state_dict(state)
 
 
-def checkpoint_complete(folder: str | os.PathLike[str], with_projectors: bool) -> bool:
-    """Whether a ``checkpoint-N`` folder was written to the end: ``trainer_state.json`` (the base Trainer's last
-    file) is readable JSON and, when the feature loss has parameters, ``feature_loss.pt`` (written first) exists."""
-    import json
-
+def checkpoint_problem(folder: str | os.PathLike[str], with_projectors: bool) -> str | None:
+    """Why the ``checkpoint-N`` folder cannot be resumed from (None when it can): its writing was interrupted (no
+    ``repgeo_checkpoint.json``), a file differs in size or sha256 from what was written, or ``feature_loss.pt`` is
+    missing while the feature loss has parameters. Each message names the file."""
     try:
-        with open(os.path.join(folder, transformers.trainer.TRAINER_STATE_NAME)) as f:
-            json.load(f)
-    except (OSError, ValueError):
-        return False
-    return not with_projectors or os.path.isfile(os.path.join(folder, FEATURE_LOSS_FILE))
+        manifest = verify_folder(folder, CHECKPOINT_MANIFEST, deep=True)
+    except IntegrityError as exc:
+        return str(exc)
+    if with_projectors and FEATURE_LOSS_FILE not in manifest["files"]:
+        return f"{os.path.join(folder, FEATURE_LOSS_FILE)} is missing (the projectors were not saved)"
+    return None
 
+
+def checkpoint_complete(folder: str | os.PathLike[str], with_projectors: bool) -> bool:
+    """Whether a ``checkpoint-N`` folder was written to the end and is intact (see :func:`checkpoint_problem`)."""
+    return checkpoint_problem(folder, with_projectors) is None

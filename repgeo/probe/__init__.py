@@ -38,6 +38,7 @@ from .sinks import (
     ShardReader,
     ShardSink,
     Sink,
+    StaleCollectionError,
     load_shards,
     read_manifest,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ShardReader",
     "ShardSink",
     "Sink",
+    "StaleCollectionError",
     "TokenizedTexts",
     "batch_fingerprint",
     "capture",

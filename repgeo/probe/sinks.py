@@ -15,12 +15,10 @@ Feature rows keep the order of the batches and, inside a batch, the pooling's ro
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repgeo._files import sha256_file
+from repgeo._files import FolderLock, FolderLockedError, atomic_write_bytes, sha256_file
 
 __all__ = [
     "CallbackSink",
@@ -39,6 +37,7 @@ __all__ = [
     "ShardReader",
     "ShardSink",
     "Sink",
+    "StaleCollectionError",
     "load_shards",
     "read_manifest",
 ]
@@ -46,7 +45,6 @@ __all__ = [
 FORMAT = "repgeo.probe.shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-LOCKFILE = ".lock"
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -59,8 +57,9 @@ class ShardCorruptionError(ValueError):
     """A shard is missing, truncated or does not match its manifest checksum."""
 
 
-class FolderLockedError(RuntimeError):
-    """Another collector holds the folder's lock."""
+class StaleCollectionError(ValueError):
+    """A shard folder holds a collection of other input (model, layers, corpus, order, batch size or length) than
+    the run resuming into it; the message names the difference. ``ShardSink(..., fresh=True)`` starts over."""
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -166,123 +165,6 @@ class PairStreamSink:
 
 
 # ----------------------------------------------------------------------------------------------------
-# atomic file helpers
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``,
-    fsync of the folder. A reader sees the old file or the new one, never a partial one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-_sha256_file = sha256_file
-
-
-class _FolderLock:
-    """Exclusive, non-blocking lock on ``folder/.lock`` (``fcntl.flock`` on POSIX: released by the
-    kernel when the holder dies, so a killed collector leaves no stale lock; elsewhere an
-    ``O_EXCL`` lock file holding the pid, taken over when that pid is gone)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCKFILE
-        self.fd: int | None = None
-
-    def _holder(self) -> str:
-        try:
-            return self.path.read_text().strip() or "unknown"
-        except OSError:
-            return "unknown"
-
-    def _fail(self) -> None:
-        raise FolderLockedError(
-            f"{self.path.parent} is being written by another collector (pid {self._holder()}); "
-            "wait for it to finish or use another folder"
-        )
-
-    def acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            self._acquire_excl()
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            self._fail()
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-
-    def _acquire_excl(self) -> None:  # pragma: no cover - non-POSIX
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                try:
-                    alive = holder.isdigit() and _pid_alive(int(holder))
-                except OSError:
-                    alive = True
-                if alive:
-                    self._fail()
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
-                continue
-            os.write(fd, str(os.getpid()).encode())
-            self.fd = fd
-            return
-        self._fail()
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-        except ImportError:  # pragma: no cover - non-POSIX
-            os.close(self.fd)
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-        self.fd = None
-
-
-def _pid_alive(pid: int) -> bool:  # pragma: no cover - non-POSIX fallback
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# ----------------------------------------------------------------------------------------------------
 # shards
 
 
@@ -316,7 +198,10 @@ class ShardSink(Sink):
     deletes files not in the manifest, and skips the batches already stored, checking that each
     skipped input batch has the stored fingerprint (so a changed corpus or batch size is refused,
     never silently mixed). The batches must be produced in the same order. A different identity is
-    refused with the differing keys named. ``folder/.lock`` keeps two collectors out of one folder.
+    refused with the differing keys named, and so is an input that ends before the stored batches do (a
+    shorter corpus: the folder would return rows this input never produced); both raise
+    :class:`StaleCollectionError`. ``fresh=True`` instead deletes a stored collection (under the lock) and starts
+    over. ``folder/.lock`` keeps two collectors out of one folder.
 
     ``weights_hash=False`` skips hashing the weights (the identity then relies on the model's name
     and revision only). :meth:`finish` returns a :class:`ShardReader`.
@@ -333,6 +218,7 @@ class ShardSink(Sink):
         batches_per_shard: int = 1,
         weights_hash: bool = True,
         verify_on_resume: bool = True,
+        fresh: bool = False,
     ) -> None:
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
@@ -343,10 +229,12 @@ class ShardSink(Sink):
         self.batches_per_shard = int(batches_per_shard)
         self.weights_hash = weights_hash
         self.verify_on_resume = verify_on_resume
+        self.fresh = fresh
+        self.stored_batches = 0
         self.manifest: dict[str, Any] = {}
         self.skipped_batches = 0
         self.written_batches = 0
-        self._lock = _FolderLock(self.folder)
+        self._lock = FolderLock(self.folder, "collector")
         self._buffer: list[tuple[int, Mapping[str, torch.Tensor], str | None]] = []
         self._fingerprints: list[str | None] = []
 
@@ -365,15 +253,17 @@ class ShardSink(Sink):
         if not self.weights_hash:
             identity.pop("weights_sha256", None)
         path = self.folder / MANIFEST
+        if self.fresh and path.exists():
+            path.unlink()  # the shards become orphans, removed below
         if path.exists():
             manifest = read_manifest(self.folder)
             stored = manifest["identity"]
             diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
             if diff:
                 details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {identity.get(k)!r}" for k in diff)
-                raise ValueError(
+                raise StaleCollectionError(
                     f"{self.folder} was written by a different run; differing keys {diff} ({details}). "
-                    "Use another folder or delete this one."
+                    "Use another folder, or pass fresh=True to start over."
                 )
             if self.verify_on_resume:
                 ShardReader(self.folder).verify()
@@ -389,14 +279,16 @@ class ShardSink(Sink):
             }
         self._fingerprints = [fp for s in self.manifest["shards"] for fp in s["inputs_sha256"]]
         self._remove_orphans()
-        return len(self._fingerprints)
+        self.stored_batches = len(self._fingerprints)
+        return self.stored_batches
 
     def skip(self, batch_index: int, fingerprint: str | None) -> None:
         stored = self._fingerprints[batch_index]
         if fingerprint is not None and stored is not None and stored != fingerprint:
-            raise ValueError(
+            raise StaleCollectionError(
                 f"input batch {batch_index} differs from the one stored in {self.folder} "
-                "(changed corpus, order, batch size or tokenisation); use another folder"
+                "(changed corpus, order, batch size or tokenisation); use another folder, or pass fresh=True to "
+                "start over"
             )
         self.skipped_batches += 1
 
@@ -410,6 +302,12 @@ class ShardSink(Sink):
 
     def finish(self) -> ShardReader:
         try:
+            seen = self.skipped_batches + self.written_batches + len(self._buffer)
+            if seen < self.stored_batches:
+                raise StaleCollectionError(
+                    f"{self.folder} holds {self.stored_batches} batches but this input has only {seen} (a shorter "
+                    "corpus than the stored collection's); use another folder, or pass fresh=True to start over"
+                )
             self._flush()
             self.manifest["complete"] = True
             self._write_manifest()
@@ -508,7 +406,7 @@ class ShardReader:
             raise ShardCorruptionError(
                 f"shard {path} is {size} bytes, the manifest says {entry['bytes']} (truncated or corrupted)"
             )
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if digest != entry["sha256"]:
             raise ShardCorruptionError(f"shard {path} fails its sha256 checksum (corrupted)")
         return path

@@ -110,10 +110,11 @@ def require_fields(records: list[dict[str, Any]], fields: Sequence[str], path: s
 
 
 class ListDataset(torch.utils.data.Dataset):
-    """A list of already tokenised examples."""
+    """A list of already tokenised examples; ``n_truncated`` counts the texts cut to ``data.max_length``."""
 
-    def __init__(self, items: list[dict[str, Any]]) -> None:
+    def __init__(self, items: list[dict[str, Any]], n_truncated: int = 0) -> None:
         self.items = items
+        self.n_truncated = n_truncated
 
     def __len__(self) -> int:
         return len(self.items)

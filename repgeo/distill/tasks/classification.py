@@ -35,7 +35,7 @@ class ClassificationTask(Task):
             self.labels = sorted({r[cfg.label_field] for r in records}, key=str)
             self._labels_source = f"the training data {path!r}"
         index = {str(lab): i for i, lab in enumerate(self.labels)}
-        items = []
+        items, cut = [], 0
         for i, r in enumerate(records):
             key = str(r[cfg.label_field])
             if key not in index:
@@ -44,9 +44,12 @@ class ClassificationTask(Task):
                     f"{self._labels_source} (labels: {self.labels}); a model cannot learn a class it is never "
                     "trained on. Fix the file, or list every class in data.labels"
                 )
-            enc = self.tokenizer(str(r[cfg.text_field]), truncation=True, max_length=cfg.max_length)
-            items.append({"input_ids": enc["input_ids"], "labels": index[key], "example_index": i})
-        return ListDataset(items)
+            ids = self.tokenizer(str(r[cfg.text_field]))["input_ids"]
+            if len(ids) > cfg.max_length:
+                cut += 1
+                ids = self.tokenizer(str(r[cfg.text_field]), truncation=True, max_length=cfg.max_length)["input_ids"]
+            items.append({"input_ids": ids, "labels": index[key], "example_index": i})
+        return ListDataset(items, cut)
 
     @property
     def num_labels(self) -> int:

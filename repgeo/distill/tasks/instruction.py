@@ -37,18 +37,20 @@ class InstructionTask(Task):
         cfg = self.data_cfg
         records = load_records(path)[:max_samples]
         require_fields(records, [cfg.prompt_field, cfg.response_field], path)
-        return ListDataset([self.dataset_item(str(r[cfg.prompt_field]), str(r[cfg.response_field]), i)
-                            for i, r in enumerate(records)])
+        items = [self.dataset_item(str(r[cfg.prompt_field]), str(r[cfg.response_field]), i)
+                 for i, r in enumerate(records)]
+        return ListDataset(items, sum(it.pop("truncated") for it in items))
 
     def dataset_item(self, prompt: str, response: str, index: int) -> dict[str, Any]:
         """One example: ids truncated to ``max_length`` (the prompt first, keeping at least one response token),
-        labels ``-100`` on the prompt."""
+        labels ``-100`` on the prompt, and ``truncated`` (whether anything was cut)."""
         max_length = self.data_cfg.max_length
         p, resp = self.encode(prompt, response)
+        truncated = len(p) + len(resp) > max_length
         p = p[: max(1, max_length - 1)]
         resp = resp[: max_length - len(p)]
         return {"input_ids": p + resp, "labels": [IGNORE] * len(p) + resp, "example_index": index,
-                "prompt": prompt, "response": response}
+                "prompt": prompt, "response": response, "truncated": truncated}
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = [f["input_ids"] for f in features]
