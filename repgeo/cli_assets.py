@@ -9,6 +9,7 @@ Face model folder, which needs the ``gguf`` package (``pip install 'repgeo[study
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -48,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
             paths["smollm2"] = smollm2_path()
     except (AssetError, ValueError) as exc:
-        print(f"repgeo fetch-assets: {exc}")
-        return 1
+        print(f"repgeo fetch-assets: {exc}", file=sys.stderr)
+        return 2
     for name, path in paths.items():
         note = ", converted to a Hugging Face folder" if name == "smollm2" else ""
         print(f"{name:16s} {path}  ({ASSETS[name].description}{note})")

