@@ -76,6 +76,32 @@ def available_gb() -> float:
     return float("inf")
 
 
+def realistic_pair(n: int, p: int, q: int, seed: int, dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+    """Activations shaped like a transformer's: the issue-17 benchmark data.
+
+    X (n x p): a power-law spectrum (column j of a random rotation scaled by ``(j + 1)^-0.8``) plus non-zero
+    column means carrying ~90 % of the energy (mean-vector energy 9x the centred energy per row, as in
+    anisotropic BERT hidden states); Y (n x q): X's first p/2 columns plus noise, then q - p/2 columns of its own
+    power-law features, with its own column means.
+    """
+    rng = np.random.default_rng(seed)
+
+    def power_law(width: int) -> np.ndarray:
+        Z = rng.standard_normal((n, width)) * (np.arange(1, width + 1) ** -0.8)
+        rot, _ = np.linalg.qr(rng.standard_normal((width, width)))
+        A = Z @ rot
+        centred_energy = float(np.sum(A * A)) / n
+        mean = rng.standard_normal(width)
+        return A + mean * np.sqrt(9 * centred_energy / float(mean @ mean))
+
+    X = power_law(p)
+    half = p // 2
+    own = power_law(q - half)
+    shared = X[:, :half] + 0.3 * np.std(X[:, :half]) * rng.standard_normal((n, half))
+    Y = np.concatenate([shared, own], axis=1)
+    return X.astype(dtype), Y.astype(dtype)
+
+
 def run_config(n: int, p: int, q: int, dtype: str, threads: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, p), dtype=np.float32).astype(dtype)

@@ -19,6 +19,12 @@ ordinary parameters of this module (the trainer gives them their own optimizer g
 ``feature_loss.pt`` with every checkpoint). ``projector="closed_form"`` uses the registry's closed-form
 ``min_W`` instead (no parameters).
 
+**No host synchronisation.** The first forward call checks its inputs eagerly (clear errors at set-up). Every
+later call runs the metrics inside :func:`repgeo.metrics._xp.deferred_checks`: no check reads a value back from
+the device (``bool``/``item`` of a tensor would stall a GPU pipeline every step); the conditions are combined on
+the device into ``FeatureLossOutput.valid`` and :meth:`FeatureLoss.raise_if_invalid` evaluates them (one sync)
+whenever the caller chooses, e.g. at logging steps.
+
 All feature losses are computed in float32 with autocast disabled, whatever the training precision. Under data
 parallelism rows are gathered from every rank (teacher without, student with gradient) so the loss is that of
 the global batch (see :mod:`repgeo.distill.gather`).
@@ -35,6 +41,7 @@ from torch import nn
 
 from repgeo.metrics import get as get_metric
 from repgeo.metrics._prep import preprocess
+from repgeo.metrics._xp import Check, all_passed, deferred_checks, raise_failed
 from repgeo.probe.pooling import pool
 
 from .gather import gather_rows
@@ -54,6 +61,8 @@ class FeatureLossOutput:
 
     total: torch.Tensor
     pairs: dict[str, torch.Tensor]
+    #: device-side boolean: every deferred input check passed (None when the call checked eagerly)
+    valid: torch.Tensor | None = None
 
 
 class FeatureLoss(nn.Module):
@@ -111,6 +120,8 @@ class FeatureLoss(nn.Module):
                 lin = nn.Linear(q, p, bias=False)
                 nn.init.orthogonal_(lin.weight)
                 self.projectors[pair_name(s, t)] = lin
+        self.validated = False  # set after the first (eagerly checked) forward call
+        self.pending_checks: list[Check] = []
 
     def _resolve_weights(self, weights: Sequence[float] | Mapping[int, float] | None) -> dict[int, float]:
         keys = list(self.layer_map)
@@ -138,7 +149,10 @@ class FeatureLoss(nn.Module):
         token_mask: torch.Tensor | None = None,
     ) -> dict[int, torch.Tensor]:
         """Pooled float32 rows of the given hidden-state indices."""
-        return {i: pool(hidden_states[i], attention_mask, self.pooling, token_mask).float() for i in layers}
+        return {
+            i: pool(hidden_states[i], attention_mask, self.pooling, token_mask, check_empty=not self.validated).float()
+            for i in layers
+        }
 
     def teacher_features(
         self,
@@ -174,7 +188,29 @@ class FeatureLoss(nn.Module):
 
         ``teacher`` / ``student``: a model's ``hidden_states`` tuple, or already pooled rows
         ``{layer: (n, d)}`` (e.g. teacher features from a cache). Masks apply to hidden states only.
+        The first call checks its inputs eagerly; later calls make no host synchronisation (module docstring).
         """
+        if not self.validated:
+            out = self._forward(teacher, student, attention_mask, token_mask)
+            self.validated = True
+            return out
+        with deferred_checks() as pending:
+            out = self._forward(teacher, student, attention_mask, token_mask)
+        self.pending_checks = pending
+        out.valid = all_passed(pending)
+        return out
+
+    def raise_if_invalid(self) -> None:
+        """Evaluate the last call's deferred input checks (one host sync) and raise the first failure."""
+        raise_failed(self.pending_checks)
+
+    def _forward(
+        self,
+        teacher: Sequence[torch.Tensor] | Features,
+        student: Sequence[torch.Tensor] | Features,
+        attention_mask: torch.Tensor | None,
+        token_mask: torch.Tensor | None,
+    ) -> FeatureLossOutput:
         ref = next(iter(student.values())) if isinstance(student, Mapping) else student[0]
         with torch.autocast(device_type=ref.device.type, enabled=False):
             if not isinstance(teacher, Mapping):

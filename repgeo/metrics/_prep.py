@@ -30,16 +30,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._xp import Array, float_dtype, is_torch, namespace
+from ._xp import Array, checks_deferred, float_dtype, is_torch, namespace, require
 
 Normalize = Literal["frobenius", "rows"] | None
 NORMALIZE_CHOICES = ("frobenius", "rows", None)
 
 
-def as_matrix(a: object, name: str) -> Array:
+def as_matrix(a: object, name: str, *, finite: bool = True) -> Array:
     """Validate one input matrix and convert it to the backend's compute dtype.
 
-    Integers are converted to floating point; bool, complex and object dtypes are refused.
+    Integers are converted to floating point; bool, complex and object dtypes are refused. ``finite=False``
+    leaves the NaN/Inf check to the caller (:func:`preprocess_scaled` makes it from a sum it forms anyway).
     """
     if is_torch(a):
         import torch
@@ -63,24 +64,37 @@ def as_matrix(a: object, name: str) -> Array:
     if x.shape[1] < 1:
         raise ValueError(f"{name} has no feature columns (shape {tuple(x.shape)})")
     xp = namespace(x)
+    if checks_deferred() and is_torch(x):  # no host sync: a NaN or Inf makes the sum non-finite
+        require(xp.isfinite(xp.sum(x)), f"{name} contains NaN or Inf (or values whose sum overflows)")
+        return x
     # one cheap pass: a NaN or Inf makes the sum non-finite; only then (or on overflow) look element-wise
-    if not bool(xp.isfinite(xp.sum(x))) and not bool(xp.all(xp.isfinite(x))):
+    if finite and not bool(xp.isfinite(xp.sum(x))):
+        check_finite(x, name)
+    return x
+
+
+def check_finite(x: Array, name: str) -> None:
+    """Element-wise NaN/Inf check, naming the first bad entry (run only when a sum came out non-finite)."""
+    xp = namespace(x)
+    if not bool(xp.all(xp.isfinite(x))):
         bad = np.argwhere(~np.isfinite(np.asarray(x.detach().cpu() if is_torch(x) else x)))
         r, c = (int(v) for v in bad[0])
         raise ValueError(
             f"{name} contains NaN or Inf ({len(bad)} value(s); the first at row {r}, column {c})"
         )
-    return x
 
 
-def check_pair(X: object, Y: object, *, min_rows: int = 2) -> tuple[Array, Array]:
-    """Validate a pair: same backend, same device, same row count, at least ``min_rows`` rows."""
+def check_pair(X: object, Y: object, *, min_rows: int = 2, finite: bool = True) -> tuple[Array, Array]:
+    """Validate a pair: same backend, same device, same row count, at least ``min_rows`` rows.
+
+    ``finite=False``: the NaN/Inf check is left to :func:`preprocess_scaled` (see :func:`as_matrix`).
+    """
     if is_torch(X) != is_torch(Y):
         kinds = {True: "a torch tensor", False: "a numpy array"}
         raise TypeError(
             f"X and Y must use the same backend; X is {kinds[is_torch(X)]} and Y is {kinds[is_torch(Y)]}"
         )
-    Xm, Ym = as_matrix(X, "X"), as_matrix(Y, "Y")
+    Xm, Ym = as_matrix(X, "X", finite=finite), as_matrix(Y, "Y", finite=finite)
     if is_torch(Xm) and Xm.device != Ym.device:
         raise ValueError(f"X and Y are on different devices ({Xm.device} and {Ym.device})")
     if is_torch(Xm) and Xm.dtype != Ym.dtype:
@@ -112,11 +126,11 @@ def unit_rows(x: Array, name: str) -> Array:
     """Divide every row by its Euclidean norm (overflow-safe); a zero row is an error."""
     xp = namespace(x)
     scale = xp.max(xp.abs(x), axis=1, keepdims=True)
-    if not bool(xp.all(scale > 0)):
-        raise ValueError(
-            f"{name} has an all-zero row (after centring when center=True: a row equal to the column means), "
-            "which cannot be put on the unit sphere (normalize='rows')"
-        )
+    require(
+        xp.all(scale > 0),
+        f"{name} has an all-zero row (after centring when center=True: a row equal to the column means), "
+        "which cannot be put on the unit sphere (normalize='rows')",
+    )
     xs = x / scale
     return xs / xp.sqrt(xp.sum(xs * xs, axis=1, keepdims=True))
 
@@ -152,9 +166,15 @@ def frobenius_norm(x: Array, name: str) -> Array:
     return scale * xp.sqrt(_sum_sq(xp, x / scale))
 
 
-# Centring is folded into the statistics (X_c^T Y_c = X^T Y - n m_x m_y^T) instead of copying the data when the
-# column means carry at most this share of the energy: then the cancellation costs at most ~1 decimal digit.
-LAZY_CENTER_MAX_ENERGY_RATIO = 8.0
+# Centring is folded into the statistics (X_c^T Y_c = X^T Y - n m_x m_y^T, ||X_c||^2 = ||X||^2 - n ||m_x||^2)
+# instead of copying the data while r = ||X||_F^2 / ||X_c||_F^2 (the energy share of the column means) is at most
+# this. Accuracy bound (Higham, Thm 3.5 for the GEMM): fl(X^T Y) = X^T Y + E with ||E||_F <= g_n ||X||_F ||Y||_F,
+# g_n = n eps / (1 - n eps), so after the rank-one correction and the normalisation by ||X_c|| ||Y_c|| the
+# cross-product's error is at most g_n sqrt(r_x r_y) (and the nuclear norm's sqrt(min(p, q)) times that): the
+# bound of the centred copy (r = 1) times sqrt(r_x r_y) <= 100, at most two decimal digits. Observed errors are
+# far below the worst case (rounding errors grow like sqrt(n) eps, not n eps): 1e-14 at n = 50,000 with r ~ 10
+# (benchmarks/results/metrics_speed.json); tests/test_metrics_speed_paths.py checks the bound and the agreement.
+LAZY_CENTER_MAX_ENERGY_RATIO = 100.0
 
 
 def _well_scaled(xp: Any, x: Array, sq: Array) -> bool:
@@ -178,28 +198,73 @@ def preprocess_scaled(
     their squares leave the dtype's range are rescaled explicitly (Frobenius normalisation) or refused with an
     error naming the argument (no normalisation), never turned into inf or a silent 0.
     """
+    return preprocess_scaled_sq(x, name, center=center, normalize=normalize)[:3]
+
+
+def preprocess_scaled_sq(
+    x: Array, name: str, *, center: bool, normalize: Normalize
+) -> tuple[Array, Array | None, Array | float, Array | None]:
+    """:func:`preprocess_scaled` plus ``||x' - 1 m^T||_F^2`` (None where not formed), from one pass each.
+
+    The squared norm it forms anyway doubles as the NaN/Inf check (a non-finite entry makes it non-finite; only
+    then is the matrix searched element-wise), so an input checked with ``finite=False`` is still checked.
+    """
     xp = namespace(x)
+    if checks_deferred() and is_torch(x):
+        return _preprocess_sync_free(xp, x, name, center=center, normalize=normalize), None, 1.0, None
+    total = _sum_sq(xp, x)
+    if not bool(xp.isfinite(total)):
+        check_finite(x, name)  # NaN or Inf: raises; otherwise the squares overflowed (handled below)
     if normalize == "rows":
-        return sphere_rows(x, name, center=center), None, 1.0
-    mean, centred = None, None
+        return sphere_rows(x, name, center=center), None, 1.0, None
+    mean, sq = None, total
     if center:
         mean = xp.mean(x, axis=0, keepdims=True)
-        total = _sum_sq(xp, x)
-        if _well_scaled(xp, x, total):
-            centred = total - x.shape[0] * _sum_sq(xp, mean)
+        centred = total - x.shape[0] * _sum_sq(xp, mean) if _well_scaled(xp, x, total) else None
         if centred is None or not bool(total <= LAZY_CENTER_MAX_ENERGY_RATIO * centred):
-            x, mean, centred = x - mean, None, None
-    sq = _sum_sq(xp, x) if centred is None else centred
+            x, mean = x - mean, None
+            sq = _sum_sq(xp, x)
+        else:
+            sq = centred
     if _well_scaled(xp, x, sq):
-        return x, mean, (xp.sqrt(sq) if normalize == "frobenius" else 1.0)
+        return x, mean, (xp.sqrt(sq) if normalize == "frobenius" else 1.0), sq
+    if mean is not None:
+        x = x - mean
     if normalize == "frobenius":  # extreme scale: divide first (overflow-safe norm), then form products
-        return x / frobenius_norm(x, name), None, 1.0
+        return x / frobenius_norm(x, name), None, 1.0, None
     if bool(xp.max(xp.abs(x)) > 0):
         raise ValueError(
             f"{name}'s squared norm is outside the range of {x.dtype} (values too large or too small); "
             "pass float64 inputs or use normalize='frobenius'"
         )
-    return x, None, 1.0
+    return x, None, 1.0, None
+
+
+def _preprocess_sync_free(xp: Any, x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:
+    """The branch-free preprocessing used inside :func:`~repgeo.metrics._xp.deferred_checks` (a training loss).
+
+    Centres explicitly and, for ``"frobenius"``, divides by the largest magnitude before the norm (so no square
+    overflows or underflows whatever the scale); the conditions an eager call would test are recorded instead.
+    """
+    if center:
+        x = x - xp.mean(x, axis=0, keepdims=True)
+    if normalize == "frobenius":
+        big = xp.max(xp.abs(x))
+        require(
+            big > 0,
+            f"{name} is zero after preprocessing (constant columns are zero once centred); "
+            "the metric is undefined for it",
+        )
+        x = x / big
+        return x / xp.sqrt(_sum_sq(xp, x))
+    info = xp.finfo(x.dtype)
+    sq = _sum_sq(xp, x)
+    require(
+        xp.isfinite(sq) & ((sq > info.smallest_normal / info.eps) | (xp.max(xp.abs(x)) == 0)),
+        f"{name}'s squared norm is outside the range of {x.dtype} (values too large or too small); "
+        "pass float64 inputs or use normalize='frobenius'",
+    )
+    return x
 
 
 def preprocess(x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:

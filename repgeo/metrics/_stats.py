@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import Array, is_torch, namespace, svdvals
+from ._xp import Array, is_torch, namespace, require, row_sq, svdvals
 
 
 class FeatureStats:
@@ -60,11 +60,10 @@ class FeatureStats:
     def check_nonzero(self, metric: str) -> None:
         """Raise if either side is zero, where ``metric`` would divide by its norm."""
         for name, value in (("X", self.x_sq), ("Y", self.y_sq)):
-            if not bool(value > 0):
-                raise ValueError(
-                    f"{metric} is undefined: {name} is zero after preprocessing "
-                    "(constant columns are zero once centred)"
-                )
+            require(
+                value > 0,
+                f"{metric} is undefined: {name} is zero after preprocessing (constant columns are zero once centred)",
+            )
 
 
 class ArrayStats(FeatureStats):
@@ -83,6 +82,8 @@ class ArrayStats(FeatureStats):
         sy: Array | float = 1.0,
         mx: Array | None = None,
         my: Array | None = None,
+        sqx: Array | None = None,
+        sqy: Array | None = None,
     ) -> None:
         self.xp = namespace(X, Y)
         self.n, self.p = X.shape
@@ -90,6 +91,7 @@ class ArrayStats(FeatureStats):
         self._raw = (X, Y)
         self._sx, self._sy = sx, sy
         self._mx, self._my = mx, my
+        self._sqx, self._sqy = sqx, sqy  # ||X - 1 mx^T||_F^2 when the preprocessing formed it
 
     @cached_property
     def data(self) -> tuple[Array, Array]:  # type: ignore[override]
@@ -141,11 +143,32 @@ class ArrayStats(FeatureStats):
 
     @cached_property
     def x_sq(self) -> Array:
-        return self._sq(self._raw[0], self._mx) / self._sx**2
+        sq = self._sq(self._raw[0], self._mx) if self._sqx is None else self._sqx
+        return sq / self._sx**2
 
     @cached_property
     def y_sq(self) -> Array:
-        return self._sq(self._raw[1], self._my) / self._sy**2
+        sq = self._sq(self._raw[1], self._my) if self._sqy is None else self._sqy
+        return sq / self._sy**2
+
+    @cached_property
+    def gram_rows(self) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
+        """For K = XX^T and L = YY^T: ``((diag K, K 1), (diag L, L 1))``, in O(n (p + q)), no n x p copies.
+
+        With the lazy preprocessing ``A = (A' - 1 m^T) / s``: ``diag(AA^T)_i = (||a'_i||^2 - 2 a'_i.m + ||m||^2)
+        / s^2`` and ``AA^T 1 = A (A^T 1)``, which is exactly 0 when ``m`` is the column mean (centred data).
+        """
+        (X, Y), (sx, sy), (mx, my) = self._raw, (self._sx, self._sy), (self._mx, self._my)
+        return self._gram_row_terms(X, mx, sx), self._gram_row_terms(Y, my, sy)
+
+    def _gram_row_terms(self, A: Array, m: Array | None, s: Array | float) -> tuple[Array, Array]:
+        xp = self.xp
+        d = row_sq(A)
+        if m is not None:  # m is A's column mean: the centred rows sum to 0, so K 1 = 0
+            mf = xp.reshape(m, (-1,))
+            d = d - 2 * (A @ mf) + mf @ mf
+            return d / s**2, xp.zeros_like(d)
+        return d / s**2, (A @ xp.sum(A, axis=0)) / s**2
 
     @cached_property
     def grams(self) -> tuple[Array, Array]:
@@ -193,14 +216,15 @@ def pair_stats(
     X: object, Y: object = None, *, center: bool, normalize: Any, min_rows: int = 2
 ) -> FeatureStats:
     """Statistics of ``(X, Y)`` arrays, or of a :class:`~repgeo.metrics.Moments` given alone as ``X``."""
-    from ._prep import check_options, check_pair, preprocess_scaled
+    from ._prep import check_options, check_pair, preprocess_scaled_sq
 
     check_options(center, normalize)
     if Y is None and hasattr(X, "stats"):
         return X.stats(center=center, normalize=normalize, min_rows=min_rows)
     if Y is None:
         raise TypeError("Y is missing: pass two arrays (X, Y) or a single Moments object")
-    Xm, Ym = check_pair(X, Y, min_rows=min_rows)
-    Xp, mx, sx = preprocess_scaled(Xm, "X", center=center, normalize=normalize)
-    Yp, my, sy = preprocess_scaled(Ym, "Y", center=center, normalize=normalize)
-    return ArrayStats(Xp, Yp, sx, sy, mx, my)
+    # one pass for the column sums and one for the squared norm per input; NaN/Inf are caught from the latter
+    Xm, Ym = check_pair(X, Y, min_rows=min_rows, finite=False)
+    Xp, mx, sx, sqx = preprocess_scaled_sq(Xm, "X", center=center, normalize=normalize)
+    Yp, my, sy, sqy = preprocess_scaled_sq(Ym, "Y", center=center, normalize=normalize)
+    return ArrayStats(Xp, Yp, sx, sy, mx, my, sqx, sqy)

@@ -10,12 +10,72 @@ the inputs:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
 Array = Any  # a numpy array or a torch tensor
+
+# A check is (condition, message, exception type); a list while checks are deferred (see deferred_checks)
+Check = tuple[Array, "str | Callable[[], str]", type]
+_PENDING: contextvars.ContextVar[list[Check] | None] = contextvars.ContextVar("repgeo_pending_checks", default=None)
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[list[Check]]:
+    """Run metrics without device-to-host synchronisation: value checks are collected, not evaluated.
+
+    Inside the block every check that needs a tensor's value (finite inputs, non-zero norms, a finite result)
+    appends its boolean condition to the yielded list instead of reading it back (``bool(tensor)`` waits for the
+    device), and preprocessing takes its branch-free path (centred and scaled explicitly). The caller evaluates
+    the conditions later, all at once, with :func:`raise_failed`. Numpy inputs are still checked at once (they
+    cost no synchronisation).
+    """
+    pending: list[Check] = []
+    token = _PENDING.set(pending)
+    try:
+        yield pending
+    finally:
+        _PENDING.reset(token)
+
+
+def checks_deferred() -> bool:
+    """Whether value checks are being deferred (inside :func:`deferred_checks`)."""
+    return _PENDING.get() is not None
+
+
+def require(ok: Array, message: str | Callable[[], str], exc: type = ValueError) -> None:
+    """Raise ``exc(message)`` unless the boolean ``ok`` holds; deferred inside :func:`deferred_checks`."""
+    pending = _PENDING.get()
+    if pending is not None and is_torch(ok):
+        pending.append((ok.detach(), message, exc))
+        return
+    if not bool(ok):
+        raise exc(message() if callable(message) else message)
+
+
+def all_passed(checks: list[Check]) -> Array | None:
+    """One boolean tensor: whether every deferred condition holds (computed on the device, no sync)."""
+    if not checks:
+        return None
+    import torch
+
+    conds = [c.reshape(()).to(device=checks[0][0].device) for c, _, _ in checks]
+    return torch.stack(conds).all()
+
+
+def raise_failed(checks: list[Check]) -> None:
+    """Evaluate deferred conditions with one synchronisation; raise the first failure's error."""
+    ok = all_passed(checks)
+    if ok is None or bool(ok):
+        return
+    for cond, message, exc in checks:
+        if not bool(cond):
+            raise exc(message() if callable(message) else message)
 
 
 def is_torch(x: object) -> bool:
@@ -50,9 +110,33 @@ def eps(x: Array) -> float:
     return float(np.finfo(x.dtype).eps)
 
 
+def row_sq(a: Array) -> Array:
+    """Squared Euclidean norm of every row, without an n x p temporary (an einsum contraction)."""
+    if is_torch(a):
+        import torch
+
+        return torch.einsum("ij,ij->i", a, a)
+    return np.einsum("ij,ij->i", a, a)
+
+
+def _nan_safe(decomposition: Callable[[Array], Array], a: Array) -> Array:
+    """``decomposition(a)``; inside :func:`deferred_checks` a non-finite ``a`` gives NaN instead of an error.
+
+    A LAPACK routine refuses non-finite input (reading its status is a host sync on a GPU); the deferred checks
+    already record the bad input, so the decomposition runs on zeros and its result is set to NaN.
+    """
+    if not (checks_deferred() and is_torch(a)):
+        return decomposition(a)
+    import torch
+
+    ok = torch.isfinite(a).all()
+    out = decomposition(torch.where(ok, a, torch.zeros_like(a)))
+    return torch.where(ok, out, torch.full_like(out, float("nan")))
+
+
 def svdvals(xp: Any, a: Array) -> Array:
     """Singular values. Through ``linalg.svdvals``, whose gradient is stable at repeated values."""
-    return xp.linalg.svdvals(a)
+    return _nan_safe(xp.linalg.svdvals, a)
 
 
 def pinv_hermitian(xp: Any, a: Array, rtol: float) -> Array:
@@ -60,7 +144,7 @@ def pinv_hermitian(xp: Any, a: Array, rtol: float) -> Array:
     if is_torch(a):
         import torch
 
-        return torch.linalg.pinv(a, rtol=rtol, hermitian=True)
+        return _nan_safe(lambda m: torch.linalg.pinv(m, rtol=rtol, hermitian=True), a)
     return np.linalg.pinv(a, rtol=rtol, hermitian=True)
 
 
@@ -75,15 +159,16 @@ def to_scalar_output(value: Array) -> Array:
         import torch
 
         out = value.reshape(())
-        finite = bool(torch.isfinite(out.detach()))
+        finite = torch.isfinite(out.detach())
     else:
         out = np.float64(value)
-        finite = bool(np.isfinite(out))
-    if not finite:
-        raise FloatingPointError(
-            f"the metric evaluated to {float(out)} (overflow or underflow in {getattr(value, 'dtype', 'float')}); "
-            "pass float64 inputs or normalised data"
-        )
+        finite = np.isfinite(out)
+    require(
+        finite,
+        lambda: f"the metric evaluated to {float(out)} (overflow or underflow in "
+        f"{getattr(value, 'dtype', 'float')}); pass float64 inputs or normalised data",
+        FloatingPointError,
+    )
     return out
 
 

@@ -14,10 +14,11 @@ by Nguyen, Raghu & Kornblith (2021)::
 
     HSIC_u(K, L) = [tr(K~L~) + (1^T K~ 1)(1^T L~ 1)/((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n (n-3))
 
-with K~, L~ the Gram matrices with zeroed diagonals; it needs n >= 4. For the linear kernel every term is
-computed in feature space in O(n (p + q)) beyond the cross-products. Debiased CKA is an inner-product cosine of
-U-centred matrices, so it lies in [-1, 1]: it can be slightly negative for unrelated inputs, by construction.
-It needs the rows themselves (not only second moments), so it is not computable from
+with K~, L~ the Gram matrices with zeroed diagonals; it needs n >= 4. For the linear kernel every term beyond
+biased CKA's three Gram inner products comes from the diagonals of K and L and their row sums K 1 = X (X^T 1)
+(zero on centred data), in O(n (p + q)) time and O(n) memory: no copy of the data is formed. Debiased CKA is
+an inner-product cosine of U-centred matrices, so it lies in [-1, 1]: it can be slightly negative for unrelated
+inputs, by construction. It needs the rows themselves (not only second moments), so it is not computable from
 :class:`~repgeo.metrics.Moments`.
 
 ``kernel="rbf"``: K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)). Bandwidth rule for ``sigma=None``:
@@ -31,8 +32,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ._prep import Normalize
-from ._stats import FeatureStats, pair_stats
-from ._xp import Array, eps, full_precision, in_float64, to_scalar_output
+from ._stats import ArrayStats, FeatureStats, pair_stats
+from ._xp import Array, eps, full_precision, in_float64, require, to_scalar_output
 
 Kernel = Literal["linear", "rbf"]
 
@@ -47,16 +48,23 @@ def cka_from_stats(s: FeatureStats) -> Array:
 
 def _hsic_unbiased_linear(A: Array, B: Array, cross_fro_sq: Array) -> Array:
     """HSIC_u for linear kernels K = AA^T, L = BB^T, given ``||A^T B||_F^2`` (feature space)."""
-    from ._xp import namespace
+    from ._xp import namespace, row_sq
 
     xp = namespace(A, B)
-    n = A.shape[0]
-    da, db = xp.sum(A * A, axis=1), xp.sum(B * B, axis=1)  # diagonals of K and L
-    sa, sb = xp.sum(A, axis=0), xp.sum(B, axis=0)
-    trace_term = cross_fro_sq - xp.sum(da * db)  # tr(K~ L~)
-    ka1, kb1 = A @ sa - da, B @ sb - db  # K~ 1, L~ 1
-    sum_a, sum_b = xp.sum(sa * sa) - xp.sum(da), xp.sum(sb * sb) - xp.sum(db)  # 1^T K~ 1, 1^T L~ 1
-    value = trace_term + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * xp.sum(ka1 * kb1)
+    da, db = row_sq(A), row_sq(B)  # diagonals of K and L
+    return hsic_unbiased_from_rows(xp, cross_fro_sq, da, db, A @ xp.sum(A, axis=0), B @ xp.sum(B, axis=0))
+
+
+def hsic_unbiased_from_rows(xp: Any, cross_fro_sq: Array, da: Array, db: Array, k1: Array, l1: Array) -> Array:
+    """HSIC_u from ``<K, L>`` and O(n) row terms: the diagonals ``da``, ``db`` and row sums ``K 1``, ``L 1``.
+
+    With K~ = K - diag(da): ``tr(K~ L~) = <K, L> - da.db``, ``K~ 1 = K 1 - da``, ``1^T K~ 1 = 1^T K 1 - sum da``.
+    """
+    n = da.shape[0]
+    trace_term = cross_fro_sq - da @ db  # tr(K~ L~)
+    ka1, kb1 = k1 - da, l1 - db  # K~ 1, L~ 1
+    sum_a, sum_b = xp.sum(ka1), xp.sum(kb1)  # 1^T K~ 1, 1^T L~ 1
+    value = trace_term + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (ka1 @ kb1)
     return value / (n * (n - 3))
 
 
@@ -93,11 +101,11 @@ def _cosine(
     if scales is not None:
         tol = 64 * scales[2] * eps(kk)
         floor_k, floor_l = tol * scales[0], tol * scales[1]
-    if not (bool(kk > floor_k) and bool(ll > floor_l)):
-        raise ValueError(
-            f"{name} is undefined: the HSIC of X or Y with itself is not positive beyond rounding "
-            "(a constant input, too few distinct rows, or equal singular values with n <= width)"
-        )
+    require(
+        (kk > floor_k) & (ll > floor_l),
+        f"{name} is undefined: the HSIC of X or Y with itself is not positive beyond rounding "
+        "(a constant input, too few distinct rows, or equal singular values with n <= width)",
+    )
     return xp.clip(kl / xp.sqrt(kk * ll), min=lo, max=1.0)
 
 
@@ -119,8 +127,7 @@ def rbf_gram(A: Array, sigma: float | None = None) -> Array:
         off = xp.sort(xp.reshape(D2, (-1,)))[n:]  # drop the n zeros of the diagonal
         m = off.shape[0]
         s2 = (off[(m - 1) // 2] + off[m // 2]) / 2
-        if not bool(s2 > 0):
-            raise ValueError("the RBF bandwidth is zero: more than half of the rows are identical")
+        require(s2 > 0, "the RBF bandwidth is zero: more than half of the rows are identical")
     else:
         s2 = sigma**2
     return xp.exp(-D2 / (2 * s2))
@@ -164,18 +171,20 @@ def _cka(
     s = pair_stats(X, Y, center=center, normalize=normalize, min_rows=4 if debiased else 2)
     if kernel == "linear" and not debiased:
         return to_scalar_output(cka_from_stats(s))
-    if s.data is None:
+    if not isinstance(s, ArrayStats):
         what = "debiased CKA" if debiased else "RBF CKA"
         raise ValueError(f"{what} needs the rows themselves and cannot be computed from Moments")
     xp = s.xp
-    A, B = s.data
-    if kernel == "linear":
+    if kernel == "linear":  # the biased CKA's three Gram inner products plus O(n (p + q)) row terms
         kk_f, ll_f, kl_f = s.gram_inner()
-        kk, ll = _hsic_unbiased_linear(A, A, kk_f), _hsic_unbiased_linear(B, B, ll_f)
-        kl = _hsic_unbiased_linear(A, B, kl_f)
+        (da, k1), (db, l1) = s.gram_rows
+        kk = hsic_unbiased_from_rows(xp, kk_f, da, da, k1, k1)
+        ll = hsic_unbiased_from_rows(xp, ll_f, db, db, l1, l1)
+        kl = hsic_unbiased_from_rows(xp, kl_f, da, db, k1, l1)
         n = s.n
         scales = (kk_f / (n * (n - 3)), ll_f / (n * (n - 3)), n)
         return to_scalar_output(_cosine(xp, kl, kk, ll, "debiased CKA", -1.0, scales))
+    A, B = s.data
     K, L = rbf_gram(A, sigma), rbf_gram(B, sigma)
     if debiased:
         n = s.n

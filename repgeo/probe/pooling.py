@@ -57,8 +57,14 @@ def pool(
     attention_mask: torch.Tensor | None = None,
     method: str = "mean",
     token_mask: torch.Tensor | None = None,
+    *,
+    check_empty: bool = True,
 ) -> torch.Tensor:
-    """Pool a layer output; see the module docstring for the conventions."""
+    """Pool a layer output; see the module docstring for the conventions.
+
+    ``check_empty=False`` skips the check for batch rows without tokens (it reads a value back from the device,
+    a host synchronisation); a training loss that validated its first batch passes it.
+    """
     if method not in POOLINGS:
         raise ValueError(f"unknown pooling {method!r}; choose one of {POOLINGS}")
     if method == "none":
@@ -76,7 +82,7 @@ def pool(
     if method == "tokens":
         return _float(hidden[mask])
     counts = mask.sum(dim=1)
-    if bool((counts == 0).any()):
+    if check_empty and bool((counts == 0).any()):
         rows = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"pooling {method!r}: batch rows {rows} have no (unmasked) tokens")
     if method == "mean":

@@ -1,0 +1,77 @@
+"""The fast paths of the metrics core give the same numbers as the plain formulas.
+
+Lazy centring (column means folded into the statistics as rank-one corrections instead of a centred copy) is
+taken while the means carry at most ``LAZY_CENTER_MAX_ENERGY_RATIO`` times the centred energy; its stated
+rounding bound (repgeo.metrics._prep) and its agreement with a centred-copy reference are checked here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import repgeo
+from repgeo.metrics._prep import LAZY_CENTER_MAX_ENERGY_RATIO, preprocess_scaled_sq
+
+
+def with_means(n: int, p: int, energy_ratio: float, seed: int) -> np.ndarray:
+    """Power-law-spectrum rows plus column means with ``||X||^2 / ||X_c||^2 = energy_ratio`` (in expectation)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, p)) * np.arange(1, p + 1) ** -0.8
+    A -= A.mean(axis=0)
+    mean = rng.standard_normal(p)
+    mean *= np.sqrt((energy_ratio - 1) * np.sum(A * A) / n / (mean @ mean))
+    return A + mean
+
+
+def reference_nuclear(X: np.ndarray, Y: np.ndarray) -> float:
+    """``||X_c^T Y_c||_* / (||X_c|| ||Y_c||)`` from explicitly centred copies (scipy's SVD)."""
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    C = (Xc / np.linalg.norm(Xc)).T @ (Yc / np.linalg.norm(Yc))
+    return float(np.sum(scipy.linalg.svdvals(C)))
+
+
+@pytest.mark.parametrize("ratio", [1.5, 10.0, 90.0])
+def test_lazy_centring_meets_its_stated_bound(ratio):
+    n, p, q = 3000, 40, 60
+    X = with_means(n, p, ratio, seed=1)
+    Y = np.concatenate([X[:, :20], with_means(n, q - 20, ratio, seed=2)], axis=1)
+    Y[:, :20] += 0.1 * np.random.default_rng(3).standard_normal((n, 20))
+    for A in (X, Y):  # the lazy path is the one taken
+        _, mean, _, _ = preprocess_scaled_sq(A, "A", center=True, normalize="frobenius")
+        assert mean is not None
+    rx = np.sum(X * X) / np.sum((X - X.mean(0)) ** 2)
+    ry = np.sum(Y * Y) / np.sum((Y - Y.mean(0)) ** 2)
+    assert rx == pytest.approx(ratio, rel=0.2)
+    got = float(repgeo.nbs(X, Y))
+    want = reference_nuclear(X, Y)
+    eps = np.finfo(np.float64).eps
+    gamma = n * eps / (1 - n * eps)
+    bound = np.sqrt(min(p, q)) * gamma * np.sqrt(rx * ry)
+    assert abs(got - want) <= bound
+    assert abs(got - want) <= 1e-12  # the observed error, far inside the worst case
+    d2 = float(repgeo.procrustes(X, Y, kind="squared"))
+    assert d2 == pytest.approx(2 - 2 * want, abs=1e-12)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    for name in ("cka", "fg", "proj_mse"):
+        assert float(repgeo.get(name)(X, Y)) == pytest.approx(float(repgeo.get(name)(Xc, Yc)), abs=1e-11)
+
+
+def test_large_means_take_the_centred_copy_and_stay_accurate():
+    ratio = 100 * LAZY_CENTER_MAX_ENERGY_RATIO
+    X = with_means(2000, 30, ratio, seed=4)
+    Y = with_means(2000, 50, ratio, seed=5) + X[:, :1]
+    _, mean, _, sq = preprocess_scaled_sq(X, "X", center=True, normalize="frobenius")
+    assert mean is None
+    assert sq == pytest.approx(np.sum((X - X.mean(0)) ** 2), rel=1e-12)
+    assert float(repgeo.nbs(X, Y)) == pytest.approx(reference_nuclear(X, Y), abs=1e-12)
+
+
+def test_nan_is_still_named_when_the_check_rides_on_the_norm():
+    X = np.random.default_rng(0).standard_normal((20, 5))
+    X[7, 3] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or Inf \(1 value\(s\); the first at row 7, column 3\)"):
+        repgeo.procrustes(X, np.ones((20, 4)) + np.arange(20)[:, None])
+    big = np.full((20, 5), 1e200) * np.random.default_rng(1).standard_normal((20, 5))  # squares overflow, finite
+    assert 0 <= float(repgeo.procrustes(big, big[:, :4])) <= np.sqrt(2)
