@@ -137,6 +137,96 @@ def run_config(n: int, p: int, q: int, dtype: str, threads: int, seed: int) -> d
     return row
 
 
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def peak_mb(fn: Callable[[], object]) -> float:
+    """Peak memory numpy allocated during ``fn()`` beyond what was live before (tracemalloc sees numpy)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return (peak - base) / 1e6
+
+
+def plain_procrustes(X: np.ndarray, Y: np.ndarray) -> float:
+    """The textbook nuclear-norm Procrustes: centred copies, unit norms, the singular values of X^T Y."""
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    nuc = np.linalg.svd(Xc.T @ Yc, compute_uv=False).sum() / (np.linalg.norm(Xc) * np.linalg.norm(Yc))
+    return float(np.sqrt(max(0.0, 2 - 2 * nuc)))
+
+
+def run_realistic(n: int, p: int, q: int, repeats: int = 3) -> dict:
+    """Issue 17's data (:func:`realistic_pair`), one BLAS thread, float64, median of ``repeats``."""
+    import torch
+
+    X, Y = realistic_pair(n, p, q, seed=n)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    row: dict = {"n": n, "p": p, "q": q, "dtype": "float64", "threads": 1, "repeats": repeats, "data": "realistic",
+                 "mean_energy_ratio": {side: float(np.sum(A * A) / np.sum((A - A.mean(0)) ** 2))
+                                       for side, A in (("X", X), ("Y", Y))}}
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    repgeo.procrustes(Xt[:50], Yt[:50])  # warm-up: torch's first call loads its kernels
+    try:
+        with threadpool_limits(limits=1):
+            t = row["times_s"] = {}
+            t["gemm_xty"] = median_time(lambda: X.T @ Y, repeats)
+            t["svdvals_pxq"] = median_time(lambda: np.linalg.svd(X[:p].T @ Y[:p], compute_uv=False), repeats)
+            t["procrustes_numpy"] = median_time(lambda: repgeo.procrustes(X, Y), repeats)
+            t["procrustes_torch_cpu"] = median_time(lambda: repgeo.procrustes(Xt, Yt), repeats)
+            t["plain_numpy_procrustes"] = median_time(lambda: plain_procrustes(X, Y), repeats)
+            chunk = 8192
+            t["procrustes_streamed"] = median_time(
+                lambda: repgeo.procrustes(stream(X, Y, chunk, metrics=["procrustes"])), repeats)
+            t["cka_streamed"] = median_time(lambda: repgeo.cka(stream(X, Y, chunk, metrics=["cka"])), repeats)
+            t["cka"] = median_time(lambda: repgeo.cka(X, Y), repeats)
+            t["cka_debiased"] = median_time(lambda: repgeo.cka(X, Y, debiased=True), repeats)
+            mem = row["peak_mb"] = {}
+            mem["cka"] = peak_mb(lambda: repgeo.cka(X, Y))
+            mem["cka_debiased"] = peak_mb(lambda: repgeo.cka(X, Y, debiased=True))
+            mem["procrustes_numpy"] = peak_mb(lambda: repgeo.procrustes(X, Y))
+            mem["inputs"] = (X.nbytes + Y.nbytes) / 1e6
+    finally:
+        torch.set_num_threads(torch_threads)
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    ref = np.sum(scipy.linalg.svdvals((Xc / np.linalg.norm(Xc)).T @ (Yc / np.linalg.norm(Yc))))
+    ref_d = float(np.sqrt(max(0.0, 2 - 2 * ref)))
+    row["abs_error_vs_centred_reference"] = {
+        "procrustes_numpy": abs(float(repgeo.procrustes(X, Y)) - ref_d),
+        "procrustes_torch_cpu": abs(float(repgeo.procrustes(Xt, Yt)) - ref_d),
+        "procrustes_streamed": abs(float(repgeo.procrustes(stream(X, Y, 8192, metrics=["procrustes"]))) - ref_d),
+    }
+    g = t["gemm_xty"]
+    row["ratios"] = {
+        "procrustes_numpy_vs_gemm": t["procrustes_numpy"] / g,
+        "procrustes_torch_cpu_vs_gemm": t["procrustes_torch_cpu"] / g,
+        "plain_numpy_procrustes_vs_gemm": t["plain_numpy_procrustes"] / g,
+        "streamed_vs_in_memory_procrustes": t["procrustes_streamed"] / t["procrustes_numpy"],
+        "streamed_vs_in_memory_cka": t["cka_streamed"] / t["cka"],
+        "cka_debiased_vs_cka_time": t["cka_debiased"] / t["cka"],
+        "cka_debiased_vs_cka_peak_memory": mem["cka_debiased"] / max(mem["cka"], 1e-9),
+    }
+    return row
+
+
+def stream(X: np.ndarray, Y: np.ndarray, chunk: int, metrics: list[str] | None = None) -> repgeo.Moments:
+    m = repgeo.Moments(metrics=metrics)
+    for i in range(0, len(X), chunk):
+        m.update(X[i : i + chunk], Y[i : i + chunk])
+    return m
+
+
 STREAM_CHILD = """
 import json, resource, sys, time
 import numpy as np
@@ -175,7 +265,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "metrics_speed.json")
     ap.add_argument("--stream-rows", type=int, default=None)
     ap.add_argument("--stream-only", action="store_true", help="rerun only the streaming part, update --out")
+    ap.add_argument("--realistic", action="store_true",
+                    help="only issue 17's realistic data (means, power-law spectrum, shared columns), 1 thread; "
+                         "writes results/metrics_speed_realistic.json unless --out is given")
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="row counts (default 1,000 10,000 50,000)")
     args = ap.parse_args(argv)
+    if args.realistic:
+        out = args.out if "--out" in (argv or sys.argv) else HERE / "results" / "metrics_speed_realistic.json"
+        sizes = args.sizes or ([500, 2000] if args.quick else [1_000, 10_000, 50_000])
+        p, q = (64, 96) if args.quick else (768, 1024)
+        rows = []
+        for n in sizes:
+            rows.append(run_realistic(n, p, q))
+            print(json.dumps({k: rows[-1][k] for k in ("n", "ratios", "abs_error_vs_centred_reference")}),
+                  flush=True)
+        used = argv if argv is not None else sys.argv[1:]
+        result = {"command": "python benchmarks/metrics_speed.py " + " ".join(used),
+                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                              "python": platform.python_version(), "numpy": np.__version__},
+                  "configs": rows}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return 0
     if args.quick:
         sizes, p, q, stream_rows = [500, 2000], 64, 96, args.stream_rows or 20_000
     else:

@@ -179,3 +179,38 @@ def test_all_reduce_over_two_gloo_processes_equals_one_process():
         for name in STREAMABLE:
             assert plain[name] == pytest.approx(float(get(name)(X, Y)), rel=1e-10)
             assert rows[name] == pytest.approx(float(get(name)(X, Y, **SPHERE)), rel=1e-10)
+
+
+@pytest.mark.parametrize("options", [
+    {"center": True, "normalize": "frobenius"},
+    {"center": False, "normalize": None},
+    {"center": False, "normalize": "rows"},
+])
+def test_procrustes_only_moments_skip_the_auto_products_and_agree(options):
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(700, 12)) + 2.0
+    Y = X[:, :8] @ rng.normal(size=(8, 9)) + 0.5 * rng.normal(size=(700, 9)) - 1.0
+    lean = repgeo.Moments(metrics=["procrustes", "nbs"], rows=True)
+    for i in range(0, 700, 96):
+        lean.update(X[i : i + 96], Y[i : i + 96])
+    assert lean._plain.cxx.shape == (12,) and lean._plain.cyy.shape == (9,)  # diagonals only
+    for name in ("procrustes", "procrustes_angular", "nbs", "bures"):
+        want = repgeo.get(name)(X, Y, **options)
+        assert float(repgeo.get(name)(lean, **options)) == pytest.approx(float(want), abs=1e-12)
+    assert set(lean.compute()) == {"procrustes", "nbs"}
+    with pytest.raises(ValueError, match=r"X\^T X was not accumulated"):
+        repgeo.cka(lean)
+
+
+def test_lean_moments_refuse_bad_metric_lists_and_mixed_merges():
+    with pytest.raises(ValueError, match="needs the rows"):
+        repgeo.Moments(metrics=["cka_debiased"])
+    with pytest.raises(TypeError, match="metrics must be a non-empty list"):
+        repgeo.Moments(metrics="procrustes")
+    with pytest.raises(ValueError, match="unknown metric"):
+        repgeo.Moments(metrics=["procrustez"])
+    X, Y = np.random.default_rng(0).normal(size=(2, 50, 4))
+    lean, full = repgeo.Moments(metrics=["procrustes"]).update(X, Y), repgeo.Moments().update(X, Y)
+    with pytest.raises(ValueError, match="accumulate different statistics"):
+        full.merge(lean)
+    assert repgeo.Moments(metrics=["procrustes", "cka"]).update(X, Y)._plain.cxx.shape == (4, 4)

@@ -26,14 +26,36 @@ from ._xp import Array, is_torch, namespace, require, row_sq, svdvals
 class FeatureStats:
     """Statistics given in feature space (``xx``, ``yy``, ``xy`` already formed)."""
 
-    def __init__(self, n: int, xx: Array, yy: Array, xy: Array) -> None:
+    def __init__(
+        self, n: int, xx: Array | None, yy: Array | None, xy: Array, *, x_sq: Array | None = None,
+        y_sq: Array | None = None, missing: str = "",
+    ) -> None:
+        """``xx``/``yy`` may be None when only their traces ``x_sq``/``y_sq`` are known (``missing`` says why)."""
         self.xp: Any = namespace(xy)
         self.n = n
         self.p, self.q = xy.shape
-        self.xx, self.yy, self.xy = xx, yy, xy
+        self._xx, self._yy, self.xy = xx, yy, xy
+        self._missing = missing
+        if x_sq is not None:
+            self.__dict__["x_sq"] = x_sq
+        if y_sq is not None:
+            self.__dict__["y_sq"] = y_sq
 
     #: arrays of the rows, for metrics that are not functions of the moments (None here)
     data: tuple[Array, Array] | None = None
+
+    def _held(self, value: Array | None, what: str) -> Array:
+        if value is None:
+            raise ValueError(f"{what} was not accumulated: {self._missing}")
+        return value
+
+    @property
+    def xx(self) -> Array:
+        return self._held(self._xx, "X^T X")
+
+    @property
+    def yy(self) -> Array:
+        return self._held(self._yy, "Y^T Y")
 
     @cached_property
     def x_sq(self) -> Array:

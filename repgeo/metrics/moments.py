@@ -18,12 +18,19 @@ alongside when the object is made with ``rows=True`` (that doubles the cost of :
 which needs the column means of the whole stream first: it cannot be streamed in one pass and is refused.
 
 Not computable from moments (they need the rows): debiased CKA and RBF CKA.
+
+``Moments(metrics=[...])`` accumulates only what those metrics read: the Procrustes family (``procrustes``,
+``procrustes_angular``, ``nbs``, ``bures``) needs ``C_xy`` and only the *diagonals* of ``C_xx`` and ``C_yy``
+(their traces are the squared norms), so a Procrustes-only stream forms one p x q product per chunk instead of
+three; any other metric keeps the full matrices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ._prep import Normalize, check_options, check_pair, unit_rows
 from ._stats import FeatureStats
@@ -42,11 +49,18 @@ class _CoMoments:
     cxy: Array
 
     @classmethod
-    def of_chunk(cls, X: Array, Y: Array) -> _CoMoments:
+    def of_chunk(cls, X: Array, Y: Array, full: bool = True) -> _CoMoments:
+        """``full=False`` keeps only the diagonals of ``C_xx`` and ``C_yy`` (column sums of squares)."""
         xp = namespace(X, Y)
         mx, my = xp.mean(X, axis=0), xp.mean(Y, axis=0)
         Xc, Yc = X - mx, Y - my
+        if not full:
+            return cls(X.shape[0], mx, my, xp.sum(Xc * Xc, axis=0), xp.sum(Yc * Yc, axis=0), Xc.T @ Yc)
         return cls(X.shape[0], mx, my, Xc.T @ Xc, Yc.T @ Yc, Xc.T @ Yc)
+
+    @property
+    def full(self) -> bool:
+        return self.cxx.ndim == 2
 
     def merge(self, other: _CoMoments) -> None:
         """Add ``other``'s rows to this stream (Chan et al. pairwise update), in place."""
@@ -55,8 +69,12 @@ class _CoMoments:
         n = self.n + other.n
         dx, dy = other.mx - self.mx, other.my - self.my
         f = self.n * other.n / n
-        self.cxx += other.cxx + f * (dx[:, None] * dx[None, :])
-        self.cyy += other.cyy + f * (dy[:, None] * dy[None, :])
+        if self.full:
+            self.cxx += other.cxx + f * (dx[:, None] * dx[None, :])
+            self.cyy += other.cyy + f * (dy[:, None] * dy[None, :])
+        else:
+            self.cxx += other.cxx + f * (dx * dx)
+            self.cyy += other.cyy + f * (dy * dy)
         self.cxy += other.cxy + f * (dx[:, None] * dy[None, :])
         self.mx = self.mx + dx * (other.n / n)
         self.my = self.my + dy * (other.n / n)
@@ -81,13 +99,16 @@ class Moments:
     Chunks may be numpy arrays or torch tensors (statistics are then kept as float64 tensors on the chunks'
     device); they are detached: gradients do not flow through :class:`Moments` (use the in-memory metric
     functions for losses). ``rows=True`` also keeps the statistics of the row-normalised stream, needed for
-    ``normalize="rows"``.
+    ``normalize="rows"``. ``metrics``: the registered metrics the object will be read for (default: all);
+    a Procrustes-family-only list skips ``X^T X`` and ``Y^T Y`` (module docstring).
     """
 
-    def __init__(self, *, rows: bool = False) -> None:
+    def __init__(self, *, rows: bool = False, metrics: list[str] | None = None) -> None:
         if not isinstance(rows, bool):
             raise TypeError(f"rows must be True or False; got {rows!r}")
         self.rows = rows
+        self.metrics = None if metrics is None else _check_metrics(metrics)
+        self.full = self.metrics is None or not set(self.metrics) <= TRACE_ONLY
         self._plain: _CoMoments | None = None
         self._sphere: _CoMoments | None = None
 
@@ -127,7 +148,7 @@ class Moments:
         if self.rows:
             parts.append(("_sphere", unit_rows(X, "X"), unit_rows(Y, "Y")))
         for attr, A, B in parts:
-            chunk = _CoMoments.of_chunk(A, B)
+            chunk = _CoMoments.of_chunk(A, B, self.full)
             current = getattr(self, attr)
             if current is None:
                 setattr(self, attr, chunk)
@@ -140,6 +161,8 @@ class Moments:
             raise TypeError(f"other must be a Moments; got {type(other).__name__}")
         if other.rows != self.rows:
             raise ValueError("cannot merge Moments made with different rows= settings")
+        if other.full != self.full:
+            raise ValueError("cannot merge Moments that accumulate different statistics (metrics= settings)")
         if other._plain is None:
             return self
         if self.shape is not None and other.shape != self.shape:
@@ -179,7 +202,8 @@ class Moments:
             return self
         p, q = dims.pop()
         parts = ("_plain", "_sphere") if self.rows else ("_plain",)
-        size = len(parts) * (2 + p + q + p * p + q * q + p * q)  # n and a spare slot per part
+        px, qy = (p * p, q * q) if self.full else (p, q)
+        size = len(parts) * (2 + p + q + px + qy + p * q)  # n and a spare slot per part
         flat = torch.zeros(size, dtype=torch.float64, device=device)
         if self.n:
             flat.copy_(self._flatten(parts))
@@ -189,10 +213,10 @@ class Moments:
             target = mine.device if is_torch(mine) else None
         else:
             target = device if any(int(h[0]) > 0 and int(h[3]) for h in headers) else None
-        merged = Moments(rows=self.rows)
+        merged = Moments(rows=self.rows, metrics=self.metrics)
         for h, g in zip(headers, gathered, strict=True):
             if int(h[0]) > 0:
-                merged.merge(Moments._unflatten(g, parts, p, q, self.rows, target))
+                merged.merge(Moments._unflatten(g, parts, p, q, self.rows, target, self.full))
         self._plain, self._sphere = merged._plain, merged._sphere
         return self
 
@@ -207,11 +231,14 @@ class Moments:
         return torch.cat(pieces)
 
     @staticmethod
-    def _unflatten(flat: Any, parts: tuple[str, ...], p: int, q: int, rows: bool, target: Any) -> Moments:
+    def _unflatten(
+        flat: Any, parts: tuple[str, ...], p: int, q: int, rows: bool, target: Any, full: bool = True
+    ) -> Moments:
         """Rebuild gathered statistics as numpy arrays (``target`` None) or tensors on device ``target``."""
-        sizes = [p, q, p * p, q * q, p * q]
-        shapes = [(p,), (q,), (p, p), (q, q), (p, q)]
-        out, pos = Moments(rows=rows), 0
+        sq = [(p, p), (q, q)] if full else [(p,), (q,)]
+        shapes = [(p,), (q,), *sq, (p, q)]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        out, pos = Moments(rows=rows, metrics=None if full else sorted(TRACE_ONLY)), 0
         for attr in parts:
             n = int(flat[pos].item())
             pos += 2
@@ -241,15 +268,18 @@ class Moments:
         if normalize == "rows" and not self.rows:
             raise ValueError("normalize='rows' needs Moments(rows=True), which keeps row-normalised statistics")
         cm = self._sphere if normalize == "rows" else self._plain
+        xp = namespace(cm.cxy)
         xx, yy, xy = cm.cxx, cm.cyy, cm.cxy
         if not center:
             n, mx, my = cm.n, cm.mx, cm.my
-            xx = xx + n * (mx[:, None] * mx[None, :])
-            yy = yy + n * (my[:, None] * my[None, :])
+            if cm.full:
+                xx = xx + n * (mx[:, None] * mx[None, :])
+                yy = yy + n * (my[:, None] * my[None, :])
+            else:
+                xx, yy = xx + n * (mx * mx), yy + n * (my * my)
             xy = xy + n * (mx[:, None] * my[None, :])
+        sx, sy = (xp.linalg.trace(xx), xp.linalg.trace(yy)) if cm.full else (xp.sum(xx), xp.sum(yy))
         if normalize in ("frobenius", "rows"):  # unit rows: the trace is n, i.e. the 1/sqrt(n) weighting
-            xp = namespace(xy)
-            sx, sy = xp.linalg.trace(xx), xp.linalg.trace(yy)
             for name, s in (("X", sx), ("Y", sy)):
                 if not bool(s > 0):
                     raise ValueError(
@@ -257,15 +287,42 @@ class Moments:
                         "the metric is undefined for it"
                     )
             xx, yy, xy = xx / sx, yy / sy, xy / xp.sqrt(sx * sy)
-        return FeatureStats(cm.n, xx, yy, xy)
+            sx, sy = sx / sx, sy / sy
+        if cm.full:
+            return FeatureStats(cm.n, xx, yy, xy)
+        missing = (f"these Moments were made with metrics={self.metrics}, which need only its trace; "
+                   "make Moments() (all metrics) to read the others")
+        return FeatureStats(cm.n, None, None, xy, x_sq=sx, y_sq=sy, missing=missing)
 
     def compute(
         self, metrics: list[str] | None = None, *, center: bool = True, normalize: Normalize = "frobenius"
     ) -> dict[str, Any]:
-        """Values of the named registered metrics (default: every streamable one), sharing one read-out."""
+        """Values of the named registered metrics (default: those given at construction, else every streamable
+        one), sharing one read-out."""
         from .registry import compare
 
+        metrics = self.metrics if metrics is None else metrics
         return compare(self, None, metrics, center=center, normalize=normalize)
 
     def __repr__(self) -> str:
+        if self.metrics is not None:
+            return f"Moments(n={self.n}, shape={self.shape}, rows={self.rows}, metrics={self.metrics})"
         return f"Moments(n={self.n}, shape={self.shape}, rows={self.rows})"
+
+
+#: metrics that read only the traces of X^T X and Y^T Y (with X^T Y)
+TRACE_ONLY = frozenset({"procrustes", "procrustes_angular", "nbs", "bures"})
+
+
+def _check_metrics(metrics: object) -> list[str]:
+    """Validate ``Moments(metrics=...)``: registered, streamable metric names."""
+    from .registry import get
+
+    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)) or not metrics:
+        raise TypeError(f"metrics must be a non-empty list of metric names or None; got {metrics!r}")
+    names = []
+    for name in metrics:
+        if not get(name).streamable:
+            raise ValueError(f"metric {name!r} needs the rows and cannot be computed from Moments")
+        names.append(name)
+    return names
