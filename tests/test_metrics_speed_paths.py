@@ -68,6 +68,7 @@ def test_large_means_take_the_centred_copy_and_stay_accurate():
     assert float(repgeo.nbs(X, Y)) == pytest.approx(reference_nuclear(X, Y), abs=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_nan_is_still_named_when_the_check_rides_on_the_norm():
     X = np.random.default_rng(0).standard_normal((20, 5))
     X[7, 3] = np.nan
@@ -75,3 +76,24 @@ def test_nan_is_still_named_when_the_check_rides_on_the_norm():
         repgeo.procrustes(X, np.ones((20, 4)) + np.arange(20)[:, None])
     big = np.full((20, 5), 1e200) * np.random.default_rng(1).standard_normal((20, 5))  # squares overflow, finite
     assert 0 <= float(repgeo.procrustes(big, big[:, :4])) <= np.sqrt(2)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_debiased_cka_from_row_terms_matches_the_n_by_n_estimator(center):
+    """Song et al.'s HSIC_u on explicit Gram matrices (zeroed diagonals) against the O(n (p + q)) route."""
+    n = 300
+    X = with_means(n, 20, 10.0, seed=6)
+    Y = X[:, :10] @ np.random.default_rng(7).standard_normal((10, 15)) + with_means(n, 15, 10.0, seed=8)
+    A, B = (M - M.mean(0) if center else M for M in (X, Y))
+    A, B = A / np.linalg.norm(A), B / np.linalg.norm(B)
+
+    def hsic_u(K: np.ndarray, L: np.ndarray) -> float:
+        K, L = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))
+        one = np.ones(n)
+        value = np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+        return (value - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))
+
+    K, L = A @ A.T, B @ B.T
+    want = hsic_u(K, L) / np.sqrt(hsic_u(K, K) * hsic_u(L, L))
+    got = float(repgeo.cka(X, Y, debiased=True, center=center))
+    assert got == pytest.approx(want, abs=1e-12)
