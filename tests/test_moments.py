@@ -214,3 +214,15 @@ def test_lean_moments_refuse_bad_metric_lists_and_mixed_merges():
     with pytest.raises(ValueError, match="accumulate different statistics"):
         full.merge(lean)
     assert repgeo.Moments(metrics=["procrustes", "cka"]).update(X, Y)._plain.cxx.shape == (4, 4)
+
+
+def test_lean_moments_survive_the_all_reduce_packing():
+    """all_reduce ships statistics as one flat float64 vector; the diagonal-only layout round-trips."""
+    X, Y = data(3, n=60)
+    lean = Moments(metrics=["procrustes"], rows=True).update(X, Y)
+    parts = ("_plain", "_sphere")
+    back = Moments._unflatten(lean._flatten(parts), parts, X.shape[1], Y.shape[1], True, None, full=False)
+    assert back.full is False and back.n == 60
+    for name in ("procrustes", "nbs"):
+        assert float(get(name)(back)) == pytest.approx(float(get(name)(X, Y)), abs=1e-12)
+        assert float(get(name)(back, **SPHERE)) == pytest.approx(float(get(name)(X, Y, **SPHERE)), abs=1e-12)

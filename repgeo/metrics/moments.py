@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._prep import Normalize, check_options, check_pair, unit_rows
+from ._prep import LAZY_CENTER_MAX_ENERGY_RATIO, Normalize, _sum_sq, check_options, check_pair, unit_rows
 from ._stats import FeatureStats
 from ._xp import Array, is_torch, namespace
 
@@ -50,13 +50,27 @@ class _CoMoments:
 
     @classmethod
     def of_chunk(cls, X: Array, Y: Array, full: bool = True) -> _CoMoments:
-        """``full=False`` keeps only the diagonals of ``C_xx`` and ``C_yy`` (column sums of squares)."""
+        """Co-moments of one chunk; ``full=False`` keeps only the diagonals of ``C_xx`` and ``C_yy``.
+
+        The chunk's means are removed as rank-one corrections (``C_xy = X^T Y - n m_x m_y^T``) rather than
+        centred copies while they carry at most ``LAZY_CENTER_MAX_ENERGY_RATIO`` times the centred energy, with
+        the rounding bound stated in :mod:`repgeo.metrics._prep`; larger means are removed from a copy.
+        """
         xp = namespace(X, Y)
+        n = X.shape[0]
         mx, my = xp.mean(X, axis=0), xp.mean(Y, axis=0)
-        Xc, Yc = X - mx, Y - my
+        (A, ma), (B, mb) = _lazy_centred(xp, X, mx), _lazy_centred(xp, Y, my)
+        cxy = A.T @ B
+        if ma is not None and mb is not None:
+            cxy = cxy - n * (ma[:, None] * mb[None, :])
         if not full:
-            return cls(X.shape[0], mx, my, xp.sum(Xc * Xc, axis=0), xp.sum(Yc * Yc, axis=0), Xc.T @ Yc)
-        return cls(X.shape[0], mx, my, Xc.T @ Xc, Yc.T @ Yc, Xc.T @ Yc)
+            return cls(n, mx, my, _col_sq(xp, A, ma, n), _col_sq(xp, B, mb, n), cxy)
+        cxx, cyy = A.T @ A, B.T @ B
+        if ma is not None:
+            cxx = cxx - n * (ma[:, None] * ma[None, :])
+        if mb is not None:
+            cyy = cyy - n * (mb[:, None] * mb[None, :])
+        return cls(n, mx, my, cxx, cyy, cxy)
 
     @property
     def full(self) -> bool:
@@ -308,6 +322,26 @@ class Moments:
         if self.metrics is not None:
             return f"Moments(n={self.n}, shape={self.shape}, rows={self.rows}, metrics={self.metrics})"
         return f"Moments(n={self.n}, shape={self.shape}, rows={self.rows})"
+
+
+def _lazy_centred(xp: Any, A: Array, m: Array) -> tuple[Array, Array | None]:
+    """``(A, m)`` when A's mean may be removed as a rank-one correction, else ``(A - m, None)`` (a copy)."""
+    total = _sum_sq(xp, A)
+    centred = total - A.shape[0] * _sum_sq(xp, m)
+    if not bool(total > 0) or (bool(xp.isfinite(total)) and bool(total <= LAZY_CENTER_MAX_ENERGY_RATIO * centred)):
+        return A, m  # an all-zero chunk, or means within the ratio
+    return A - m, None
+
+
+def _col_sq(xp: Any, A: Array, m: Array | None, n: int) -> Array:
+    """Column sums of squares of ``A - 1 m^T`` (``m`` None: A is centred already), without a temporary."""
+    if is_torch(A):
+        import torch
+
+        out = torch.einsum("ij,ij->j", A, A)
+    else:
+        out = np.einsum("ij,ij->j", A, A)
+    return out if m is None else out - n * (m * m)
 
 
 #: metrics that read only the traces of X^T X and Y^T Y (with X^T Y)
