@@ -20,9 +20,9 @@ which needs the column means of the whole stream first: it cannot be streamed in
 Not computable from moments (they need the rows): debiased CKA and RBF CKA.
 
 ``Moments(metrics=[...])`` accumulates only what those metrics read: the Procrustes family (``procrustes``,
-``procrustes_angular``, ``nbs``, ``bures``) needs ``C_xy`` and only the *diagonals* of ``C_xx`` and ``C_yy``
-(their traces are the squared norms), so a Procrustes-only stream forms one p x q product per chunk instead of
-three; any other metric keeps the full matrices.
+``procrustes_angular``, ``nbs``, ``bures``) needs ``C_xy`` and only the *traces* of ``C_xx`` and ``C_yy`` (the
+squared norms; they merge as ``tr C_ab = tr C_a + tr C_b + (n_a n_b / n) ||d||^2``), so a Procrustes-only stream
+forms one p x q product per chunk instead of three; any other metric keeps the full matrices.
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from ._prep import LAZY_CENTER_MAX_ENERGY_RATIO, Normalize, _sum_sq, check_options, check_pair, unit_rows
+from ._prep import (
+    LAZY_CENTER_MAX_ENERGY_RATIO,
+    Normalize,
+    _sum_sq,
+    check_finite,
+    check_options,
+    check_pair,
+    unit_rows,
+)
 from ._stats import FeatureStats
 from ._xp import Array, is_torch, namespace
 
@@ -50,21 +58,22 @@ class _CoMoments:
 
     @classmethod
     def of_chunk(cls, X: Array, Y: Array, full: bool = True) -> _CoMoments:
-        """Co-moments of one chunk; ``full=False`` keeps only the diagonals of ``C_xx`` and ``C_yy``.
+        """Co-moments of one chunk; ``full=False`` keeps only the traces of ``C_xx`` and ``C_yy`` (0-d).
 
         The chunk's means are removed as rank-one corrections (``C_xy = X^T Y - n m_x m_y^T``) rather than
         centred copies while they carry at most ``LAZY_CENTER_MAX_ENERGY_RATIO`` times the centred energy, with
-        the rounding bound stated in :mod:`repgeo.metrics._prep`; larger means are removed from a copy.
+        the rounding bound stated in :mod:`repgeo.metrics._prep`; larger means are removed from a copy. The
+        squared norm doubles as the NaN/Inf check.
         """
         xp = namespace(X, Y)
         n = X.shape[0]
         mx, my = xp.mean(X, axis=0), xp.mean(Y, axis=0)
-        (A, ma), (B, mb) = _lazy_centred(xp, X, mx), _lazy_centred(xp, Y, my)
+        (A, ma, tx), (B, mb, ty) = _lazy_centred(xp, X, mx, "X"), _lazy_centred(xp, Y, my, "Y")
         cxy = A.T @ B
         if ma is not None and mb is not None:
             cxy = cxy - n * (ma[:, None] * mb[None, :])
         if not full:
-            return cls(n, mx, my, _col_sq(xp, A, ma, n), _col_sq(xp, B, mb, n), cxy)
+            return cls(n, mx, my, tx, ty, cxy)
         cxx, cyy = A.T @ A, B.T @ B
         if ma is not None:
             cxx = cxx - n * (ma[:, None] * ma[None, :])
@@ -87,8 +96,8 @@ class _CoMoments:
             self.cxx += other.cxx + f * (dx[:, None] * dx[None, :])
             self.cyy += other.cyy + f * (dy[:, None] * dy[None, :])
         else:
-            self.cxx += other.cxx + f * (dx * dx)
-            self.cyy += other.cyy + f * (dy * dy)
+            self.cxx = self.cxx + other.cxx + f * (dx @ dx)
+            self.cyy = self.cyy + other.cyy + f * (dy @ dy)
         self.cxy += other.cxy + f * (dx[:, None] * dy[None, :])
         self.mx = self.mx + dx * (other.n / n)
         self.my = self.my + dy * (other.n / n)
@@ -139,7 +148,8 @@ class Moments:
 
     def update(self, X: object, Y: object) -> Moments:
         """Add a chunk of rows: X (m x p) and Y (m x q), the same m stimuli. Returns ``self``."""
-        Xm, Ym = check_pair(X, Y, min_rows=1)
+        # NaN/Inf: checked here when rows=True (unit rows come first), else from the chunk's squared norms
+        Xm, Ym = check_pair(X, Y, min_rows=1, finite=self.rows)
         if is_torch(Xm):
             import torch
 
@@ -216,7 +226,7 @@ class Moments:
             return self
         p, q = dims.pop()
         parts = ("_plain", "_sphere") if self.rows else ("_plain",)
-        px, qy = (p * p, q * q) if self.full else (p, q)
+        px, qy = (p * p, q * q) if self.full else (1, 1)
         size = len(parts) * (2 + p + q + px + qy + p * q)  # n and a spare slot per part
         flat = torch.zeros(size, dtype=torch.float64, device=device)
         if self.n:
@@ -249,7 +259,7 @@ class Moments:
         flat: Any, parts: tuple[str, ...], p: int, q: int, rows: bool, target: Any, full: bool = True
     ) -> Moments:
         """Rebuild gathered statistics as numpy arrays (``target`` None) or tensors on device ``target``."""
-        sq = [(p, p), (q, q)] if full else [(p,), (q,)]
+        sq = [(p, p), (q, q)] if full else [(), ()]
         shapes = [(p,), (q,), *sq, (p, q)]
         sizes = [int(np.prod(shape)) for shape in shapes]
         out, pos = Moments(rows=rows, metrics=None if full else sorted(TRACE_ONLY)), 0
@@ -290,9 +300,9 @@ class Moments:
                 xx = xx + n * (mx[:, None] * mx[None, :])
                 yy = yy + n * (my[:, None] * my[None, :])
             else:
-                xx, yy = xx + n * (mx * mx), yy + n * (my * my)
+                xx, yy = xx + n * (mx @ mx), yy + n * (my @ my)
             xy = xy + n * (mx[:, None] * my[None, :])
-        sx, sy = (xp.linalg.trace(xx), xp.linalg.trace(yy)) if cm.full else (xp.sum(xx), xp.sum(yy))
+        sx, sy = (xp.linalg.trace(xx), xp.linalg.trace(yy)) if cm.full else (xx, yy)
         if normalize in ("frobenius", "rows"):  # unit rows: the trace is n, i.e. the 1/sqrt(n) weighting
             for name, s in (("X", sx), ("Y", sy)):
                 if not bool(s > 0):
@@ -324,24 +334,17 @@ class Moments:
         return f"Moments(n={self.n}, shape={self.shape}, rows={self.rows})"
 
 
-def _lazy_centred(xp: Any, A: Array, m: Array) -> tuple[Array, Array | None]:
-    """``(A, m)`` when A's mean may be removed as a rank-one correction, else ``(A - m, None)`` (a copy)."""
+def _lazy_centred(xp: Any, A: Array, m: Array, name: str) -> tuple[Array, Array | None, Array]:
+    """``(A, m, ||A_c||^2)`` when A's mean ``m`` may be removed as a rank-one correction, else
+    ``(A - m, None, ||A - m||^2)`` (a copy); raises on NaN/Inf."""
     total = _sum_sq(xp, A)
+    if not bool(xp.isfinite(total)):
+        check_finite(A, name)  # NaN or Inf: raises; otherwise the squares overflowed (centre a copy)
     centred = total - A.shape[0] * _sum_sq(xp, m)
     if not bool(total > 0) or (bool(xp.isfinite(total)) and bool(total <= LAZY_CENTER_MAX_ENERGY_RATIO * centred)):
-        return A, m  # an all-zero chunk, or means within the ratio
-    return A - m, None
-
-
-def _col_sq(xp: Any, A: Array, m: Array | None, n: int) -> Array:
-    """Column sums of squares of ``A - 1 m^T`` (``m`` None: A is centred already), without a temporary."""
-    if is_torch(A):
-        import torch
-
-        out = torch.einsum("ij,ij->j", A, A)
-    else:
-        out = np.einsum("ij,ij->j", A, A)
-    return out if m is None else out - n * (m * m)
+        return A, m, centred  # an all-zero chunk, or means within the ratio
+    A = A - m
+    return A, None, _sum_sq(xp, A)
 
 
 #: metrics that read only the traces of X^T X and Y^T Y (with X^T Y)
