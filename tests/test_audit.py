@@ -74,9 +74,10 @@ FAST = {"n_boot": 30, "n_perm": 30}
 def test_audit_values_equal_direct_metric_calls_on_pooled_hidden_states():
     tok, T, S = tokenizer(), bert(0, 32, 3), bert(1, 24, 2)
     data = texts(20)
-    df = audit(T, S, data, tokenizer=tok, teacher_layers=[1, -1], student_layers=[0, 2], batch_size=8, **FAST)
-    assert list(df.columns) == ["teacher_layer", "student_layer", "metric", "value", "ci_low", "ci_high",
-                                "p_value", "n"]
+    df = audit(T, S, data, tokenizer=tok, teacher_layers=[1, -1], student_layers=[0, 2], batch_size=8,
+               estimator="plugin", **FAST)
+    assert list(df.columns) == ["teacher_layer", "student_layer", "metric", "value", "floor", "ci_low", "ci_high",
+                                "p_value", "n", "p", "q", "eff_rank_t", "eff_rank_s", "estimator", "flag"]
     assert len(df) == 2 * 2 * 3 and set(df.metric) == {"procrustes", "cka", "fg"}
     batches = tokenize_texts(tok, data, batch_size=8, max_length=128)
     ft = collect(T, batches, [1, 3], "mean", progress=False)
@@ -214,7 +215,7 @@ def test_different_tokenizers_sentence_level_ok_token_level_refused():
     T, S = bert(0), bert(1, 24)
     t_tok, s_tok = tokenizer(0), tokenizer(3)  # same words, different ids
     df = audit(T, S, texts(10), tokenizer=t_tok, student_tokenizer=s_tok, teacher_layers=[2],
-               student_layers=[2], metrics=["cka"], **FAST)
+               student_layers=[2], metrics=["cka"], estimator="plugin", **FAST)
     assert len(df) == 1
     # the student really saw its own ids: equal to a run with its ids
     fs = collect(S, tokenize_texts(s_tok, texts(10), batch_size=32), [2], progress=False)
@@ -231,10 +232,16 @@ def test_different_tokenizers_sentence_level_ok_token_level_refused():
 def test_stream_mode_matches_memory_and_gives_jackknife_intervals():
     tok, T, S = tokenizer(), bert(0), bert(1, 24)
     data = texts(40)
-    mem = audit(T, S, data, tokenizer=tok, teacher_layers=[1, 2], student_layers=[2], batch_size=4, **FAST)
+    mem = audit(T, S, data, tokenizer=tok, teacher_layers=[1, 2], student_layers=[2], batch_size=4,
+                estimator="plugin", **FAST)
     st = audit(T, S, data, tokenizer=tok, teacher_layers=[1, 2], student_layers=[2], batch_size=4,
                mode="stream", n_blocks=5)
     np.testing.assert_allclose(st.value.to_numpy(), mem.value.to_numpy(), atol=1e-9)
+    # moments hold no rows to permute or cross-fit: plug-in values, no floor, same diagnostics as memory mode
+    assert (st.estimator == "plugin").all() and st.floor.isna().all()
+    for col in ("n", "p", "q", "flag"):
+        assert st[col].tolist() == mem[col].tolist()
+    np.testing.assert_allclose(st.eff_rank_t, mem.eff_rank_t, rtol=1e-8)
     assert (st.ci_low < st.value).all() and (st.value < st.ci_high).all() and st.p_value.isna().all()
 
 
@@ -427,7 +434,7 @@ def test_real_minilm_against_its_own_layer_copy():
              "The weather is cold and rainy today.", "She plays the violin beautifully.",
              "The train to Paris was delayed.", "Quantum computers use qubits.", "He forgot his umbrella again."]
     df = audit(teacher, student, sents, tokenizer=tok, teacher_layers=[1, 4, 6], student_layers=[1, 2],
-               metrics=["procrustes", "cka"], n_boot=20, n_perm=20)
+               metrics=["procrustes", "cka"], n_boot=20, n_perm=20, estimator="plugin")
     v = df.set_index(["teacher_layer", "student_layer", "metric"])["value"]
     assert v[("hidden_states.1", "hidden_states.1", "procrustes")] == pytest.approx(0.0, abs=1e-5)
     assert v[("hidden_states.1", "hidden_states.1", "cka")] == pytest.approx(1.0, abs=1e-6)
