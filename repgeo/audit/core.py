@@ -163,12 +163,15 @@ def audit_features(
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    fns = {m: corrected(m) if estimator == "corrected" else None for m in metrics}
+    # plug-in values: reported (plugin), or needed for the p-value and the interval's shift (corrected)
+    resampled = n_perm > 0 or (n_folds if ci_method == "jackknife" else n_boot) > 0
+    need = [m for m in metrics if not fns[m] or resampled]
     plug = {
-        cell: {m: float(v) for m, v in compare(t_feats[cell[0]], s_feats[cell[1]], list(metrics),
-                                                center=center, normalize=normalize).items()}
+        cell: {m: float(v) for m, v in compare(t_feats[cell[0]], s_feats[cell[1]], need, center=center,
+                                                normalize=normalize).items()} if need else {}
         for cell in cells
     }
-    fns = {m: corrected(m) if estimator == "corrected" else None for m in metrics}
     opts = {"groups": groups, "seed": seed, "center": center, "normalize": normalize}
 
     def value(m: str, X: np.ndarray, Y: np.ndarray) -> float:
@@ -213,7 +216,7 @@ def audit_features(
         for m in metrics:
             value_m = points[cell][m]
             used = "corrected" if fns[m] else ("corrected" if m == "cka_debiased" else "plugin")
-            shift = value_m - plug[cell][m] if fns[m] and m != "proj_mse" else 0.0
+            shift = value_m - plug[cell][m] if fns[m] and m != "proj_mse" and boots is not None else 0.0
             bounds = CORRECTED_BOUNDS.get(m, get(m).bounds) if fns[m] else get(m).bounds
             if boots is None:
                 lo, hi = math.nan, math.nan
