@@ -3,7 +3,7 @@
     repgeo audit --teacher PATH_OR_NAME --student PATH_OR_NAME --data FILE(.txt|.csv|.jsonl) --out DIR
                  [--text-column C] [--teacher-layers 0,2,4] [--student-layers 0,1,2]
                  [--metrics procrustes,cka,fg] [--pooling mean] [--max-length 128]
-                 [--ci-method jackknife] [--n-perm 200] [--estimator corrected] [--n-floor 10]
+                 [--ci-method jackknife] [--n-perm 200] [--estimator corrected] [--n-floor 5]
     repgeo layers PATH_OR_NAME
 
 Models are local transformers folders or hub names (passed to transformers unchanged: they work wherever the
@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-perm", type=int, default=200, help="permutations (0: no p-values and no floors)")
     p.add_argument("--estimator", default="corrected", choices=["corrected", "plugin"],
                    help="corrected / held-out estimators (default) or the plug-in formulas")
-    p.add_argument("--n-floor", type=int, default=10,
+    p.add_argument("--n-floor", type=int, default=5,
                    help="permutations averaged into each cell's null floor (at most --n-perm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")

@@ -224,6 +224,18 @@ def test_diagnostics_flag_fewer_rows_than_features_and_count_effective_rank():
     assert line.count("\n") == 0 and "more stimuli" not in line and "token rows" in line and "corrected" in line
 
 
+def test_estimator_options_are_checked_by_name():
+    X, Y = related(20)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        audit_features({"t": X}, {"s": Y}, ["cka"], estimator="debiased")
+    with pytest.raises(ValueError, match="estimator='corrected' needs center=True"):
+        audit_features({"t": X}, {"s": Y}, ["cka"], normalize=None)
+    with pytest.raises(ValueError, match="n_floor must be"):
+        audit_features({"t": X}, {"s": Y}, ["cka"], n_floor=-1)
+    # the plug-in path keeps every preprocessing option
+    assert audit_features({"t": X}, {"s": Y}, ["cka"], normalize=None, estimator="plugin", n_perm=3).floor.notna().all()
+
+
 def test_heldout_projection_interval_is_two_sided_when_closed_form_is_zero():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(40, 60))

@@ -77,7 +77,7 @@ DEFAULT_METRICS: tuple[str, ...] = ("procrustes", "cka", "fg")
 COLUMNS = ["teacher_layer", "student_layer", "metric", "value", "floor", "ci_low", "ci_high", "p_value", "n", "p", "q",
            "eff_rank_t", "eff_rank_s", "estimator", "flag"]
 ESTIMATORS = ("corrected", "plugin")
-N_FLOOR = 10
+N_FLOOR = 5
 SENTENCE_POOLINGS = ("mean", "cls", "last")
 
 
