@@ -23,9 +23,14 @@ Conventions (stated once for the audit)
   p-value. Under ``torch.distributed`` (``torchrun``) each rank runs its share of the batches and the Moments
   are all-reduced, so the numbers equal a single-process streaming audit.
 
-The result is a long :class:`pandas.DataFrame` with columns ``teacher_layer, student_layer, metric, value,
-ci_low, ci_high, p_value, n`` (one row per cell and metric); ``df.attrs`` holds the run's details (layers in
-order, number of stimuli, truncation, timings of each stage in seconds).
+* Estimators: by default the bias-aware estimators of :mod:`repgeo.metrics.estimators` (``estimator``), each
+  value with its null ``floor`` (the same estimator with the student's rows permuted); sample-size diagnostics
+  and the reliability ``flag``: :mod:`repgeo.audit.diagnostics`; how to read them: ``docs/reading-an-audit.md``.
+
+The result is a long :class:`pandas.DataFrame` with columns ``teacher_layer, student_layer, metric, value, floor,
+ci_low, ci_high, p_value, n, p, q, eff_rank_t, eff_rank_s, estimator, flag`` (one row per cell and metric);
+``df.attrs`` holds the run's details (layers in order, number of stimuli, truncation, estimator, timings of
+each stage in seconds).
 """
 
 from __future__ import annotations
