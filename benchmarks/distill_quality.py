@@ -435,7 +435,10 @@ def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Pat
                     "warmup_steps": max(1, r.student_steps // 10), "weight_decay": 0.01,
                     "logging_steps": max(1, r.student_steps // 5), "save_strategy": "no", "disable_tqdm": True,
                     "dataloader_pin_memory": False, "report_to": "none", "train_sampling_strategy": "group_by_length"},
-        "geometry": {"enabled": True, "metrics": ["procrustes", "cka", "fg"], "probe_size": min(256, p.n["dev"])},
+        # debiased CKA beside the plug-in metrics: the causal regime's probe has 60 dev rows against 576 features,
+        # where plug-in CKA / Procrustes read an unrelated pair as alike (benchmarks/results/estimator_bias.md)
+        "geometry": {"enabled": True, "metrics": ["procrustes", "cka", "cka_debiased", "fg"],
+                     "probe_size": min(256, p.n["dev"])},
         "cache": {"enabled": spec.method != "ft", "path": str(cache)},
     }
 

@@ -3,7 +3,7 @@
     repgeo audit --teacher PATH_OR_NAME --student PATH_OR_NAME --data FILE(.txt|.csv|.jsonl) --out DIR
                  [--text-column C] [--teacher-layers 0,2,4] [--student-layers 0,1,2]
                  [--metrics procrustes,cka,fg] [--pooling mean] [--max-length N]
-                 [--ci-method jackknife] [--n-perm 200]
+                 [--ci-method jackknife] [--n-perm 200] [--estimator corrected] [--n-floor 5]
     repgeo layers PATH_OR_NAME
 
 Models are local transformers folders or hub names (passed to transformers unchanged: they work wherever the
@@ -56,7 +56,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="confidence intervals: delete-one-fold jackknife over stimuli (default) or bootstrap")
     p.add_argument("--n-folds", type=int, default=100, help="jackknife folds (0: no intervals)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (0: no intervals)")
-    p.add_argument("--n-perm", type=int, default=200, help="permutations (0: no p-values)")
+    p.add_argument("--n-perm", type=int, default=200, help="permutations (0: no p-values and no floors)")
+    p.add_argument("--estimator", default="corrected", choices=["corrected", "plugin"],
+                   help="corrected / held-out estimators (default) or the plug-in formulas")
+    p.add_argument("--n-floor", type=int, default=5,
+                   help="permutations averaged into each cell's null floor (at most --n-perm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
@@ -124,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from repgeo.audit import audit, write_report
+    from repgeo.audit.diagnostics import warning_line
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
@@ -132,6 +137,7 @@ def _audit(args: argparse.Namespace) -> int:
             teacher_layers=_layers(args.teacher_layers), student_layers=_layers(args.student_layers),
             metrics=metrics, pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length,
             ci_method=args.ci_method, n_folds=args.n_folds, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed,
+            estimator=args.estimator, n_floor=args.n_floor,
         )
     except (OSError, ValueError, TypeError) as exc:
         print(f"repgeo audit: {exc}", file=sys.stderr)
@@ -141,6 +147,9 @@ def _audit(args: argparse.Namespace) -> int:
           f"{len(df.attrs['student_layers'])} student layers, metrics {metrics}")
     if df.attrs.get("truncated"):
         print(f"{len(df.attrs['truncated'])} texts cut to {args.max_length} tokens")
+    warning = warning_line(df)
+    if warning:
+        print(warning, file=sys.stderr)
     for name, path in paths.items():
         print(f"wrote {path}  ({name})")
     return 0

@@ -74,9 +74,10 @@ FAST = {"n_boot": 30, "n_perm": 30}
 def test_audit_values_equal_direct_metric_calls_on_pooled_hidden_states():
     tok, T, S = tokenizer(), bert(0, 32, 3), bert(1, 24, 2)
     data = texts(20)
-    df = audit(T, S, data, tokenizer=tok, teacher_layers=[1, -1], student_layers=[0, 2], batch_size=8, **FAST)
-    assert list(df.columns) == ["teacher_layer", "student_layer", "metric", "value", "ci_low", "ci_high",
-                                "p_value", "n"]
+    df = audit(T, S, data, tokenizer=tok, teacher_layers=[1, -1], student_layers=[0, 2], batch_size=8,
+               estimator="plugin", **FAST)
+    assert list(df.columns) == ["teacher_layer", "student_layer", "metric", "value", "floor", "ci_low", "ci_high",
+                                "p_value", "n", "p", "q", "eff_rank_t", "eff_rank_s", "estimator", "flag"]
     assert len(df) == 2 * 2 * 3 and set(df.metric) == {"procrustes", "cka", "fg"}
     batches = tokenize_texts(tok, data, batch_size=8, max_length=128)
     ft = collect(T, batches, [1, 3], "mean", progress=False)
@@ -173,6 +174,78 @@ def test_permutation_pvalue_small_for_related_roughly_uniform_for_unrelated():
     assert (pvals > 0.5).mean() >= 0.25
 
 
+# ------------------------------------------------------------------------------- estimators, floors, diagnostics
+
+
+def test_corrected_values_are_the_estimators_and_floors_are_the_permuted_rows():
+    from repgeo.audit.uncertainty import permutation_indices
+    from repgeo.metrics.estimators import corrected
+
+    X, Y = related(40)
+    metrics = ["procrustes", "cka", "fg", "proj_mse"]
+    df = audit_features({"t": X}, {"s": Y}, metrics, n_folds=0, n_perm=7, n_floor=4, seed=3).set_index("metric")
+    plug = audit_features({"t": X}, {"s": Y}, metrics, n_folds=0, n_perm=7, n_floor=4, seed=3,
+                          estimator="plugin").set_index("metric")
+    idx = permutation_indices(40, 7, np.random.default_rng(3))  # the audit's own draws (no folds drawn before)
+    for m in metrics:
+        opts = {"groups": np.arange(40), "seed": 3}
+        assert df.loc[m, "value"] == pytest.approx(corrected(m)(X, Y, **opts), abs=1e-12)
+        floor = np.mean([corrected(m)(X, Y[idx[b]], **opts) for b in range(4)])
+        assert df.loc[m, "floor"] == pytest.approx(floor, abs=1e-12), m
+        ref = compare(X, Y, [m])[m]
+        assert plug.loc[m, "value"] == pytest.approx(float(ref), abs=1e-10)
+        assert plug.loc[m, "floor"] == pytest.approx(np.mean([float(compare(X, Y[idx[b]], [m])[m])
+                                                              for b in range(4)]), abs=1e-9), m
+        # related pair: the value is far beyond the floor, in the metric's direction
+        beyond = df.loc[m, "value"] > df.loc[m, "floor"] if m == "cka" else df.loc[m, "value"] < df.loc[m, "floor"]
+        assert beyond, m
+    assert (df["estimator"] == "corrected").all() and (plug["estimator"] == "plugin").all()
+    no_perm = audit_features({"t": X}, {"s": Y}, ["cka"], n_folds=0, n_perm=0)
+    assert no_perm.floor.isna().all()
+
+
+def test_diagnostics_flag_fewer_rows_than_features_and_count_effective_rank():
+    rng = np.random.default_rng(0)
+    wide = audit_features({"t": rng.normal(size=(30, 40))}, {"s": rng.normal(size=(30, 20))},
+                          ["procrustes", "cka"], n_folds=0, n_perm=0)
+    assert (wide.flag == "n < width").all() and (wide.p == 40).all() and (wide.q == 20).all() and (wide.n == 30).all()
+    plug = audit_features({"t": rng.normal(size=(300, 40))}, {"s": rng.normal(size=(300, 20))}, ["procrustes"],
+                          n_folds=0, n_perm=0, estimator="plugin")
+    assert (plug.flag == "plug-in, n < 10 x width").all()
+    X = rng.normal(size=(500, 5)) * np.array([3.0, 1, 1, 1, 1])
+    ok = audit_features({"t": X}, {"s": rng.normal(size=(500, 4))}, ["cka"], n_folds=0, n_perm=0, estimator="plugin")
+    assert ok.flag.iloc[0] == ""
+    ev = np.linalg.eigvalsh(np.cov(X.T))
+    assert ok.eff_rank_t.iloc[0] == pytest.approx(ev.sum() ** 2 / np.sum(ev**2), rel=1e-9)
+    from repgeo.audit.diagnostics import warning_line
+
+    assert warning_line(ok) is None
+    line = warning_line(pd.concat([ok, plug]))
+    assert line.count("\n") == 0 and "more stimuli" not in line and "token rows" in line and "corrected" in line
+
+
+def test_estimator_options_are_checked_by_name():
+    X, Y = related(20)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        audit_features({"t": X}, {"s": Y}, ["cka"], estimator="debiased")
+    with pytest.raises(ValueError, match="estimator='corrected' needs center=True"):
+        audit_features({"t": X}, {"s": Y}, ["cka"], normalize=None)
+    with pytest.raises(ValueError, match="n_floor must be"):
+        audit_features({"t": X}, {"s": Y}, ["cka"], n_floor=-1)
+    # the plug-in path keeps every preprocessing option
+    assert audit_features({"t": X}, {"s": Y}, ["cka"], normalize=None, estimator="plugin", n_perm=3).floor.notna().all()
+
+
+def test_heldout_projection_interval_is_two_sided_when_closed_form_is_zero():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(40, 60))
+    Y = X @ rng.normal(size=(60, 50)) / 8 + rng.normal(size=(40, 50))
+    df = audit_features({"t": X}, {"s": Y}, ["proj_mse"], n_folds=20, n_perm=3, n_floor=3)
+    r = df.iloc[0]
+    assert 0 < r.value < r.floor and r.ci_low < r.value < r.ci_high
+    assert float(audit_features({"t": X}, {"s": Y}, ["proj_mse"], n_perm=0, estimator="plugin").value.iloc[0]) < 1e-8
+
+
 def test_token_pooling_resamples_whole_texts():
     tok, T, S = tokenizer(), bert(0), bert(1, 24)
     df = audit(T, S, texts(12), tokenizer=tok, teacher_layers=[2], student_layers=[2], pooling="tokens",
@@ -214,7 +287,7 @@ def test_different_tokenizers_sentence_level_ok_token_level_refused():
     T, S = bert(0), bert(1, 24)
     t_tok, s_tok = tokenizer(0), tokenizer(3)  # same words, different ids
     df = audit(T, S, texts(10), tokenizer=t_tok, student_tokenizer=s_tok, teacher_layers=[2],
-               student_layers=[2], metrics=["cka"], **FAST)
+               student_layers=[2], metrics=["cka"], estimator="plugin", **FAST)
     assert len(df) == 1
     # the student really saw its own ids: equal to a run with its ids
     fs = collect(S, tokenize_texts(s_tok, texts(10), batch_size=32), [2], progress=False)
@@ -231,10 +304,16 @@ def test_different_tokenizers_sentence_level_ok_token_level_refused():
 def test_stream_mode_matches_memory_and_gives_jackknife_intervals():
     tok, T, S = tokenizer(), bert(0), bert(1, 24)
     data = texts(40)
-    mem = audit(T, S, data, tokenizer=tok, teacher_layers=[1, 2], student_layers=[2], batch_size=4, **FAST)
+    mem = audit(T, S, data, tokenizer=tok, teacher_layers=[1, 2], student_layers=[2], batch_size=4,
+                estimator="plugin", **FAST)
     st = audit(T, S, data, tokenizer=tok, teacher_layers=[1, 2], student_layers=[2], batch_size=4,
                mode="stream", n_blocks=5)
     np.testing.assert_allclose(st.value.to_numpy(), mem.value.to_numpy(), atol=1e-9)
+    # moments hold no rows to permute or cross-fit: plug-in values, no floor, same diagnostics as memory mode
+    assert (st.estimator == "plugin").all() and st.floor.isna().all()
+    for col in ("n", "p", "q", "flag"):
+        assert st[col].tolist() == mem[col].tolist()
+    np.testing.assert_allclose(st.eff_rank_t, mem.eff_rank_t, rtol=1e-8)
     assert (st.ci_low < st.value).all() and (st.value < st.ci_high).all() and st.p_value.isna().all()
 
 
@@ -352,8 +431,16 @@ def test_plots_return_axes():
     df = audit_features({"t1": X, "t2": X[:, :6]}, {"s1": Y, "s2": Y[:, :3]}, n_boot=20, n_perm=20)
     ax = plot_heatmap(df, "procrustes")
     assert ax.get_xlabel() == "student layer" and len(ax.texts) == 4
+    assert all("(" in t.get_text() for t in ax.texts)  # each value with its floor in brackets
     ax2 = plot_profile(df, "cka")
-    assert len(ax2.lines) == 2
+    assert len(ax2.lines) == 4  # a value line and a dashed floor line per student layer
+    assert sorted(ln.get_linestyle() for ln in ax2.lines) == ["-", "-", "--", "--"]
+    # an unrelated cell (not beyond its floor) is hatched
+    rng = np.random.default_rng(1)
+    null = audit_features({"t": rng.normal(size=(40, 4))}, {"s": rng.normal(size=(40, 3))}, ["cka"], n_folds=0,
+                          n_perm=20)
+    worse = null.value.iloc[0] <= null.floor.iloc[0]
+    assert len([p for p in plot_heatmap(null, "cka").patches if p.get_hatch()]) == int(worse)
     plt.close("all")
     with pytest.raises(ValueError, match="not in the table"):
         plot_heatmap(df, "nbs")
@@ -384,6 +471,9 @@ def test_cli_audit_and_layers(tmp_path, capsys):
     df = pd.read_csv(out / "audit.csv")
     assert len(df) == 8 and (out / "heatmap_procrustes.png").stat().st_size > 1000
     assert "Best-matching teacher layer" in (out / "report.md").read_text()
+    err = capsys.readouterr().err
+    assert len([ln for ln in err.splitlines() if ln.startswith("warning:")]) == 1 and "floor" in err
+    assert {"floor", "flag", "eff_rank_t", "estimator"} <= set(df.columns) and df.floor.notna().all()
     assert main(["layers", str(s)]) == 0
     printed = capsys.readouterr().out
     assert "encoder.layer.1.output" in printed and "hidden_states.2" in printed and "(1, " in printed
@@ -427,7 +517,7 @@ def test_real_minilm_against_its_own_layer_copy():
              "The weather is cold and rainy today.", "She plays the violin beautifully.",
              "The train to Paris was delayed.", "Quantum computers use qubits.", "He forgot his umbrella again."]
     df = audit(teacher, student, sents, tokenizer=tok, teacher_layers=[1, 4, 6], student_layers=[1, 2],
-               metrics=["procrustes", "cka"], n_boot=20, n_perm=20)
+               metrics=["procrustes", "cka"], n_boot=20, n_perm=20, estimator="plugin")
     v = df.set_index(["teacher_layer", "student_layer", "metric"])["value"]
     assert v[("hidden_states.1", "hidden_states.1", "procrustes")] == pytest.approx(0.0, abs=1e-5)
     assert v[("hidden_states.1", "hidden_states.1", "cka")] == pytest.approx(1.0, abs=1e-6)

@@ -59,5 +59,5 @@ def test_two_gloo_ranks_equal_one_process():
         np.testing.assert_allclose(values, single.value.to_numpy(), rtol=0, atol=1e-10)
         np.testing.assert_allclose(lo, single.ci_low.to_numpy(), rtol=0, atol=1e-10)
         np.testing.assert_allclose(hi, single.ci_high.to_numpy(), rtol=0, atol=1e-10)
-    memory = audit(teacher, student, _data(), n_boot=0, n_perm=0, **KW)
+    memory = audit(teacher, student, _data(), n_boot=0, n_perm=0, estimator="plugin", **KW)
     np.testing.assert_allclose(single.value.to_numpy(), memory.value.to_numpy(), atol=1e-9)

@@ -23,9 +23,14 @@ Conventions (stated once for the audit)
   p-value. Under ``torch.distributed`` (``torchrun``) each rank runs its share of the batches and the Moments
   are all-reduced, so the numbers equal a single-process streaming audit.
 
-The result is a long :class:`pandas.DataFrame` with columns ``teacher_layer, student_layer, metric, value,
-ci_low, ci_high, p_value, n`` (one row per cell and metric); ``df.attrs`` holds the run's details (layers in
-order, number of stimuli, truncation, timings of each stage in seconds).
+* Estimators: by default the bias-aware estimators of :mod:`repgeo.metrics.estimators` (``estimator``), each
+  value with its null ``floor`` (the same estimator with the student's rows permuted); sample-size diagnostics
+  and the reliability ``flag``: :mod:`repgeo.audit.diagnostics`; how to read them: ``docs/reading-an-audit.md``.
+
+The result is a long :class:`pandas.DataFrame` with columns ``teacher_layer, student_layer, metric, value, floor,
+ci_low, ci_high, p_value, n, p, q, eff_rank_t, eff_rank_s, estimator, flag`` (one row per cell and metric);
+``df.attrs`` holds the run's details (layers in order, number of stimuli, truncation, estimator, timings of
+each stage in seconds).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 from torch import nn
 
 from repgeo.metrics import Moments, compare, get
+from repgeo.metrics.estimators import CORRECTED_BOUNDS, corrected, effective_rank, heldout_terms
 from repgeo.probe import (
     TOKEN_MASK_KEY,
     MemorySink,
@@ -56,8 +62,10 @@ from repgeo.probe import (
 )
 
 from .data import load_model, read_texts
+from .diagnostics import flag
 from .uncertainty import (
     bootstrap_weights,
+    floor_values,
     jackknife_interval,
     jackknife_se,
     jackknife_weights,
@@ -71,7 +79,10 @@ from .uncertainty import (
 __all__ = ["DEFAULT_METRICS", "audit", "audit_features"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("procrustes", "cka", "fg")
-COLUMNS = ["teacher_layer", "student_layer", "metric", "value", "ci_low", "ci_high", "p_value", "n"]
+COLUMNS = ["teacher_layer", "student_layer", "metric", "value", "floor", "ci_low", "ci_high", "p_value", "n", "p", "q",
+           "eff_rank_t", "eff_rank_s", "estimator", "flag"]
+ESTIMATORS = ("corrected", "plugin")
+N_FLOOR = 5
 SENTENCE_POOLINGS = ("mean", "cls", "last")
 
 
@@ -94,6 +105,8 @@ def audit_features(
     normalize: Any = "frobenius",
     ci_method: str = "jackknife",
     n_folds: int = 100,
+    estimator: str = "corrected",
+    n_floor: int = N_FLOOR,
 ) -> pd.DataFrame:
     """Audit table from pooled features already in memory: ``{layer: rows × dim}`` for each model (e.g. what
     :func:`repgeo.probe.collect` returns). ``cells`` defaults to every (teacher layer, student layer) pair.
@@ -106,8 +119,28 @@ def audit_features(
     when there are fewer stimuli than features (n < p, the usual case for sentence-level audits), so its
     intervals are then one-sided; the jackknife never duplicates a stimulus. ``n_boot`` (bootstrap) or
     ``n_folds`` (jackknife) = 0 and ``n_perm`` = 0 turn the intervals / p-values off (NaN).
+
+    ``estimator="corrected"`` (default) reports the bias-aware estimators of
+    :mod:`repgeo.metrics.estimators` (cross-fitted nuclear norm for Procrustes / NBS, U-statistic FG, debiased
+    CKA, held-out projection-MSE; rows of a stimulus stay in one fold); ``"plugin"`` the plug-in formulas. The
+    permutation p-value always tests the plug-in statistic (a valid test whatever the statistic). Intervals of a
+    corrected value are its value ± z·SE with the jackknife (or bootstrap) SE of the plug-in estimator -- except
+    held-out projection-MSE, whose SE is the jackknife over stimuli of its per-stimulus residual ratio -- so
+    they omit the correction's own variance. ``floor``: the same estimator's mean over the first ``n_floor``
+    of the permutations (``min(n_floor, n_perm)``; NaN when ``n_perm = 0``): the value a student with the
+    stimulus pairing broken gets. Diagnostics (``n``, ``p``, ``q``, effective ranks, ``flag``):
+    :mod:`repgeo.audit.diagnostics`.
     """
     _check_metrics(metrics)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    if estimator == "corrected" and (center is not True or normalize not in ("frobenius", "rows")):
+        raise ValueError(
+            "estimator='corrected' needs center=True and normalize='frobenius' or 'rows' (it estimates "
+            f"population covariances); got center={center!r}, normalize={normalize!r}: use estimator='plugin'"
+        )
+    if not isinstance(n_floor, int) or n_floor < 0:
+        raise ValueError(f"n_floor must be a non-negative integer; got {n_floor!r}")
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     t_feats = {k: _as_2d(v, f"teacher layer {k!r}") for k, v in teacher.items()}
@@ -135,9 +168,22 @@ def audit_features(
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    fns = {m: corrected(m) if estimator == "corrected" else None for m in metrics}
+    # plug-in values: reported (plugin), or needed for the p-value and the interval's shift (corrected)
+    resampled = n_perm > 0 or (n_folds if ci_method == "jackknife" else n_boot) > 0
+    need = [m for m in metrics if not fns[m] or resampled]
+    plug = {
+        cell: {m: float(v) for m, v in compare(t_feats[cell[0]], s_feats[cell[1]], need, center=center,
+                                                normalize=normalize).items()} if need else {}
+        for cell in cells
+    }
+    opts = {"groups": groups, "seed": seed, "center": center, "normalize": normalize}
+
+    def value(m: str, X: np.ndarray, Y: np.ndarray) -> float:
+        return float(fns[m](X, Y, **opts))  # type: ignore[misc]
+
     points = {
-        cell: {m: float(v) for m, v in compare(t_feats[cell[0]], s_feats[cell[1]], list(metrics),
-                                                center=center, normalize=normalize).items()}
+        cell: {m: (value(m, t_feats[cell[0]], s_feats[cell[1]]) if fns[m] else plug[cell][m]) for m in metrics}
         for cell in cells
     }
     timings["point"] = time.perf_counter() - t0
@@ -145,7 +191,7 @@ def audit_features(
     if ci_method not in ("jackknife", "bootstrap"):
         raise ValueError(f"ci_method must be 'jackknife' or 'bootstrap'; got {ci_method!r}")
     t0 = time.perf_counter()
-    boots = None
+    boots, weights = None, None
     replicates = n_folds if ci_method == "jackknife" else n_boot
     if replicates > 0:
         if ci_method == "jackknife":
@@ -154,26 +200,38 @@ def audit_features(
             weights = bootstrap_weights(groups, n_boot, rng)
         boots = replicate_values(t_feats, s_feats, cells, metrics, weights=weights, center=center,
                                  normalize=normalize)
+        if estimator == "corrected" and "proj_mse" in metrics:
+            for cell in cells:
+                r, t = heldout_terms(t_feats[cell[0]], s_feats[cell[1]], **opts)
+                boots[cell]["proj_mse"] = (weights @ r) / (weights @ t)
     timings[ci_method] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    perms = None
+    perms, floors = None, {cell: dict.fromkeys(metrics, math.nan) for cell in cells}
     if n_perm > 0:
         idx = permutation_indices(n, n_perm, rng)
         perms = replicate_values(t_feats, s_feats, cells, metrics, perms=idx, center=center, normalize=normalize)
-    timings["permutation"] = time.perf_counter() - t0
+        floors = floor_values(t_feats, s_feats, cells, metrics, idx[: min(n_floor, n_perm)], perms, fns, opts)
+    timings["permutation+floor"] = time.perf_counter() - t0
 
+    ranks = {("t", k): effective_rank(v) for k, v in t_feats.items() if k in {c[0] for c in cells}}
+    ranks.update({("s", k): effective_rank(v) for k, v in s_feats.items() if k in {c[1] for c in cells}})
     rows = []
     for cell in cells:
+        p, q = t_feats[cell[0]].shape[1], s_feats[cell[1]].shape[1]
         for m in metrics:
-            value = points[cell][m]
+            value_m = points[cell][m]
+            used = "corrected" if fns[m] else ("corrected" if m == "cka_debiased" else "plugin")
+            shift = value_m - plug[cell][m] if fns[m] and m != "proj_mse" and boots is not None else 0.0
+            bounds = CORRECTED_BOUNDS.get(m, get(m).bounds) if fns[m] else get(m).bounds
             if boots is None:
                 lo, hi = math.nan, math.nan
             elif ci_method == "jackknife":
-                lo, hi = normal_interval(value, jackknife_se(boots[cell][m]), ci, get(m).bounds)
+                lo, hi = normal_interval(value_m, jackknife_se(boots[cell][m]), ci, bounds)
             else:
-                lo, hi = percentile_interval(boots[cell][m], ci, value)
-            pv = permutation_pvalue(value, perms[cell][m], get(m).kind) if perms is not None else math.nan
-            rows.append((cell[0], cell[1], m, value, lo, hi, pv, n))
+                lo, hi = percentile_interval(boots[cell][m] + shift, ci, value_m)
+            pv = permutation_pvalue(plug[cell][m], perms[cell][m], get(m).kind) if perms is not None else math.nan
+            rows.append((cell[0], cell[1], m, value_m, floors[cell][m], lo, hi, pv, n, p, q, ranks[("t", cell[0])],
+                         ranks[("s", cell[1])], used, flag(n, p, q, m, used)))
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs.update(
         teacher_layers=list(dict.fromkeys(c[0] for c in cells)),
@@ -185,6 +243,8 @@ def audit_features(
             "delete-one-fold jackknife over stimuli (normal interval)" if ci_method == "jackknife"
             else "bootstrap (bias-corrected percentile, stimuli resampled)"
         ) + " + permutation null (student rows shuffled)",
+        estimator=estimator,
+        n_floor=min(n_floor, n_perm),
         ci=ci,
         n_boot=n_boot,
         n_perm=n_perm,
@@ -327,6 +387,8 @@ def audit(
     normalize: Any = "frobenius",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    estimator: str = "corrected",
+    n_floor: int = N_FLOOR,
 ) -> pd.DataFrame:
     """Compare ``teacher`` and ``student`` layer by layer on ``data``; see the module docstring for conventions.
 
@@ -344,7 +406,9 @@ def audit(
     cell; needed for corpora whose features do not fit in memory, and used automatically under
     ``torch.distributed``). ``cache_dir`` (memory mode) stores the features as resumable probe shards in
     ``cache_dir/teacher`` and ``cache_dir/student``; a folder written by another model, layer set or pooling is
-    refused, never mixed. Returns the long table (module docstring).
+    refused, never mixed. ``estimator`` / ``n_floor``: corrected or plug-in values and their null floors (see
+    :func:`audit_features`); stream mode keeps only moments, so it reports plug-in values without floors (and
+    flags them). Returns the long table (module docstring).
     """
     _check_metrics(metrics)
     if mode not in ("memory", "stream"):
@@ -441,7 +505,7 @@ def audit(
             counts = np.concatenate([_batch_rows(b, pooling) for b in t_batches])
             groups = np.repeat(np.arange(counts.size), counts)
         df = audit_features(t_feats, s_feats, metrics, cells=cells, groups=groups, n_boot=n_boot, n_perm=n_perm,
-                            ci_method=ci_method, n_folds=n_folds,
+                            ci_method=ci_method, n_folds=n_folds, estimator=estimator, n_floor=n_floor,
                             ci=ci, seed=seed, center=center, normalize=normalize)
     else:
         df = _stream_audit(teacher, student, t_batches, s_batches, t_names, s_names, cells, list(metrics),
@@ -521,9 +585,17 @@ def _stream_audit(
     n = 0
     for cell in cells:
         n = sum(b.n for b in blocks[cell])
+        p, q = next(b.shape for b in blocks[cell] if b.n)
+        full = Moments(rows=rows)
+        for b in blocks[cell]:
+            full.merge(b)
+        st = full.stats(center=center, normalize=None)
+        ranks = [float(np.trace(c)) ** 2 / float(np.sum(c * c)) if np.sum(c * c) > 0 else 0.0
+                 for c in (np.asarray(st.xx), np.asarray(st.yy))]
         for m in metrics:
             value, lo, hi = jackknife_interval(blocks[cell], m, ci, center=center, normalize=normalize)
-            out.append((cell[0], cell[1], m, value, lo, hi, math.nan, n))
+            out.append((cell[0], cell[1], m, value, math.nan, lo, hi, math.nan, n, p, q, *ranks, "plugin",
+                        flag(n, p, q, m, "plugin")))
     timings["point+jackknife"] = time.perf_counter() - t0
     df = pd.DataFrame(out, columns=COLUMNS)
     df.attrs.update(
@@ -532,6 +604,8 @@ def _stream_audit(
         metrics=metrics,
         n_rows=n,
         uncertainty=f"block jackknife over {n_blocks} blocks of batches (normal interval); no permutation null",
+        estimator="plugin",
+        n_floor=0,
         ci=ci,
         n_blocks=n_blocks,
         world_size=world,

@@ -12,6 +12,8 @@ import pandas as pd
 
 from repgeo.metrics import get
 
+from .diagnostics import warning_line
+
 __all__ = ["plot_heatmap", "plot_profile", "write_report"]
 
 
@@ -38,9 +40,13 @@ def plot_heatmap(df: pd.DataFrame, metric: str, *, ax: Any = None, annotate: boo
     """Heatmap of ``metric`` over (teacher layer: rows, student layer: columns); returns the Axes.
 
     Colours run from worse (light) to better (dark) whatever the metric's direction; cells whose permutation
-    p-value is >= 0.05 are marked with ``·`` after the value. ``annotate`` defaults to True up to 12 × 12 cells.
+    p-value is >= 0.05 are marked with ``·`` after the value. Where the table has null floors (column
+    ``floor``), each annotation shows the floor in brackets under the value and cells not beyond their floor
+    (no more alike than with the stimuli shuffled) are hatched. ``annotate`` defaults to True up to 12 × 12
+    cells.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     sub = _select(df, metric)
     rows, cols = _order(sub, "teacher_layer", "teacher_layers"), _order(sub, "student_layer", "student_layers")
@@ -60,16 +66,26 @@ def plot_heatmap(df: pd.DataFrame, metric: str, *, ax: Any = None, annotate: boo
     ax.set_title(f"{metric}: teacher × student")
     if annotate is None:
         annotate = len(rows) <= 12 and len(cols) <= 12
+    values = grid.to_numpy(dtype=float)
+    floors = np.full_like(values, np.nan)
+    if "floor" in sub:
+        floors = (sub.pivot(index="teacher_layer", columns="student_layer", values="floor")
+                  .reindex(index=rows, columns=cols).to_numpy(dtype=float))
+    beyond = (values > floors) if similarity else (values < floors)
+    for i, j in zip(*np.nonzero(np.isfinite(floors) & ~beyond), strict=True):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="gray", lw=0))
+    if np.isfinite(floors).any():
+        ax.set_title(f"{metric}: teacher × student (hatched: not beyond the null floor)", fontsize=9)
     if annotate:
-        values = grid.to_numpy(dtype=float)
         lo, hi = np.nanmin(values), np.nanmax(values)
         mid = (lo + hi) / 2
         for i in range(len(rows)):
             for j in range(len(cols)):
-                v, p = values[i, j], pvals.iat[i, j]
+                v, p, f = values[i, j], pvals.iat[i, j], floors[i, j]
                 mark = "·" if (p is not None and not math.isnan(p) and p >= 0.05) else ""
                 dark = (v > mid) if not similarity else (v < mid)
-                ax.text(j, i, f"{v:.2f}{mark}", ha="center", va="center", fontsize=8,
+                text = f"{v:.2f}{mark}" + (f"\n({f:.2f})" if math.isfinite(f) else "")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8 if not math.isfinite(f) else 7,
                         color="white" if dark else "black")
     ax.figure.tight_layout()
     return ax
@@ -77,7 +93,8 @@ def plot_heatmap(df: pd.DataFrame, metric: str, *, ax: Any = None, annotate: boo
 
 def plot_profile(df: pd.DataFrame, metric: str, *, ax: Any = None) -> Any:
     """``metric`` along the teacher's depth (x: teacher layer), one line per student layer, with the
-    confidence band where the table has one; returns the Axes."""
+    confidence band where the table has one and the null floor as a dashed line of the same colour; returns the
+    Axes."""
     import matplotlib.pyplot as plt
 
     sub = _select(df, metric)
@@ -87,10 +104,13 @@ def plot_profile(df: pd.DataFrame, metric: str, *, ax: Any = None) -> Any:
     x = np.arange(len(rows))
     for s in cols:
         part = sub[sub["student_layer"] == s].set_index("teacher_layer").reindex(rows)
-        ax.plot(x, part["value"].to_numpy(float), marker="o", label=_short(s))
+        (line,) = ax.plot(x, part["value"].to_numpy(float), marker="o", label=_short(s))
         lo, hi = part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)
         if np.isfinite(lo).any():
-            ax.fill_between(x, lo, hi, alpha=0.2)
+            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+        if "floor" in part and np.isfinite(part["floor"].to_numpy(float)).any():
+            ax.plot(x, part["floor"].to_numpy(float), ls="--", lw=1, color=line.get_color(),
+                    label=f"{_short(s)} floor")
     ax.set_xticks(x, [_short(r) for r in rows], rotation=45, ha="right")
     ax.set_xlabel("teacher layer")
     ax.set_ylabel(metric)
@@ -131,7 +151,16 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str,
         f"- stimuli: {a.get('n_stimuli', '?')} (rows: {a.get('n_rows', '?')}), pooling `{a.get('pooling', '?')}`, "
         f"mode `{a.get('mode', '?')}`",
         f"- uncertainty: {a.get('uncertainty', '?')}, level {a.get('ci', '?')}",
+        f"- estimator: {a.get('estimator', '?')}; floor = the same estimator with the stimulus pairing broken "
+        f"(mean of {a.get('n_floor', '?')} permutations)",
     ]
+    if "p" in df:
+        lines.append(f"- widths: teacher {sorted(set(df['p']))}, student {sorted(set(df['q']))}; effective rank "
+                     f"(participation ratio) teacher {df['eff_rank_t'].min():.1f}–{df['eff_rank_t'].max():.1f}, "
+                     f"student {df['eff_rank_s'].min():.1f}–{df['eff_rank_s'].max():.1f}")
+    warning = warning_line(df)
+    if warning:
+        lines.append(f"- **{warning}**")
     if a.get("truncated") is not None:
         lines.append(f"- texts cut to {a.get('max_length')} tokens: {len(a.get('truncated', []))}"
                      + (f" (indices {a['truncated'][:20]})" if a.get("truncated") else ""))
@@ -142,11 +171,13 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str,
         best = _best(df[df["metric"] == m], m)
         lines.append(f"**{m}** ({get(m).kind}):")
         lines.append("")
-        lines.append("| student layer | teacher layer | value | CI | p |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| student layer | teacher layer | value | floor | CI | p | n | flag |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for _, r in best.iterrows():
+            floor = getattr(r, "floor", math.nan)
             lines.append(f"| {r.student_layer} | {r.teacher_layer} | {r.value:.4f} | "
-                         f"[{r.ci_low:.4f}, {r.ci_high:.4f}] | {r.p_value:.3g} |")
+                         f"{'' if math.isnan(floor) else format(floor, '.4f')} | "
+                         f"[{r.ci_low:.4f}, {r.ci_high:.4f}] | {r.p_value:.3g} | {r.n} | {getattr(r, 'flag', '')} |")
         lines.append("")
         lines.append(f"![{m}](heatmap_{m}.png)")
         lines.append("")

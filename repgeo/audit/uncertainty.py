@@ -53,6 +53,7 @@ from repgeo.metrics._xp import namespace as array_namespace
 
 __all__ = [
     "bootstrap_weights",
+    "floor_values",
     "jackknife_interval",
     "jackknife_se",
     "jackknife_weights",
@@ -355,6 +356,38 @@ def replicate_values(
                     vals.append(float(fn(X, Y[perms[b]], center=center, normalize=normalize)))
             result[cell][m].append(np.asarray(vals))
     return {c: {m: np.concatenate(v) for m, v in d.items()} for c, d in result.items()}
+
+
+def floor_values(
+    teacher: Mapping[str, np.ndarray],
+    student: Mapping[str, np.ndarray],
+    cells: Sequence[tuple[str, str]],
+    metrics: Sequence[str],
+    perms: np.ndarray,
+    plugin_null: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
+    estimators: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Null floor of every cell: the mean of the reported estimator over the row orders ``perms`` (k, n) applied
+    to the student -- what the same estimator reads once the teacher/student pairing is broken.
+
+    ``estimators[m]`` is the corrected estimator ``fn(X, Y, **options)`` or None for the plug-in, whose values
+    on the same permutations are already in ``plugin_null[cell][m]`` (the first k are averaged). NaN for k = 0.
+    """
+    k = perms.shape[0]
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for cell in cells:
+        X, Y = teacher[cell[0]], student[cell[1]]
+        out[cell] = {}
+        for m in metrics:
+            fn = estimators.get(m)
+            if k == 0:
+                out[cell][m] = math.nan
+            elif fn is None:
+                out[cell][m] = float(np.mean(plugin_null[cell][m][:k]))
+            else:
+                out[cell][m] = float(np.mean([fn(X, np.asarray(Y)[perm], **options) for perm in perms]))
+    return out
 
 
 def percentile_interval(values: np.ndarray, ci: float, point: float | None = None) -> tuple[float, float]:

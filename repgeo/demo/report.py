@@ -68,27 +68,48 @@ def _last_pair(result: Any) -> str:
     return f"s{max(lm)}_t{lm[max(lm)]}" if lm else ""
 
 
-def _geometry_lookup(geo: pd.DataFrame, name: str, pair: str, metric: str) -> float:
+def _geometry_lookup(geo: pd.DataFrame, name: str, pair: str, metric: str, column: str = "value") -> float:
     sub = geo[(geo["student"] == name) & (geo["pair"] == pair) & (geo["metric"] == metric)]
-    return float(sub["value"].iloc[0]) if len(sub) else math.nan
+    return float(sub[column].iloc[0]) if len(sub) and column in sub else math.nan
+
+
+def _with_floor(value: float, floor: float) -> str:
+    """``0.6200 (0.9100)``: a value and, in brackets, its null floor (blank when there is none)."""
+    return f"{value:.4f}" + (f" ({floor:.4f})" if math.isfinite(floor) else "")
 
 
 def format_table(result: Any) -> str:
-    """The printed summary: accuracy per method and the final geometry of the last mapped layer pair."""
+    """The printed summary: accuracy per method and the final geometry of the last mapped layer pair, each value
+    with its null floor in brackets (the same estimator with the texts shuffled between teacher and student)."""
     acc = accuracy_table(result)
     geo = mapped_geometry(result)
     pair = _last_pair(result)
     present = set(result.audit["metric"]) if result.audit is not None else set()
     metrics = [m for m in TABLE_METRICS if m in present]
-    head = f"{'model':22s} {'test acc':>8s} {'±SE':>6s} {'Δ vs kd':>14s}" + "".join(f" {m:>10s}" for m in metrics)
+    w = 17
+    head = f"{'model':22s} {'test acc':>8s} {'±SE':>6s} {'Δ vs kd':>14s}" + "".join(f" {m:>{w}s}" for m in metrics)
     lines = [head, "-" * len(head)]
     for r in acc.itertuples():
         delta = (f"{r.delta_vs_kd:+.3f}±{r.delta_se:.3f}" if hasattr(r, "delta_vs_kd")
                  and isinstance(r.delta_vs_kd, float) and not math.isnan(r.delta_vs_kd) else "")
-        vals = "".join(f" {_geometry_lookup(geo, r.model, pair, m):10.4f}" if r.model != "teacher" else f" {'':>10s}"
-                       for m in metrics)
+        cells = [_with_floor(*(_geometry_lookup(geo, r.model, pair, m, c) for c in ("value", "floor")))
+                 if r.model != "teacher" else "" for m in metrics]
+        vals = "".join(f" {c:>{w}s}" for c in cells)
         lines.append(f"{r.model:22s} {r.test_accuracy:8.3f} {r.se:6.3f} {delta:>14s}{vals}")
     return "\n".join(lines)
+
+
+def _estimator_note(geo: pd.DataFrame) -> str:
+    """Which estimator the geometry table used, and the sample-size warning when a cell is flagged."""
+    from repgeo.audit.diagnostics import warning_line
+
+    est = set(geo["estimator"]) if "estimator" in geo else {"plugin"}
+    text = ("bias-corrected (cross-fitted Procrustes, U-statistic FG, debiased CKA, held-out cross-fitted "
+            "projection-MSE)." if est == {"corrected"} else
+            "plug-in (biased when texts are not ≫ features; proj_mse is 0 whenever texts ≤ student width)."
+            if est == {"plugin"} else f"mixed ({', '.join(sorted(est))}).")
+    warning = warning_line(geo) if len(geo) else None
+    return text + (f" {warning}." if warning else "")
 
 
 def notes(result: Any) -> list[str]:
@@ -117,7 +138,10 @@ def notes(result: Any) -> list[str]:
                 continue
             kd_v = _geometry_lookup(geo, "kd", pair, m)
             best = {r.name: _geometry_lookup(geo, r.name, pair, m) for r in result.runs if r.student == "wide"}
-            parts.append(f"{m} at {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()) + f" (kd {kd_v:.3f})")
+            floor = _geometry_lookup(geo, "init", pair, m, "floor")
+            parts.append(f"{m} at {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()) + f" (kd {kd_v:.3f}"
+                         + (f"; init {_geometry_lookup(geo, 'init', pair, m):.3f}, its floor {floor:.3f}"
+                            if math.isfinite(floor) else "") + ")")
         out.append("geometry of the last mapped pair on held-out texts — " + "; ".join(parts))
     if result.certificates is not None:
         c = result.certificates
@@ -330,13 +354,15 @@ def _markdown(result: Any, acc: pd.DataFrame, geo: pd.DataFrame) -> str:
     lines += ["## Geometry at the mapped layer pairs", "",
               f"Teacher vs student, {s.pooling}-pooled, on {result.audit_texts} held-out texts; 95 % jackknife "
               f"intervals ({s.n_folds} folds of texts). procrustes, fg, proj_mse: lower = more alike; cka: higher. "
-              "proj_mse (closed form, last pair only) reads ~0 whenever the student's features can be linearly "
-              "mapped onto the teacher's — e.g. with fewer texts than student dimensions — which is the theory's "
-              "point.", ""]
+              "Estimators: " + _estimator_note(geo) + " Each cell reads `value [interval] (floor f)`: the floor is "
+              "the same estimator with the texts shuffled between teacher and student — a value near its floor "
+              "says nothing about alignment. How to read these numbers: `docs/reading-an-audit.md`.", ""]
     if len(geo):
         g = geo.copy()
-        g["cell"] = [f"{v:.4f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(lo) else f"{v:.4f}"
-                     for v, lo, hi in zip(g["value"], g["ci_low"], g["ci_high"], strict=True)]
+        floors = g["floor"] if "floor" in g else pd.Series(math.nan, index=g.index)
+        g["cell"] = [(f"{v:.4f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(lo) else f"{v:.4f}")
+                     + (f" (floor {f:.3f})" if math.isfinite(f) else "")
+                     for v, lo, hi, f in zip(g["value"], g["ci_low"], g["ci_high"], floors, strict=True)]
         wide = g.pivot_table(index=["student", "pair"], columns="metric", values="cell", aggfunc="first", sort=False)
         wide = wide[[m for m in TABLE_METRICS if m in wide.columns]].reset_index()
         lines += [_md_table(wide), "", "Every cell of every student: `audit.csv`; mapped pairs: `geometry.csv`.", ""]
