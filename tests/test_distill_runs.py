@@ -432,3 +432,27 @@ def test_alpha_schedule_decays_the_weight_step_by_step(cls_setup, tmp_path, sche
     assert schedule_factor("linear", 4, 4) == 0.0 and schedule_factor("cosine", 2, 4) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="alpha schedule must be one of"):
         schedule_factor("exponential", 0, 1)
+
+
+def test_a_bad_batch_after_the_first_stops_training_at_the_next_log(cls_setup, tmp_path):
+    """After the eagerly checked first batch the feature loss defers its input checks (no host syncs); the trainer
+    evaluates them at every log, so a later constant (zero) student layer stops the run instead of training on."""
+    cfg = config_from_dict(_config(cls_setup, tmp_path / "run", loss={"metric": "procrustes", "alpha": 1.0},
+                                   trainer={"max_steps": 6, "eval_strategy": "no", "save_strategy": "no",
+                                            "logging_steps": 2}))
+    trainer, _ = build_trainer(cfg, verbose=False)
+    calls = {"n": 0}
+
+    def zero_after_two_calls(module, args, output):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            return output
+        if isinstance(output, tuple):
+            return (torch.zeros_like(output[0]), *output[1:])
+        return torch.zeros_like(output)
+
+    layer = trainer.model.base_model.encoder.layer[0]
+    layer.register_forward_hook(zero_after_two_calls, prepend=True)  # before the hidden-states recorder
+    with pytest.raises(ValueError, match=r"feature loss at or before step 4: .*zero after preprocessing"):
+        trainer.train()
+    assert trainer.state.global_step == 4  # trained no further than the log that saw the bad batch

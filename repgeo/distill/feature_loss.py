@@ -55,6 +55,11 @@ def pair_name(student_layer: int, teacher_layer: int) -> str:
     return f"s{student_layer}_t{teacher_layer}"
 
 
+MAX_PENDING_CHECKS = 4096  # deferred conditions kept between two raise_if_invalid() calls before they are combined
+PENDING_SUMMARY = ("a feature-loss input check failed in an earlier batch (NaN or Inf in the features, or a feature "
+                   "matrix that is zero after preprocessing)")
+
+
 @dataclass
 class FeatureLossOutput:
     """The weighted total and the unweighted loss of every layer pair."""
@@ -196,13 +201,17 @@ class FeatureLoss(nn.Module):
             return out
         with deferred_checks() as pending:
             out = self._forward(teacher, student, attention_mask, token_mask)
-        self.pending_checks = pending
         out.valid = all_passed(pending)
+        self.pending_checks.extend(pending)
+        if len(self.pending_checks) > MAX_PENDING_CHECKS:  # never evaluated by the caller: keep one condition
+            self.pending_checks = [(all_passed(self.pending_checks), PENDING_SUMMARY, ValueError)]
         return out
 
     def raise_if_invalid(self) -> None:
-        """Evaluate the last call's deferred input checks (one host sync) and raise the first failure."""
-        raise_failed(self.pending_checks)
+        """Evaluate the deferred input checks of every call since the last evaluation (one host sync), forget
+        them, and raise the first failure (so a bad batch is reported even when later batches are fine)."""
+        pending, self.pending_checks = self.pending_checks, []
+        raise_failed(pending)
 
     def _forward(
         self,

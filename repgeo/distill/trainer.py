@@ -227,15 +227,27 @@ class DistillationTrainer(transformers.Trainer):
 
     # ------------------------------------------------------------------ logging and evaluation
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._check_feature_inputs()
         if "loss" in logs:
             logs.update(self._train_terms.pop())
         super().log(logs, start_time)
+
+    def _check_feature_inputs(self) -> None:
+        """Evaluate the feature loss's deferred input checks of every batch since the last log (one host sync at a
+        point where the Trainer synchronises anyway) and stop with a ``ValueError`` naming the step if one failed."""
+        if self.feature_loss is None:
+            return
+        try:
+            self.feature_loss.raise_if_invalid()
+        except ValueError as exc:
+            raise ValueError(f"feature loss at or before step {self.state.global_step}: {exc}") from None
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         self._eval_terms = _TermMeter()
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        self._check_feature_inputs()
         extra = self._eval_terms.pop(prefix=f"{metric_key_prefix}_")
         if self.task.name == "instruction" and self.generation.get("max_new_tokens", 0) > 0:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
