@@ -224,3 +224,8 @@ def test_improvement_table_pairs_each_student_with_the_initialisation_of_its_wid
     assert table.loc["kd", "delta"] == pytest.approx(5 / 8)
     assert table.loc["kd", "se"] == pytest.approx(np.std((y == y) - (wide0 == y).astype(float), ddof=1) / math.sqrt(8))
     assert bool(table.loc["kd", "above_2se"]) == (5 / 8 > 2 * table.loc["kd", "se"])
+
+
+def test_bad_learning_rate_exits_2(capsys):
+    assert cli_main(["demo", "--fast", "--student-lr", "0", "--no-progress"]) == 2
+    assert "student_lr must be > 0" in capsys.readouterr().err
