@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     train_path, dev_path = data.write(work / "data")
     cache = Path(a.cache) if a.cache else cache_dir() / "demo-dev"
     teacher = prepare_teacher(str(minilm_path()), data, s, cache_dir=cache, progress=False, log=print)
+    print(json.dumps({"seed": a.seed, "teacher_lr": a.teacher_lr, "teacher_steps": a.teacher_steps,
+                      "teacher_dev_accuracy": teacher.accuracy}), flush=True)
     y = label_ids(data.test["label"], data.labels)
     dev_ids = encode(teacher.tokenizer, data.test["text"], s.max_length)
     init, init_path = init_student(teacher, data, s, work / "student-init")
