@@ -1,4 +1,4 @@
-"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` ≤ 5 minutes on two CPU
+"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` aimed at ≤ 5 minutes on two CPU
 cores, ``full`` for a longer and better run).
 
 How the default was chosen (on a dev split, never the test set: the demo's own 1,000 test texts removed from the
@@ -10,12 +10,19 @@ on the 1,000 dev texts, differences paired with the student's linear-probe initi
   reached 0.768 / 0.798, at lr 1e-4 0.803 / 0.814, at lr 1.5e-4 0.794 / –; 160 steps (1.28 epochs) at lr 1e-4
   reached 0.821 (seed 0), the default. The earlier default (40 steps, 2,000 texts) reached 0.716 on the test set.
 - students (initialisation 0.666 / 0.678 with the lr-1e-4 teachers): 125 steps at lr 1e-4 — projection-MSE +5.4
-  (1.5) / +6.0 (1.5), Procrustes +6.9 (1.4) (seed 0); with the lr-5e-5 teachers KD +5.9 (1.3) / +6.0 (1.5), CKA +5.4 (1.4) / +7.6 (1.4).
-  100 steps at lr 2e-4 (seed 0) were worse: projection-MSE −0.4 (1.7), Procrustes +2.3 (1.6). The earlier
-  default (40 steps at lr 5e-5 behind a 0.716 teacher) left every student at or below its initialisation.
+  (1.5) / +6.0 (1.5), Procrustes +6.9 (1.4) (seed 0); with the lr-5e-5 teachers KD +5.9 (1.3) / +6.0 (1.5), CKA
+  +5.4 (1.4) / +7.6 (1.4). 100 steps at lr 2e-4 (seed 0) were worse: projection-MSE −0.4 (1.7), Procrustes +2.3
+  (1.6). The earlier default (40 steps at lr 5e-5 behind a 0.716 teacher) left every student at or below its
+  initialisation. Runs and numbers: ``benchmarks/demo_dev_split.py``, ``benchmarks/results/demo_dev_split.jsonl``.
 
-Budget of the default (``repgeo demo`` with an empty cache, 2 threads): see BUDGET below; a second run loads the
-teacher from the cache and skips its fine-tuning.
+Budget of the default (``repgeo demo``, empty cache, 2 threads), measured only on a machine whose 2 cores were
+shared with other jobs (load 5-12), with the 125-step teacher: CPU seconds data 2, teacher 516, students 833
+(teacher cache over 4,000 texts + 3 × 125 steps), audit 96, certificates 3, report 4 (1,450 in all; 42 minutes of
+wall time on the busy machine). Scaled by the audit's ratio of busy-machine CPU seconds to its quiet wall time
+(96 CPU s here, 23 s wall on two quiet cores earlier), that is about 345 s on two quiet cores, and about 30 s more
+with the 160-step teacher: over the 5-minute target until measured otherwise on a quiet machine; the next levers
+are fewer student steps (100) or two students. Earlier quiet per-step costs: teacher 0.7 s, student 0.3 s at
+batch 32. A second run loads the teacher from the cache and skips its fine-tuning.
 """
 
 from __future__ import annotations
