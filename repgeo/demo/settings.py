@@ -1,5 +1,5 @@
-"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` aimed at ≤ 5 minutes on two CPU
-cores, ``full`` for a longer and better run).
+"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` aimed at ≤ 5 minutes on
+two CPU cores, ``full`` for a longer and better run).
 
 How the default was chosen (on a dev split, never the test set: the demo's own 1,000 test texts removed from the
 Rotten Tomatoes snippets, then 4,000 training and 1,000 dev texts drawn from the rest with seeds 0 and 1; accuracy
