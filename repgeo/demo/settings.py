@@ -1,5 +1,5 @@
-"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` aimed at ≤ 5 minutes on
-two CPU cores, ``full`` for a longer and better run).
+"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` ≤ 5 minutes on two
+CPU cores, ``full`` for a longer and better run).
 
 How the default was chosen (on a dev split, never the test set: the demo's own 1,000 test texts removed from the
 Rotten Tomatoes snippets, then 4,000 training and 1,000 dev texts drawn from the rest with seeds 0 and 1; accuracy
@@ -15,14 +15,11 @@ on the 1,000 dev texts, differences paired with the student's linear-probe initi
   (1.6). The earlier default (40 steps at lr 5e-5 behind a 0.716 teacher) left every student at or below its
   initialisation. Runs and numbers: ``benchmarks/demo_dev_split.py``, ``benchmarks/results/demo_dev_split.jsonl``.
 
-Budget of the default (``repgeo demo``, empty cache, 2 threads), measured only on a machine whose 2 cores were
-shared with other jobs (load 5-12), with the 125-step teacher: CPU seconds data 2, teacher 516, students 833
-(teacher cache over 4,000 texts + 3 × 125 steps), audit 96, certificates 3, report 4 (1,450 in all; 42 minutes of
-wall time on the busy machine). Scaled by the audit's ratio of busy-machine CPU seconds to its quiet wall time
-(96 CPU s here, 23 s wall on two quiet cores earlier), that is about 345 s on two quiet cores, and about 30 s more
-with the 160-step teacher: over the 5-minute target until measured otherwise on a quiet machine; the next levers
-are fewer student steps (100) or two students. Earlier quiet per-step costs: teacher 0.7 s, student 0.3 s at
-batch 32. A second run loads the teacher from the cache and skips its fine-tuning.
+Budget of the default (``repgeo demo``, empty cache, 2 threads), measured when the shared 2-core machine had
+become nearly quiet (the run got 191 % CPU): data 1 s, teacher 126 s (160 steps, test accuracy 0.806), students
+131 s (teacher cache over the 4,000 texts + 3 × 125 steps; about 45 s a student), audit 12 s, certificates 3 s,
+report 3 s: 276 s in the pipeline, 4 min 41 s with start-up. On the same machine under load 5-12 the same run took
+20 minutes (CPU seconds: teacher 586, students 530). A second run loads the teacher from the cache.
 """
 
 from __future__ import annotations
