@@ -49,9 +49,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--n-test", type=int, help="held-out test examples")
     o.add_argument("--max-length", type=int, help="tokens per text")
     o.add_argument("--teacher-steps", type=int, help="fine-tuning steps of the teacher (0: use it as it is)")
+    o.add_argument("--teacher-lr", type=float, help="peak learning rate of the teacher's fine-tuning")
     o.add_argument("--teacher-train", choices=["all", "head"], help="fine-tune the whole teacher or its head only")
     o.add_argument("--student-steps", type=int, help="distillation steps per student")
-    o.add_argument("--methods", type=_methods, help=f"comma-separated subset of {','.join(METHODS)}")
+    o.add_argument("--student-lr", type=float, help="peak learning rate of the students")
+    o.add_argument("--methods", type=_methods, help=f"comma-separated subset of {','.join(METHODS)} (default: "
+                   "kd,proj_mse,procrustes,fg; --full and --fast: all)")
     o.add_argument("--keep-every", type=int, help="student = teacher blocks 0, k, 2k, ... (default 3)")
     o.add_argument("--narrow-width", type=int, help="also distil a freshly initialised student this wide")
     o.add_argument("--alpha", type=float, help="feature-loss weight relative to its initial value (default 1)")
@@ -74,8 +77,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from repgeo.demo.settings import settings_for
 
     keys = ("out", "teacher", "data", "text_column", "label_column", "seed", "threads", "n_train", "n_test",
-            "max_length", "teacher_steps", "teacher_train", "student_steps", "methods", "keep_every",
-            "narrow_width", "alpha", "audit_size", "cache_dir")
+            "max_length", "teacher_steps", "teacher_lr", "teacher_train", "student_steps", "student_lr", "methods",
+            "keep_every", "narrow_width", "alpha", "audit_size", "cache_dir")
     overrides = {k: getattr(args, k, None) for k in keys}
     if args.no_cache:
         overrides["use_cache"] = False

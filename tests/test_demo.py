@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -176,3 +177,66 @@ def test_split_is_stratified_and_seeded():
 def test_bad_settings_exit_2(capsys):
     assert cli_main(["demo", "--fast", "--keep-every", "0", "--no-progress"]) == 2
     assert "keep_every" in capsys.readouterr().err
+
+
+def test_fast_demo_compares_every_student_with_its_initialisation(fast_run):
+    _, out, _ = fast_run
+    acc = pd.read_csv(out / "accuracy.csv").set_index("model")["test_accuracy"]
+    gains = pd.read_csv(out / "vs_init.csv")
+    assert set(gains["model"]) == set(METHODS)
+    n = len(pd.read_json(out / "data" / "test.jsonl", lines=True))
+    for row in gains.itertuples():
+        assert row.n == n and row.init_accuracy == pytest.approx(acc["init"])
+        assert row.delta == pytest.approx(acc[row.model] - acc["init"], abs=1e-12)
+        # d_i takes values in {-1, 0, 1}: its SD is at most sqrt(n / (n - 1)), and 0 only if d is constant
+        assert 0 <= row.se <= math.sqrt(1 / (n - 1)) + 1e-12
+        assert row.above_2se == (row.delta > 2 * row.se)
+
+
+def test_paired_difference_matches_the_count_formula_and_a_paired_t_test():
+    from scipy import stats
+
+    from repgeo.demo.teacher import paired_difference
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 500)
+    a = np.where(rng.random(500) < 0.8, y, (y + 1) % 3)
+    b = np.where(rng.random(500) < 0.7, y, (y + 2) % 3)
+    d = paired_difference(a, b, y)
+    n10 = int(((a == y) & (b != y)).sum())  # A right, B wrong
+    n01 = int(((a != y) & (b == y)).sum())
+    n = len(y)
+    mean = (n10 - n01) / n
+    var = (n10 + n01 - n * mean**2) / (n - 1)  # sum (d_i - mean)^2 / (n - 1) with d_i in {-1, 0, 1}
+    assert d.n == n and d.delta == pytest.approx(mean, abs=1e-15)
+    assert d.se == pytest.approx(math.sqrt(var / n), rel=1e-12)
+    assert d.z == pytest.approx(stats.ttest_rel((a == y).astype(float), (b == y).astype(float)).statistic, rel=1e-10)
+    assert str(d) == f"{100 * mean:+.1f} points (paired SE {100 * math.sqrt(var / n):.1f})"
+    same = paired_difference(a, a, y)
+    assert same.delta == 0 and same.se == 0 and math.isnan(same.z)
+    with pytest.raises(ValueError, match="same length"):
+        paired_difference(a, b[:-1], y)
+
+
+def test_improvement_table_pairs_each_student_with_the_initialisation_of_its_width():
+    from types import SimpleNamespace
+
+    from repgeo.demo.pipeline import improvement_table
+
+    y = np.array([0, 1, 1, 0, 1, 0, 1, 1])
+    data = SimpleNamespace(test=pd.DataFrame({"label": y}), labels=[0, 1])
+    wide0, narrow0 = np.zeros(8, int), np.ones(8, int)  # accuracy 3/8 and 5/8
+    runs = [SimpleNamespace(name="kd", student="wide", method="kd", accuracy=1.0, predictions=y),
+            SimpleNamespace(name="kd (narrow)", student="narrow", method="kd", accuracy=1.0, predictions=y)]
+    result = SimpleNamespace(data=data, runs=runs, init_predictions=wide0, init_predictions_narrow=narrow0)
+    table = improvement_table(result).set_index("model")
+    assert table.loc["kd", "init_accuracy"] == pytest.approx(3 / 8)
+    assert table.loc["kd (narrow)", "init_accuracy"] == pytest.approx(5 / 8)
+    assert table.loc["kd", "delta"] == pytest.approx(5 / 8)
+    assert table.loc["kd", "se"] == pytest.approx(np.std((y == y) - (wide0 == y).astype(float), ddof=1) / math.sqrt(8))
+    assert bool(table.loc["kd", "above_2se"]) == (5 / 8 > 2 * table.loc["kd", "se"])
+
+
+def test_bad_learning_rate_exits_2(capsys):
+    assert cli_main(["demo", "--fast", "--student-lr", "0", "--no-progress"]) == 2
+    assert "student_lr must be > 0" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import torch
 from .data import DemoData, load_data
 from .settings import DemoSettings
 from .students import StudentRun, init_student, run_student, silence_transformers
-from .teacher import TeacherResult, encode, label_ids, predict, prepare_teacher
+from .teacher import TeacherResult, encode, label_ids, paired_difference, predict, prepare_teacher
 
 
 @dataclass
@@ -42,7 +42,9 @@ class DemoResult:
     teacher_name: str
     init_accuracy: float | None = None
     init_predictions: np.ndarray | None = None
+    init_predictions_narrow: np.ndarray | None = None  # the narrow student's initialisation (``narrow_width``)
     runs: list[StudentRun] = field(default_factory=list)
+    vs_init: pd.DataFrame | None = None  # one row per student: paired comparison with its initialisation
     audit: pd.DataFrame | None = None  # long table + column "student"
     audit_texts: int = 0
     certificates: pd.DataFrame | None = None  # one row per claim
@@ -125,10 +127,14 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
     pad_id = teacher.tokenizer.pad_token_id
     with clock.stage("students") as st:
         init, init_path = init_student(teacher, data, settings, out / "student-init")
-        narrow_path = (init_student(teacher, data, settings, out / "student-init-narrow", narrow=True)[1]
-                       if settings.narrow_width else None)
+        narrow_init, narrow_path = (init_student(teacher, data, settings, out / "student-init-narrow", narrow=True)
+                                    if settings.narrow_width else (None, None))
+        y_test = label_ids(data.test["label"], data.labels)
         result.init_predictions = predict(init, test_ids, pad_id)
-        result.init_accuracy = float((result.init_predictions == label_ids(data.test["label"], data.labels)).mean())
+        if narrow_init is not None:
+            result.init_predictions_narrow = predict(narrow_init, test_ids, pad_id)
+            del narrow_init
+        result.init_accuracy = float((result.init_predictions == y_test).mean())
         widths = [False] + ([True] if settings.narrow_width else [])
         order = [m for m in settings.methods if m != "kd"] + (["kd"] if "kd" in settings.methods else [])
         for narrow in widths:
@@ -138,8 +144,13 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
                                   test_path=test_path, labels=data.labels, test_ids=test_ids,
                                   test_labels=data.test["label"], runs_dir=out / "runs", cache_dir=out / "cache",
                                   progress=progress, log=log)
-                log(f"student {run.name}: test accuracy {run.accuracy:.3f} ({run.seconds:.1f} s)")
                 result.runs.append(run)
+                gain = paired_difference(run.predictions, result.init_predictions_narrow if narrow
+                                         else result.init_predictions, y_test)
+                log(f"student {run.name}: test accuracy {run.accuracy:.3f}, {gain} over its initialisation"
+                    f"{'' if gain.delta > 2 * gain.se else ' (NOT above 2 paired SE)'} ({run.seconds:.1f} s)")
+        result.vs_init = improvement_table(result)
+        result.vs_init.to_csv(out / "vs_init.csv", index=False)
         st.note = f"{len(result.runs)} students × {settings.student_steps} steps"
 
     with clock.stage("audit") as st:
@@ -163,6 +174,26 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
     result.total_seconds = time.perf_counter() - t_start
     write_report(result, figures=False)  # the summary again, with the report stage's time included
     return result
+
+
+def improvement_table(result: DemoResult) -> pd.DataFrame:
+    """Every distilled student against the untrained student it started from (same width), on the same test
+    examples: accuracies, ``delta`` = difference of accuracies, its paired standard error ``se``
+    (:func:`repgeo.demo.teacher.paired_difference`), ``z = delta / se`` and ``above_2se`` (``delta > 2 se``)."""
+    y = label_ids(result.data.test["label"], result.data.labels)
+    starts = {"wide": result.init_predictions, "narrow": result.init_predictions_narrow}
+    rows = []
+    for r in result.runs:
+        start = starts.get(r.student)
+        if start is None:
+            continue
+        d = paired_difference(r.predictions, start, y)
+        rows.append({"model": r.name, "student": r.student, "method": r.method, "test_accuracy": r.accuracy,
+                     "init_accuracy": float((start == y).mean()), "delta": d.delta, "se": d.se, "z": d.z,
+                     "n": d.n, "above_2se": d.delta > 2 * d.se, "summary": str(d)})
+    columns = ["model", "student", "method", "test_accuracy", "init_accuracy", "delta", "se", "z", "n", "above_2se",
+               "summary"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dict[str, Any], settings: Any, *,
