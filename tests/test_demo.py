@@ -74,6 +74,7 @@ def test_fast_demo_geometry_and_certificates(fast_run):
     # every resampled (mapped) cell has its null floor, and the printed/markdown table shows it
     permuted = geo[geo["p_value"].notna()]
     assert len(permuted) and permuted["floor"].notna().all()
+    assert last["floor"].notna().all(), last[last["floor"].isna()]  # held-out proj_mse included
     cert = pd.read_csv(out / "certificates.csv")
     assert len(cert) >= 10 and cert["passed"].astype(bool).all()
     report = (out / "report.md").read_text()

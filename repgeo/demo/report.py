@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .teacher import accuracy_se, label_ids
+from .teacher import accuracy_se, label_ids, paired_difference
 
 TABLE_METRICS = ("procrustes", "cka", "fg", "proj_mse")
 
@@ -40,10 +40,9 @@ def accuracy_table(result: Any) -> pd.DataFrame:
                "se": accuracy_se(r.accuracy, n), "alpha_eff": r.alpha_eff,
                "initial_feature_loss": r.initial_feature_loss, "seconds": r.seconds}
         base = kd.get(r.student)
-        if base is not None and base is not r:
-            d = (r.predictions == y).astype(float) - (base.predictions == y).astype(float)
-            row["delta_vs_kd"] = float(d.mean())
-            row["delta_se"] = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        if base is not None and base is not r and n > 1:
+            diff = paired_difference(r.predictions, base.predictions, y)
+            row["delta_vs_kd"], row["delta_se"] = diff.delta, diff.se
         rows.append(row)
     return pd.DataFrame(rows)
 
