@@ -233,6 +233,7 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
             t_last, s_last = f"hidden_states.{layer_map[s_top]}", f"hidden_states.{s_top}"
             pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"], n_folds=0,
                                 n_perm=N_FLOOR if settings.n_perm else 0, seed=settings.seed)
+            pm["p_value"] = np.nan  # its permutations serve the floor only (too few, and of the in-sample fit)
             df = pd.concat([df, pm], ignore_index=True)
         df.insert(0, "student", name)
         frames.append(df)
