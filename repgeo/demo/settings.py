@@ -1,4 +1,4 @@
-"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` ≤ 5 minutes on two
+"""Settings of ``repgeo demo``: one dataclass, three presets (``fast`` for CI, ``default`` about 5 minutes on two
 CPU cores, ``full`` for a longer and better run).
 
 How the default was chosen (on a dev split, never the test set: the demo's own 1,000 test texts removed from the
@@ -18,8 +18,11 @@ on the 1,000 dev texts, differences paired with the student's linear-probe initi
 Budget of the default (``repgeo demo``, empty cache, 2 threads), measured when the shared 2-core machine had
 become nearly quiet (the run got 191 % CPU): data 1 s, teacher 126 s (160 steps, test accuracy 0.806), students
 131 s (teacher cache over the 4,000 texts + 3 × 125 steps; about 45 s a student), audit 12 s, certificates 3 s,
-report 3 s: 276 s in the pipeline, 4 min 41 s with start-up. On the same machine under load 5-12 the same run took
-20 minutes (CPU seconds: teacher 586, students 530). A second run loads the teacher from the cache.
+report 3 s: 276 s in the pipeline, 4 min 41 s with start-up — with the plug-in audit. With the bias-aware audit
+(corrected estimators and null floors over the whole layer grid) on a quiet machine: audit 27-28 s, and 5 min 3 s
+(50 permutations) / 5 min 23 s (30 permutations; teacher 135 s, students 144 s) with start-up: over the 5-minute
+target. On the same machine under load 5-12 the run took 20 minutes (CPU seconds: teacher 586, students 530). A
+second run loads the teacher from the cache.
 """
 
 from __future__ import annotations
