@@ -408,6 +408,14 @@ def test_unknown_metric_and_mode():
               metrics=["cka_debiased"], mode="stream")
 
 
+def test_stream_mode_refuses_centred_rows_before_loading_anything(tmp_path):
+    """Centred spherical rows need every stimulus's column means first: refused up front (the missing model path
+    below would otherwise be the error), not after the forward passes."""
+    with pytest.raises(ValueError, match="normalize='rows' with center=True cannot be streamed"):
+        audit(str(tmp_path / "no-such-model"), str(tmp_path / "no-such-model"), texts(6), mode="stream",
+              normalize="rows", center=True)
+
+
 # ----------------------------------------------------------------------------------- files, plots, CLI
 
 

@@ -416,6 +416,12 @@ def audit(
     rank, world = _dist_info()
     if world > 1 and mode == "memory":
         mode = "stream"  # each rank sees only its shard: only Moments can be combined exactly
+    if mode == "stream" and normalize == "rows" and center:
+        raise ValueError(
+            "normalize='rows' with center=True cannot be streamed (each row is centred with the column means of all "
+            "stimuli before it is put on the sphere, which one pass over the data does not know); use "
+            "mode='memory' on one process, center=False, or normalize='frobenius'"
+        )
     timings: dict[str, float] = {}
     info: dict[str, Any] = {"dropped_empty": [], "truncated": []}
 
