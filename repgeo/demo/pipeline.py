@@ -204,7 +204,7 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
     ~40x more), plus proj_mse at the last mapped pair; columns as :func:`repgeo.audit.audit_features` plus
     ``student``."""
     from repgeo.audit import audit_features
-    from repgeo.audit.core import N_FLOOR
+    from repgeo.audit.table import N_FLOOR
     from repgeo.distill.students import num_blocks
     from repgeo.probe import collect, tokenize_texts
 
@@ -231,9 +231,10 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
         if layer_map:  # held-out proj_mse at the last mapped pair: value and null floor, no interval or p-value
             s_top = max(layer_map)
             t_last, s_last = f"hidden_states.{layer_map[s_top]}", f"hidden_states.{s_top}"
-            pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"], n_folds=0,
-                                n_perm=N_FLOOR if settings.n_perm else 0, seed=settings.seed)
-            pm["p_value"] = np.nan  # its permutations serve the floor only (too few, and of the in-sample fit)
+            pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"],
+                                n_folds=settings.n_folds, n_perm=N_FLOOR if settings.n_perm else 0, seed=settings.seed)
+            # its N_FLOOR permutations (each a cross-fitted refit) serve the floor; a p-value would need >= 19
+            pm["p_value"] = np.nan
             df = pd.concat([df, pm], ignore_index=True)
         df.insert(0, "student", name)
         frames.append(df)
