@@ -13,7 +13,7 @@ import pytest
 matplotlib.use("Agg")
 
 import repgeo.metrics.registry as registry
-from repgeo import cli_counterexamples
+from repgeo.cli import counterexamples as cli_counterexamples
 from repgeo.counterexamples import (
     Claim,
     audit_passed,
@@ -30,8 +30,8 @@ from repgeo.counterexamples import (
     projection_invertible,
     projection_minibatch,
     projection_prediction,
+    single_threaded,
 )
-from repgeo.counterexamples._core import single_threaded
 from repgeo.metrics import available, get
 
 

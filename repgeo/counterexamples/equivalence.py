@@ -7,20 +7,16 @@ from __future__ import annotations
 import numpy as np
 
 from ._core import (
-    ZERO_DISTANCE_TOL,
-    Claim,
-    Counterexample,
-    Pair,
     centred_orthonormal,
     check_float,
     check_int,
     gram,
-    metric_value,
     orthogonal,
     orthonormal_rows,
     rng_from,
     standardise,
 )
+from .certificate import ZERO_DISTANCE_TOL, Claim, Counterexample, Pair, metric_value
 from .orders import order_claims, sweep
 
 _m = metric_value  # a registered metric of (X, Y) as a float

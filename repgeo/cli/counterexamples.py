@@ -8,11 +8,8 @@ experiment is reported (its outcome is empirical, not a theorem) and does not af
 from __future__ import annotations
 
 import argparse
-import textwrap
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 DEFAULT_OUT = "counterexamples-figures"
 
@@ -38,70 +35,29 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="Adam steps of the optimisation experiment (default: 300; 0 skips it)")
 
 
-def _fmt(v: object) -> str:
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(v)
-    if f != f:
-        return "nan"
-    if f == 0:
-        return "0"
-    return f"{f:.4g}" if 1e-3 <= abs(f) < 1e4 else f"{f:.2e}"
-
-
-def _format_orders(table: Any, parameter: str, sphere: bool) -> str:
-    """One line per distance: its values at the ends of the sweep and its fitted order (or "blind")."""
-    from repgeo.counterexamples.orders import DISTANCES, LABELS, orders
-
-    fitted = orders(table)
-    where = " on the sphere" if sphere else ""
-    lines = [f"orders of blindness{where} ({parameter} from {table['eps'].iloc[0]:g} to {table['eps'].iloc[-1]:g}):"]
-    for name in DISTANCES:
-        s = fitted[name]
-        order = "blind at every order" if s != s else f"order {s:.2f}"
-        lines.append(f"  {LABELS[name]:>27s}: {_fmt(table[name].iloc[0])} .. {_fmt(table[name].iloc[-1])}  {order}")
-    return "\n".join(lines)
-
-
-def format_certificate(cx: Any) -> str:
-    """A certificate as text: statement, metric table, claims with PASS/FAIL."""
-    cert = cx.certify()
-    lines = [f"== {cx.title} ==", textwrap.fill(cx.statement, 110), "", "metric values:"]
-    table = cx.metric_table()
-    lines.append(table.map(_fmt).to_string())
-    errors = cert[(cert["section"] == "metric") & (cert["why"] != "")]
-    for r in errors.itertuples():
-        lines.append(f"  note: {r.item} on {r.pair}: {r.why}")
-    for key in ("orders", "orders_sphere"):
-        if key in cx.data:
-            lines.append(_format_orders(cx.data[key], cx.data["order_parameter"], key == "orders_sphere"))
-    lines.append("claims:")
-    for r in cert[cert["section"] == "claim"].itertuples():
-        mark = "PASS" if r.passed else "FAIL"
-        where = f" [{r.pair}]" if r.pair else ""
-        lines.append(f"  {mark}  {r.item}{where}: {_fmt(r.value)} {r.relation} {_fmt(r.bound)} "
-                     f"(tol {_fmt(r.tol)})")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run everything; return 0 if every claim holds, 1 otherwise."""
-    from repgeo.counterexamples._core import single_threaded
+    from repgeo.counterexamples import single_threaded
 
     with single_threaded():
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from repgeo.counterexamples import (
         all_counterexamples,
         audit_passed,
+        certify_all,
+        format_certificate,
         invariance_audit,
         invariance_matrix,
         optimization_experiment,
         optimization_summary,
     )
+    from repgeo.counterexamples.certificate import format_value
+    from repgeo.counterexamples.orders import order_sections
 
     out = None if args.no_figures else Path(args.out)
     if out is not None:
@@ -112,17 +68,17 @@ def _run(args: argparse.Namespace) -> int:
             plot_orders,
             save,
         )
-    n_claims = n_failed = 0
     cases = all_counterexamples(seed=args.seed)
     if out is not None:
         save(plot_orders([cx for cx in cases if cx.name != "projection_invertible_lowrank"]), out / "orders.png")
-    for cx in cases:
-        print(format_certificate(cx), end="\n\n")
-        claims = cx.claims()
-        n_claims += len(claims)
-        n_failed += sum(not c.passed for c in claims)
+
+    def show(cx: Any, cert: pd.DataFrame, name: str) -> None:
+        print(format_certificate(cx, cert, sections=order_sections(cx)), end="\n\n")
         if out is not None:
-            save(plot_counterexample(cx), out / f"{cx.name}.png")
+            save(plot_counterexample(cx), out / f"{name}.png")
+
+    claims = certify_all(cases, show)
+    n_claims, n_failed = len(claims), int((~claims["passed"]).sum())
 
     audit = invariance_audit(seed=args.seed)
     print("== Invariance audit: |change of each metric| under each transform of the student ==")
@@ -133,7 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     n_failed += len(broken)
     print(f"declared invariances checked: {len(declared)}, violated: {len(broken)}")
     for r in broken.itertuples():
-        print(f"  FAIL  {r.metric} declares {r.transform}-invariance but changed by {_fmt(r.change)} {r.error}")
+        print(f"  FAIL  {r.metric} declares {r.transform}-invariance but changed by {format_value(r.change)} "
+              f"{r.error}")
     print()
     if out is not None:
         save(plot_invariance(audit), out / "invariance_audit.png")
@@ -147,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
               "steps, one seed; reported, not certified; benchmarks/synthetic_51.py runs it to convergence over "
               "10 seeds) ==")
         with pd.option_context("display.width", 200):
-            print(summary[cols].map(_fmt).to_string())
+            print(summary[cols].map(format_value).to_string())
         order = summary["eps_orthogonal_kept"].sort_values(ascending=False)
         print("eps-orthogonal teacher pairs kept, most first: "
               + ", ".join(f"{k} {int(v)}" for k, v in order.items()), end="\n\n")
