@@ -8,9 +8,10 @@ Rules:
 
 (a) no module imports a private ``_name`` (module or symbol) of another unit, except the shared root helpers
     ``repgeo._files`` and ``repgeo._validation``;
-(b) no import cycle between modules, counting module-level imports only: an import inside a function runs when
-    the function is called, after every module has loaded, so it cannot deadlock a load (the CLI's commands
-    import their packages that way on purpose); imports under ``if TYPE_CHECKING:`` never run and are skipped;
+(b) no import cycle between modules, counting imports at module level and inside functions alike: a
+    function-level import cannot break a load, but one that closes a loop still ties the two modules together
+    (the loops issue #15 lists are of that kind); only imports under ``if TYPE_CHECKING:`` are skipped (they
+    never run);
 (c) ``repgeo.metrics`` imports nothing else of repgeo (the root ``_validation`` excepted);
 (d) ``repgeo.probe`` imports nothing of audit, distill, demo, recipes or cli;
 (e) the architecture page's table names exactly the units that exist, and every unit imports (at any level)
@@ -24,9 +25,12 @@ other violation fails, and so does an allowlisted one that no longer occurs (so 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "repgeo"
@@ -34,9 +38,32 @@ PAGE = ROOT / "docs" / "architecture.md"
 SHARED_PRIVATE = {"repgeo._files", "repgeo._validation"}
 MAX_FUNCTION_LINES = 80
 
-# Today's violations outside the cli/counterexamples/architecture work, each removed by another part of the
-# redesign issue (#15). Emptied by the redesign merge: the lead deletes each entry as its part lands.
-KNOWN_VIOLATIONS: set[str] = set()
+# Today's violations, each removed by another part of the redesign issue (#15) that lands in parallel: emptied
+# by the redesign merge (delete each entry as its part lands; a stale entry fails the test).
+KNOWN_VIOLATIONS: set[str] = {
+    # part 1: a public repgeo.metrics.stats; the projector loss beside the other metric losses
+    "private: repgeo.audit.uncertainty -> repgeo.metrics._prep",
+    "private: repgeo.audit.uncertainty -> repgeo.metrics._stats",
+    "private: repgeo.audit.uncertainty -> repgeo.metrics._xp",
+    "private: repgeo.distill.feature_loss -> repgeo.metrics._prep",
+    "private: repgeo.distill.feature_loss -> repgeo.metrics._xp",
+    # part 1: the shared root helpers
+    "page names a missing unit: repgeo._validation",
+    # part 2: probe/model.py at the bottom of probe; repgeo/assets/ as a package that absorbs study_data.py
+    "cycle: repgeo.probe.collect -> repgeo.probe.hooks -> repgeo.probe.select",
+    "cycle: repgeo.assets -> repgeo.study_data",
+    "unit not on the page: repgeo.study_data",
+    "not allowed: repgeo.assets -> repgeo.study_data",
+    "not allowed: repgeo.cli -> repgeo.study_data",  # cli/assets.py: smollm2_path moves into repgeo.assets
+    # part 3: the recipe layer
+    "page names a missing unit: repgeo.recipes",
+    # parts 3 and 4 (demo through recipes; TrainingArguments from the config) and part 5 (audit)
+    "long: repgeo.audit.core._stream_audit",
+    "long: repgeo.audit.core.audit",
+    "long: repgeo.audit.core.audit_features",
+    "long: repgeo.demo.pipeline.run_demo",
+    "long: repgeo.distill.run.build_trainer",
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +74,7 @@ class Import:
     target: str
     names: tuple[str, ...]
     line: int
-    top_level: bool  # runs when the module loads (not inside a function, not under TYPE_CHECKING)
+    type_only: bool  # under ``if TYPE_CHECKING:``: never runs
 
 
 def module_names(root: Path) -> dict[str, Path]:
@@ -67,20 +94,19 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _walk(node: ast.AST, top_level: bool) -> Iterator[tuple[ast.AST, bool]]:
+def _walk(node: ast.AST, type_only: bool) -> Iterator[tuple[ast.AST, bool]]:
+    """Every node below ``node`` with whether it sits under ``if TYPE_CHECKING:``."""
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            yield from _walk(child, False)
-        elif isinstance(child, ast.If) and _is_type_checking(child):
+        if isinstance(child, ast.If) and _is_type_checking(child):
             for stmt in child.body:
-                yield stmt, False
-                yield from _walk(stmt, False)
+                yield stmt, True
+                yield from _walk(stmt, True)
             for stmt in child.orelse:
-                yield stmt, top_level
-                yield from _walk(stmt, top_level)
+                yield stmt, type_only
+                yield from _walk(stmt, type_only)
         else:
-            yield child, top_level
-            yield from _walk(child, top_level)
+            yield child, type_only
+            yield from _walk(child, type_only)
 
 
 def imports(name: str, path: Path, modules: dict[str, Path]) -> list[Import]:
@@ -88,11 +114,11 @@ def imports(name: str, path: Path, modules: dict[str, Path]) -> list[Import]:
     top = name.split(".")[0]
     is_package = path.name == "__init__.py"
     out = []
-    for node, top_level in _walk(ast.parse(path.read_text(), str(path)), True):
+    for node, type_only in _walk(ast.parse(path.read_text(), str(path)), False):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == top:
-                    out.append(Import(name, alias.name, (), node.lineno, top_level))
+                    out.append(Import(name, alias.name, (), node.lineno, type_only))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = name.split(".") if is_package else name.split(".")[:-1]
@@ -105,10 +131,10 @@ def imports(name: str, path: Path, modules: dict[str, Path]) -> list[Import]:
             names = tuple(alias.name for alias in node.names)
             submodules = [n for n in names if f"{source}.{n}" in modules]
             for n in submodules:
-                out.append(Import(name, f"{source}.{n}", (), node.lineno, top_level))
+                out.append(Import(name, f"{source}.{n}", (), node.lineno, type_only))
             rest = tuple(n for n in names if n not in submodules)
             if rest or not submodules:
-                out.append(Import(name, source, rest, node.lineno, top_level))
+                out.append(Import(name, source, rest, node.lineno, type_only))
     return out
 
 
@@ -118,15 +144,17 @@ def unit_of(module: str) -> str:
 
 
 def all_imports(root: Path) -> list[Import]:
+    """Every repgeo import of every module of the package at ``root``."""
     modules = module_names(root)
     return [imp for name, path in modules.items() for imp in imports(name, path, modules)]
 
 
-def private_imports(found: list[Import]) -> list[str]:
-    """Rule (a): ``module -> target[.name]`` for every private name of another unit that is imported."""
+def private_imports(found: list[Import], shared: set[str] = SHARED_PRIVATE) -> list[str]:
+    """Rule (a): ``private: module -> target[.name]`` for every private name of another unit that is imported
+    (the modules in ``shared`` excepted)."""
     out = []
     for imp in found:
-        if unit_of(imp.target) == unit_of(imp.module) or imp.target in SHARED_PRIVATE:
+        if unit_of(imp.target) == unit_of(imp.module) or imp.target in shared:
             continue
         private = [p for p in imp.target.split(".")[1:] if p.startswith("_") and not p.startswith("__")]
         names = [n for n in imp.names if n.startswith("_") and not n.startswith("__")]
@@ -138,11 +166,11 @@ def private_imports(found: list[Import]) -> list[str]:
 
 def cycles(found: list[Import]) -> list[str]:
     """Rule (b): every strongly connected component of more than one module (or a module importing itself) in
-    the graph of module-level imports, as ``cycle: a -> b -> ...`` (sorted names)."""
+    the graph of imports that run (module level and inside functions), as ``cycle: a -> b -> ...`` (sorted)."""
     graph: dict[str, set[str]] = {}
     for imp in found:
         graph.setdefault(imp.module, set())
-        if imp.top_level:
+        if not imp.type_only:
             graph[imp.module].add(imp.target)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -198,3 +226,172 @@ def long_functions(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
                 if n > limit:
                     out.append(f"long: {name}.{node.name}")  # ({n} lines)
     return sorted(out)
+
+
+# ------------------------------------------------------------------------------------------ the page's table
+
+
+@dataclass(frozen=True)
+class Row:
+    unit: str
+    floor: int
+    may_import: frozenset[str]
+
+
+def _unit_name(cell: str, package: str = "repgeo") -> str:
+    name = cell.strip().strip("`")
+    return package if name == "__init__" else f"{package}.{name}"
+
+
+def page_table(text: str, package: str = "repgeo") -> dict[str, Row]:
+    """The rows of the page's "Unit | Floor | May import | Job" table, by dotted unit name."""
+    rows = {}
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"\|\s*Unit\s*\|\s*Floor\s*\|\s*May import", line))
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        unit, floor, may, _job = (c.strip() for c in line.strip().strip("|").split("|", 3))
+        allowed = frozenset(_unit_name(n, package) for n in re.findall(r"`([^`]+)`", may))
+        rows[_unit_name(unit, package)] = Row(_unit_name(unit, package), int(floor), allowed)
+    return rows
+
+
+def units(root: Path) -> set[str]:
+    """The units under ``root``: its packages and its root modules (``__init__`` is the package itself)."""
+    return {unit_of(name) for name in module_names(root)}
+
+
+def page_violations(rows: dict[str, Row], found: list[Import], present: set[str]) -> list[str]:
+    """Rule (e): units the page names that do not exist, units that exist and are not on the page, and every
+    import of a unit that its row does not allow."""
+    out = [f"page names a missing unit: {u}" for u in sorted(set(rows) - present)]
+    out += [f"unit not on the page: {u}" for u in sorted(present - set(rows))]
+    for unit, targets in sorted(unit_edges(found).items()):
+        if unit in rows:
+            out += [f"not allowed: {unit} -> {t}" for t in sorted(targets - rows[unit].may_import)]
+    return out
+
+
+def all_violations(root: Path = PACKAGE, page: Path = PAGE) -> set[str]:
+    found = all_imports(root)
+    return set(private_imports(found) + cycles(found) + long_functions(root)
+               + page_violations(page_table(page.read_text()), found, units(root)))
+
+
+# ------------------------------------------------------------------------------------------------- the tests
+
+
+@pytest.fixture(scope="module")
+def found() -> list[Import]:
+    return all_imports(PACKAGE)
+
+
+PAGE_KINDS = ("page names a missing unit:", "unit not on the page:", "not allowed:")
+
+
+def _check(violations: list[str], kind: str | tuple[str, ...]) -> None:
+    """No violation of ``kind`` beyond the allowlisted ones, and every allowlisted one of that kind still real."""
+    known = {v for v in KNOWN_VIOLATIONS if v.startswith(kind)}
+    new = sorted(set(violations) - known)
+    gone = sorted(known - set(violations))
+    assert not new, "new violations of docs/architecture.md:\n" + "\n".join(new)
+    assert not gone, "fixed; remove from KNOWN_VIOLATIONS:\n" + "\n".join(gone)
+
+
+def test_no_private_name_crosses_a_unit(found):
+    _check(private_imports(found), "private:")
+
+
+def test_no_import_cycles(found):
+    _check(cycles(found), "cycle:")
+
+
+def test_no_function_over_80_lines():
+    _check(long_functions(PACKAGE), "long:")
+
+
+def test_metrics_imports_nothing_else_of_repgeo(found):
+    imported = {imp.target for imp in found if unit_of(imp.module) == "repgeo.metrics"}
+    outside = {t for t in imported if unit_of(t) not in ("repgeo.metrics", "repgeo._validation")}
+    assert not outside, sorted(outside)
+    assert imported, "no import of the metrics package was seen: the checker is broken"
+
+
+def test_probe_knows_no_consumer(found):
+    banned = {"repgeo.audit", "repgeo.distill", "repgeo.demo", "repgeo.recipes", "repgeo.cli", "repgeo.metrics"}
+    hits = sorted(f"{imp.module} -> {imp.target}" for imp in found
+                  if unit_of(imp.module) == "repgeo.probe" and unit_of(imp.target) in banned)
+    assert not hits, hits
+
+
+def test_the_page_names_every_unit_and_allows_every_import(found):
+    rows = page_table(PAGE.read_text())
+    _check(page_violations(rows, found, units(PACKAGE)), PAGE_KINDS)
+
+
+def test_the_page_is_layered():
+    """Every unit the table allows sits on a lower floor (so the allowed graph has no loop), and the table keeps
+    rules (c) and (d): metrics may import only _validation, probe none of its consumers."""
+    rows = page_table(PAGE.read_text())
+    assert len(rows) >= 10
+    upward = [f"{r.unit} (floor {r.floor}) -> {t}" for r in rows.values() for t in r.may_import
+              if t not in rows or rows[t].floor >= r.floor]
+    assert not upward, upward
+    assert rows["repgeo.metrics"].may_import <= {"repgeo._validation"}
+    assert not rows["repgeo.probe"].may_import & {"repgeo.metrics", "repgeo.audit", "repgeo.distill",
+                                                  "repgeo.demo", "repgeo.recipes", "repgeo.cli"}
+
+
+def test_known_violations_are_all_real_kinds():
+    kinds = ("private:", "cycle:", "long:", *PAGE_KINDS)
+    assert all(v.startswith(kinds) for v in KNOWN_VIOLATIONS)
+
+
+# ------------------------------------------------------------------------------- the checker can fail
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_checker_catches_loops_private_imports_long_functions_and_page_drift(tmp_path):
+    long_body = "".join(f"    x{i} = {i}\n" for i in range(79))
+    _write(tmp_path, {
+        "pkg/__init__.py": "from .metrics import f\n",
+        "pkg/_files.py": "def write():\n    pass\n",
+        "pkg/metrics/__init__.py": "from .core import f\nfrom . import _hidden\n",
+        "pkg/metrics/_hidden.py": "x = 1\n",
+        "pkg/metrics/core.py": "def f():\n    from pkg.probe import g\n    return g\n",
+        "pkg/probe/__init__.py": "from .a import g\n",
+        "pkg/probe/a.py": "from .b import h\n\n\ndef g():\n    return h\n",
+        "pkg/probe/b.py": "def h():\n    from .a import g\n    return g\n",  # a loop closed inside a function
+        "pkg/audit/__init__.py": "from pkg.metrics._hidden import x\nfrom pkg.metrics import _secret, f\n"
+                                 "from pkg._files import write\nimport pkg.probe\n",
+        "pkg/audit/typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .typed2 import T\n",
+        "pkg/audit/typed2.py": "from .typed import TYPE_CHECKING\n",  # no loop: the other side never runs
+        "pkg/audit/long.py": f"def too_long():\n{long_body}    return 0\n\n\ndef just_fits():\n{long_body}",
+    })
+    page = ("| Unit | Floor | May import | Job |\n|---|---|---|---|\n| `metrics` | 1 | — | m |\n"
+            "| `probe` | 1 | — | p |\n| `audit` | 2 | `metrics`, `_files` | a |\n| `ghost` | 1 | — | g |\n"
+            "| `__init__` | 3 | `metrics` | i |\n")
+    found = all_imports(tmp_path / "pkg")
+    assert set(private_imports(found, {"pkg._files"})) == {
+        "private: pkg.audit -> pkg.metrics._hidden", "private: pkg.audit -> pkg.metrics._secret"}
+    assert cycles(found) == ["cycle: pkg.probe.a -> pkg.probe.b"]
+    assert long_functions(tmp_path / "pkg") == ["long: pkg.audit.long.too_long"]
+    assert set(page_violations(page_table(page, "pkg"), found, units(tmp_path / "pkg"))) == {
+        "page names a missing unit: pkg.ghost", "unit not on the page: pkg._files",
+        "not allowed: pkg.metrics -> pkg.probe", "not allowed: pkg.audit -> pkg.probe"}
+    assert unit_edges(found)["pkg.metrics"] == {"pkg.probe"}
+
+
+def test_the_checker_reads_this_repository():
+    """Known edges of the real package are seen, so a silent parser (no imports found) cannot pass the rules."""
+    edges = unit_edges(all_imports(PACKAGE))
+    assert {"repgeo.metrics", "repgeo.probe"} <= edges["repgeo.audit"]
+    assert "repgeo.metrics" in edges["repgeo.counterexamples"]
+    assert "repgeo.counterexamples" in edges["repgeo.cli"]
