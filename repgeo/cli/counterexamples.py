@@ -44,32 +44,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    out = None if args.no_figures else Path(args.out)
+    n_claims, n_failed = _certificates(args.seed, out)
+    n_declared, n_broken = _invariances(args.seed, out)
+    if args.steps > 0:
+        _optimisation(args.steps, args.seed, out)
+    n_claims, n_failed = n_claims + n_declared, n_failed + n_broken
+    status = "all hold" if n_failed == 0 else f"{n_failed} FAILED"
+    print(f"claims checked: {n_claims}, {status}")
+    if out is not None:
+        print(f"figures written to {out}/")
+    return 0 if n_failed == 0 else 1
+
+
+def _certificates(seed: int, out: Path | None) -> tuple[int, int]:
+    """Print every construction's certificate (with its orders of blindness); figures into ``out``. Returns the
+    numbers of claims checked and failed."""
     import pandas as pd
 
-    from repgeo.counterexamples import (
-        all_counterexamples,
-        audit_passed,
-        certify_all,
-        format_certificate,
-        invariance_audit,
-        invariance_matrix,
-        optimization_experiment,
-        optimization_summary,
-    )
-    from repgeo.counterexamples.certificate import format_value
+    from repgeo.counterexamples import all_counterexamples, certify_all, format_certificate
     from repgeo.counterexamples.orders import order_sections
 
-    out = None if args.no_figures else Path(args.out)
+    cases = all_counterexamples(seed=seed)
     if out is not None:
-        from repgeo.counterexamples.figures import (
-            plot_counterexample,
-            plot_invariance,
-            plot_optimization,
-            plot_orders,
-            save,
-        )
-    cases = all_counterexamples(seed=args.seed)
-    if out is not None:
+        from repgeo.counterexamples.figures import plot_counterexample, plot_orders, save
+
         save(plot_orders([cx for cx in cases if cx.name != "projection_invertible_lowrank"]), out / "orders.png")
 
     def show(cx: Any, cert: pd.DataFrame, name: str) -> None:
@@ -78,41 +77,51 @@ def _run(args: argparse.Namespace) -> int:
             save(plot_counterexample(cx), out / f"{name}.png")
 
     claims = certify_all(cases, show)
-    n_claims, n_failed = len(claims), int((~claims["passed"]).sum())
+    return len(claims), int((~claims["passed"]).sum())
 
-    audit = invariance_audit(seed=args.seed)
+
+def _invariances(seed: int, out: Path | None) -> tuple[int, int]:
+    """Print the invariance audit; its figure into ``out``. Returns the numbers of declared invariances checked
+    and violated."""
+    from repgeo.counterexamples import audit_passed, invariance_audit, invariance_matrix
+    from repgeo.counterexamples.certificate import format_value
+
+    audit = invariance_audit(seed=seed)
     print("== Invariance audit: |change of each metric| under each transform of the student ==")
     print(invariance_matrix(audit).map(lambda v: f"{v:.0e}").to_string())
     declared = audit[audit["declared"] == True]  # noqa: E712
     broken = declared[~declared["passed"].astype(bool)]
-    n_claims += len(declared)
-    n_failed += len(broken)
     print(f"declared invariances checked: {len(declared)}, violated: {len(broken)}")
     for r in broken.itertuples():
         print(f"  FAIL  {r.metric} declares {r.transform}-invariance but changed by {format_value(r.change)} "
               f"{r.error}")
     print()
     if out is not None:
+        from repgeo.counterexamples.figures import plot_invariance, save
+
         save(plot_invariance(audit), out / "invariance_audit.png")
     assert audit_passed(audit) == broken.empty
+    return len(declared), len(broken)
 
-    if args.steps > 0:
-        results = optimization_experiment(steps=args.steps, seed=args.seed)
-        summary = optimization_summary(results)
-        cols = ["loss", "procrustes", "fg", "cka", "proj_mse", "eps_orthogonal_kept", "teacher_eps_orthogonal"]
-        print(f"== Synthetic optimisation (n=200, p=64, over-complete rank-48 teacher, q=16, {args.steps} Adam "
-              "steps, one seed; reported, not certified; benchmarks/synthetic_51.py runs it to convergence over "
-              "10 seeds) ==")
-        with pd.option_context("display.width", 200):
-            print(summary[cols].map(format_value).to_string())
-        order = summary["eps_orthogonal_kept"].sort_values(ascending=False)
-        print("eps-orthogonal teacher pairs kept, most first: "
-              + ", ".join(f"{k} {int(v)}" for k, v in order.items()), end="\n\n")
-        if out is not None:
-            save(plot_optimization(results), out / "optimization.png")
 
-    status = "all hold" if n_failed == 0 else f"{n_failed} FAILED"
-    print(f"claims checked: {n_claims}, {status}")
+def _optimisation(steps: int, seed: int, out: Path | None) -> None:
+    """Run and print the synthetic optimisation experiment (reported, not certified); its figure into ``out``."""
+    import pandas as pd
+
+    from repgeo.counterexamples import optimization_experiment, optimization_summary
+    from repgeo.counterexamples.certificate import format_value
+
+    results = optimization_experiment(steps=steps, seed=seed)
+    summary = optimization_summary(results)
+    cols = ["loss", "procrustes", "fg", "cka", "proj_mse", "eps_orthogonal_kept", "teacher_eps_orthogonal"]
+    print(f"== Synthetic optimisation (n=200, p=64, over-complete rank-48 teacher, q=16, {steps} Adam steps, one "
+          "seed; reported, not certified; benchmarks/synthetic_51.py runs it to convergence over 10 seeds) ==")
+    with pd.option_context("display.width", 200):
+        print(summary[cols].map(format_value).to_string())
+    order = summary["eps_orthogonal_kept"].sort_values(ascending=False)
+    print("eps-orthogonal teacher pairs kept, most first: "
+          + ", ".join(f"{k} {int(v)}" for k, v in order.items()), end="\n\n")
     if out is not None:
-        print(f"figures written to {out}/")
-    return 0 if n_failed == 0 else 1
+        from repgeo.counterexamples.figures import plot_optimization, save
+
+        save(plot_optimization(results), out / "optimization.png")
