@@ -13,7 +13,8 @@ Rules:
     (the loops issue #15 lists are of that kind); only imports under ``if TYPE_CHECKING:`` are skipped (they
     never run);
 (c) ``repgeo.metrics`` imports nothing else of repgeo (the root ``_validation`` excepted);
-(d) ``repgeo.probe`` imports nothing of audit, distill, demo, recipes or cli;
+(d) ``repgeo.probe`` imports nothing of metrics, audit, distill, demo, recipes or cli (it knows models, not
+    metrics);
 (e) the architecture page's table names exactly the units that exist, and every unit imports (at any level)
     only the units its row allows;
 (f) no function is longer than 80 lines (``def`` line to last line).
