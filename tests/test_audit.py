@@ -466,7 +466,7 @@ def _save_pair(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_cli_audit_and_layers(tmp_path, capsys):
-    from repgeo.cli_audit import main
+    from repgeo.cli import main
 
     t, s = _save_pair(tmp_path)
     data = tmp_path / "d.jsonl"
@@ -488,7 +488,7 @@ def test_cli_audit_and_layers(tmp_path, capsys):
 
 
 def test_cli_offline_hub_name_says_what_to_do(tmp_path, capsys, monkeypatch):
-    from repgeo.cli_audit import main
+    from repgeo.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "d.txt").write_text("a b c\n")

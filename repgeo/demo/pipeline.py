@@ -247,25 +247,11 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
 
 def certify(figures: Path | None, seed: int) -> pd.DataFrame:
     """Build and certify every counterexample of the theory; one row per claim (and a figure per construction)."""
-    from repgeo.counterexamples import all_counterexamples
-    from repgeo.counterexamples._core import single_threaded
+    from repgeo.counterexamples import all_counterexamples, certify_all
 
-    rows = []
-    seen: dict[str, int] = {}
-    with single_threaded():
-        for cx in all_counterexamples(seed=seed):
-            seen[cx.name] = seen.get(cx.name, 0) + 1
-            stem = cx.name if seen[cx.name] == 1 else f"{cx.name}_{seen[cx.name]}"
-            cert = cx.certify()
-            for r in cert[cert["section"] == "claim"].itertuples():
-                rows.append({"counterexample": stem, "title": cx.title, "claim": r.item, "pair": r.pair,
-                             "value": r.value, "relation": r.relation, "bound": r.bound, "tol": r.tol,
-                             "passed": bool(r.passed)})
-            if figures is not None:
-                import matplotlib.pyplot as plt
+    def save_figure(cx: Any, cert: pd.DataFrame, name: str) -> None:
+        from repgeo.counterexamples.figures import plot_counterexample, save
 
-                from repgeo.counterexamples.figures import plot_counterexample, save
+        save(plot_counterexample(cx), figures / f"{name}.png")
 
-                save(plot_counterexample(cx), figures / f"{stem}.png")
-                plt.close("all")
-    return pd.DataFrame(rows)
+    return certify_all(all_counterexamples(seed=seed), save_figure if figures is not None else None)
