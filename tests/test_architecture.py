@@ -59,9 +59,6 @@ KNOWN_VIOLATIONS: set[str] = {
     # part 3: the recipe layer
     "page names a missing unit: repgeo.recipes",
     # parts 3 and 4 (demo through recipes; TrainingArguments from the config) and part 5 (audit)
-    "long: repgeo.audit.core._stream_audit",
-    "long: repgeo.audit.core.audit",
-    "long: repgeo.audit.core.audit_features",
     "long: repgeo.demo.pipeline.run_demo",
     "long: repgeo.distill.run.build_trainer",
 }
