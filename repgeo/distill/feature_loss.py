@@ -39,6 +39,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from repgeo._validation import FEATURE_POOLINGS as POOLINGS
 from repgeo.metrics import get as get_metric
 from repgeo.metrics._prep import preprocess
 from repgeo.metrics._xp import Check, all_passed, deferred_checks, raise_failed
@@ -46,7 +47,6 @@ from repgeo.probe.pooling import pool
 
 from .gather import gather_rows
 
-POOLINGS = ("cls", "mean", "last", "tokens")
 Features = Mapping[int, torch.Tensor]
 
 

@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from repgeo._validation import POOLINGS, check_choice, check_int
+
 from .hooks import capture, run_forward
 from .model import call_model, eval_mode, model_device, move_to, unwrap_model
-from .pooling import POOLINGS, pool
+from .pooling import pool
 from .select import Layer, LayerSpec, resolve_layers
 from .sinks import MemorySink, PairStreamSink, Sink
 
@@ -98,8 +100,7 @@ class Probe:
         stop_early: bool = True,
         device: torch.device | str | None = None,
     ) -> None:
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        check_choice("pooling", pooling, POOLINGS)
         self.model = unwrap_model(model)
         self.layers: list[Layer] = resolve_layers(self.model, layers)
         self.pooling = pooling
@@ -347,8 +348,8 @@ def tokenize_texts(
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise ValueError(f"{len(empty)} empty text(s) at indices {empty[:10]}; remove them before probing")
-    if batch_size < 1 or max_length < 1:
-        raise ValueError("batch_size and max_length must be >= 1")
+    check_int("batch_size", batch_size, 1)
+    check_int("max_length", max_length, 1)
     if getattr(tokenizer, "pad_token", None) is None:
         raise ValueError(
             "the tokenizer has no pad token; set one first (e.g. tokenizer.pad_token = tokenizer.eos_token)"
