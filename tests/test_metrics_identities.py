@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import repgeo
-from repgeo.metrics._prep import preprocess
+from repgeo.metrics.stats import preprocess
 
 from .conftest import related_pair
 

@@ -20,7 +20,7 @@ ordinary parameters of this module (the trainer gives them their own optimizer g
 ``min_W`` instead (no parameters).
 
 **No host synchronisation.** The first forward call checks its inputs eagerly (clear errors at set-up). Every
-later call runs the metrics inside :func:`repgeo.metrics._xp.deferred_checks`: no check reads a value back from
+later call runs the metrics inside :func:`repgeo.metrics.stats.deferred_checks`: no check reads a value back from
 the device (``bool``/``item`` of a tensor would stall a GPU pipeline every step); the conditions are combined on
 the device into ``FeatureLossOutput.valid`` and :meth:`FeatureLoss.raise_if_invalid` evaluates them (one sync)
 whenever the caller chooses, e.g. at logging steps.
@@ -41,8 +41,7 @@ from torch import nn
 
 from repgeo._validation import FEATURE_POOLINGS as POOLINGS
 from repgeo.metrics import get as get_metric
-from repgeo.metrics._prep import preprocess
-from repgeo.metrics._xp import Check, all_passed, deferred_checks, raise_failed
+from repgeo.metrics.stats import Check, all_passed, deferred_checks, preprocess, raise_failed
 from repgeo.probe.pooling import pool
 
 from .gather import gather_rows
@@ -80,7 +79,7 @@ class FeatureLoss(nn.Module):
     student_dims, teacher_dims: hidden sizes per layer (or one int for all); needed for the learned projector.
     pooling: ``cls``, ``mean``, ``last`` or ``tokens``.
     weights: one weight per pair (a sequence in map order, or ``{student_layer: w}``); default 1 each.
-    center, normalize: preprocessing passed to the metric (see :mod:`repgeo.metrics._prep`).
+    center, normalize: preprocessing passed to the metric (see :mod:`repgeo.metrics.stats`).
     projector: ``"learned"`` (default for proj_mse) or ``"closed_form"``; ignored by other metrics.
     gather: gather rows across data-parallel ranks (no-op on one process).
     """

@@ -1,7 +1,8 @@
 """The metrics core: pure functions of two arrays (numpy -> float64 analysis, torch -> differentiable).
 
 Conventions (preprocessing order, X = teacher, Y = student) are documented once in
-:mod:`repgeo.metrics._prep`.
+:mod:`repgeo.metrics._prep`; the statistics interface and preprocessing that other packages build on are public in
+:mod:`repgeo.metrics.stats`.
 """
 
 from .cka import cka
