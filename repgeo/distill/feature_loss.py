@@ -11,8 +11,9 @@ default). Rows are pooled sequences (``cls``/``mean``/``last``: one row per exam
 (``tokens``); padding is masked through the attention mask (and an optional token mask, e.g. response tokens).
 
 **Projection-MSE** (``metric="proj_mse"``) uses a *learned* linear projector per layer pair by default
-(FitNets / TinyBERT), ``D = ||P(Y) W_k^T - P(X)||_F^2`` with ``P`` the same preprocessing and
-``W_k = nn.Linear(q, p, bias=False)`` (no bias: both sides are centred). Shapes come from the models' hidden sizes.
+(FitNets / TinyBERT), ``D = ||P(Y) W_k^T - P(X)||_F^2`` (:func:`repgeo.metrics.proj_mse_learned`) with ``P`` the
+same preprocessing and ``W_k = nn.Linear(q, p, bias=False)`` (no bias: both sides are centred). Shapes come from
+the models' hidden sizes.
 Initialisation: ``nn.init.orthogonal_``, i.e. a (semi-)orthogonal map, so at the start the projection keeps the
 student's norm and the loss equals a Procrustes-like distance rather than an arbitrary scale. The projectors are
 ordinary parameters of this module (the trainer gives them their own optimizer group and saves
@@ -41,7 +42,8 @@ from torch import nn
 
 from repgeo._validation import FEATURE_POOLINGS as POOLINGS
 from repgeo.metrics import get as get_metric
-from repgeo.metrics.stats import Check, all_passed, deferred_checks, preprocess, raise_failed
+from repgeo.metrics import proj_mse_learned
+from repgeo.metrics.stats import Check, all_passed, deferred_checks, raise_failed
 from repgeo.probe.pooling import pool
 
 from .gather import gather_rows
@@ -174,11 +176,8 @@ class FeatureLoss(nn.Module):
     def pair_loss(self, name: str, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Unweighted loss of one pair on (already gathered) rows X (teacher) and Y (student)."""
         if self.learned:
-            Xp = preprocess(X, "X", center=self.center, normalize=self.normalize)
-            Yp = preprocess(Y, "Y", center=self.center, normalize=self.normalize)
-            proj = self.projectors[name]
-            residual = Yp @ proj.weight.float().T - Xp
-            return (residual * residual).sum()
+            return proj_mse_learned(X, Y, self.projectors[name].weight.float(), center=self.center,
+                                    normalize=self.normalize)
         return self.spec.loss(X, Y, center=self.center, normalize=self.normalize)
 
     def forward(

@@ -9,7 +9,7 @@ from .cka import cka
 from .gram import fg
 from .moments import Moments
 from .procrustes import bures, nbs, procrustes
-from .projection import proj_mse
+from .projection import proj_mse, proj_mse_learned
 from .registry import MetricSpec, available, compare, get, register
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "nbs",
     "procrustes",
     "proj_mse",
+    "proj_mse_learned",
     "register",
 ]
