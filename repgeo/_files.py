@@ -8,8 +8,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     fsync_dir(path.parent)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file and folder below ``folder`` (and ``folder`` itself)."""
+    folder = Path(folder)
+    for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_file() and not p.is_symlink():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            fsync_dir(p)
+    fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, *, keep_existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """A temporary folder next to ``path`` to fill; on a clean exit its files are fsynced and it is renamed onto
+    ``path`` (then the parent folder is fsynced), so a reader sees the old folder or the complete new one, never a
+    half-written one. An existing ``path`` is first moved aside and deleted after the rename -- unless
+    ``keep_existing(path)`` says it is already a complete result (another process finished the same work
+    first): then the new folder is dropped. On an exception the temporary folder is deleted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if path.exists() and keep_existing is not None and keep_existing(path):
+            return
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)  # moved aside, not deleted in place: readers see the old or the new folder
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old.exists() and not path.exists():
+                os.replace(old, path)  # put the old folder back
+            raise
+        fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------
