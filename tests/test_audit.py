@@ -337,7 +337,7 @@ def test_different_stimulus_counts_refused():
 def test_empty_data_file_and_empty_list(tmp_path):
     for name, content in (("e.txt", "\n  \n"), ("e.csv", "text\n"), ("e.jsonl", "")):
         (tmp_path / name).write_text(content)
-        with pytest.raises(ValueError, match="holds no texts"):
+        with pytest.raises(ValueError, match="holds no texts|is empty"):
             audit(bert(0), bert(1), tmp_path / name, tokenizer=tokenizer())
     with pytest.raises(ValueError, match="no stimuli"):
         audit(bert(0), bert(1), [], tokenizer=tokenizer())
