@@ -1,4 +1,5 @@
-"""Forward hooks that capture module outputs, removed on exit (even on exception).
+"""Forward hooks that capture module outputs, removed on exit (even on exception), and :func:`list_layers`, which
+hooks every module for one pass to list the names and output shapes a probe can select.
 
 Conventions:
 
