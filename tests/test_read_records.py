@@ -70,6 +70,8 @@ def test_errors_name_the_file_the_byte_the_line_and_the_columns(tmp_path):
             read_records(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="not found"):
         read_records(tmp_path / "absent.csv")
+    with pytest.raises(DataError, match=r"unsupported data file 'x\.xlsx': use \.txt \(one text per line\) or a table"):
+        read_texts(tmp_path / "x.xlsx")
     ok = tmp_path / "ok.csv"
     ok.write_text("text,sentiment\na,1\n")
     with pytest.raises(DataError, match=r"^data file '.*ok\.csv' has no column 'label' \(columns: \['text', "

@@ -7,7 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from repgeo._files import DataError, missing_column, model_source_problem, read_records, read_text_utf8, record_columns
+from repgeo._files import (
+    TABULAR_SUFFIXES,
+    DataError,
+    missing_column,
+    model_source_problem,
+    read_records,
+    read_text_utf8,
+    record_columns,
+)
 
 __all__ = ["load_model", "read_texts"]
 
@@ -25,6 +33,9 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
     column or a file that is not UTF-8 (naming the byte offset).
     """
     path = Path(path)
+    if path.suffix.lower() not in (".txt", *TABULAR_SUFFIXES):
+        raise DataError(f"unsupported data file {path.name!r}: use .txt (one text per line) or a table "
+                        f"({', '.join(TABULAR_SUFFIXES)})")
     if path.suffix.lower() == ".txt":
         if not path.is_file():
             raise FileNotFoundError(f"data file {str(path)!r} not found")
