@@ -1,6 +1,8 @@
-"""File helpers shared by the modules that read, write or verify files: atomic writes (fsync of the file and of its
-folder), sha256 manifests of what a run wrote (sizes checked on every open, hashes on reuse), folder locks with
-stale-lock handling, and readers that name the file in their errors."""
+"""File helpers shared by the modules that read, write or verify files: atomic writes of a file or a whole folder
+(fsync of the data and of its folder), sha256 manifests of what a run wrote (sizes checked on every open, hashes on
+reuse), folder locks with stale-lock handling, and the one tabular reader (:func:`read_records`: CSV, TSV, JSON
+lines, JSON) whose errors name the file, the line and the byte. Scripts and studies use the public face,
+:mod:`repgeo.files`."""
 
 from __future__ import annotations
 
