@@ -42,21 +42,6 @@ MAX_FUNCTION_LINES = 80
 # Today's violations, each removed by another part of the redesign issue (#15) that lands in parallel: emptied
 # by the redesign merge (delete each entry as its part lands; a stale entry fails the test).
 KNOWN_VIOLATIONS: set[str] = {
-    # part 1: a public repgeo.metrics.stats; the projector loss beside the other metric losses
-    "private: repgeo.audit.uncertainty -> repgeo.metrics._prep",
-    "private: repgeo.audit.uncertainty -> repgeo.metrics._stats",
-    "private: repgeo.audit.uncertainty -> repgeo.metrics._xp",
-    "private: repgeo.distill.feature_loss -> repgeo.metrics._prep",
-    "private: repgeo.distill.feature_loss -> repgeo.metrics._xp",
-    # part 1: the shared root helpers
-    "page names a missing unit: repgeo._validation",
-    # part 2: probe/model.py at the bottom of probe; repgeo/assets/ as a package that absorbs study_data.py
-    "cycle: repgeo.probe.collect -> repgeo.probe.hooks -> repgeo.probe.select",
-    "cycle: repgeo.assets -> repgeo.study_data",
-    "unit not on the page: repgeo.study_data",
-    "not allowed: repgeo.assets -> repgeo.study_data",
-    "not allowed: repgeo.cli -> repgeo.study_data",  # cli/assets.py: smollm2_path moves into repgeo.assets
-    # part 3: the recipe layer
     "page names a missing unit: repgeo.recipes",
     # parts 3 and 4 (demo through recipes; TrainingArguments from the config) and part 5 (audit)
     "long: repgeo.demo.pipeline.run_demo",

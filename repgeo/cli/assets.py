@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         paths = fetch_all(names or DEMO_ASSETS, verify=getattr(args, "verify", False),
                           force=getattr(args, "force", False))
         if "smollm2" in paths:  # the usable form is the converted Hugging Face folder
-            from repgeo.study_data import smollm2_path
+            from repgeo.assets.study import smollm2_path
 
             paths["smollm2"] = smollm2_path()
     except (AssetError, ValueError) as exc:

@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
 
+from repgeo._validation import check_float, check_int  # noqa: F401 (the theorem modules import them from here)
+
 # ---------------------------------------------------------------------------------------------------- checks
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}")
-    return int(value)
-
-
-def check_float(name: str, value: object, *, low: float | None = None, strict: bool = False,
-                high: float | None = None) -> float:
-    """``value`` as a finite float, > ``low`` (``strict``) or >= ``low``, and <= ``high``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite; got {value!r}")
-    if low is not None and (v <= low if strict else v < low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}; got {value!r}")
-    if high is not None and v > high:
-        raise ValueError(f"{name} must be <= {high}; got {value!r}")
-    return v
 
 
 def rng_from(seed: object) -> np.random.Generator:
