@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from repgeo._validation import SENTENCE_POOLINGS
 from repgeo.probe import TOKEN_MASK_KEY, TokenizedTexts, tokenize_texts
 
 from .data import read_texts
 
-__all__ = ["SENTENCE_POOLINGS", "Stimuli", "batch_rows", "default_layers", "prepare_stimuli"]
-
-SENTENCE_POOLINGS = ("mean", "cls", "last")
+__all__ = ["Stimuli", "batch_rows", "default_layers", "prepare_stimuli"]
 
 
 @dataclass
@@ -106,7 +105,8 @@ def batch_rows(batch: Any, pooling: str) -> np.ndarray:
 
 def default_layers(model: nn.Module, who: str) -> list[int]:
     """Every hidden state (``0..num_hidden_layers``) of a transformers model; a clear error for other models."""
-    from repgeo.probe.select import num_hidden_states, unwrap_model
+    from repgeo.probe import unwrap_model
+    from repgeo.probe.select import num_hidden_states
 
     n = num_hidden_states(unwrap_model(model))
     if n is None:

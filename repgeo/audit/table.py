@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from repgeo._validation import check_choice, check_float, check_int
 from repgeo.metrics import compare, get
 from repgeo.metrics.estimators import CORRECTED_BOUNDS, corrected, effective_rank, heldout_terms, row_space
 
@@ -90,19 +91,17 @@ def _as_2d(a: Any, name: str) -> np.ndarray:
 
 
 def _check_options(estimator: str, center: bool, normalize: Any, n_floor: int, ci: float, ci_method: str) -> None:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    check_choice("estimator", estimator, ESTIMATORS)
     if estimator == "corrected" and (center is not True or normalize not in ("frobenius", "rows")):
         raise ValueError(
             "estimator='corrected' needs center=True and normalize='frobenius' or 'rows' (it estimates "
             f"population covariances); got center={center!r}, normalize={normalize!r}: use estimator='plugin'"
         )
-    if not isinstance(n_floor, int) or n_floor < 0:
-        raise ValueError(f"n_floor must be a non-negative integer; got {n_floor!r}")
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
-    if ci_method not in CI_METHODS:
-        raise ValueError(f"ci_method must be 'jackknife' or 'bootstrap'; got {ci_method!r}")
+    check_int("n_floor", n_floor, 0)
+    check_float("ci", ci, low=0.0, strict=True, high=1.0)
+    if ci >= 1:
+        raise ValueError(f"ci must be < 1; got {ci!r}")
+    check_choice("ci_method", ci_method, CI_METHODS)
 
 
 def _inputs(teacher: Mapping[str, Any], student: Mapping[str, Any], cells: Sequence[Cell] | None, groups: Any,
