@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from repgeo._validation import PROCRUSTES_KINDS, check_choice, check_int
+
 from ._prep import Normalize, prepare_pair
 from .cka import _hsic_unbiased_linear, cka
 
@@ -106,8 +108,7 @@ def _fold_labels(n: int, folds: int, groups: Any, seed: int) -> np.ndarray:
         raise ValueError(f"groups must have one entry per row ({n}); got shape {groups.shape}")
     _, g = np.unique(groups, return_inverse=True)
     n_groups = int(g.max()) + 1
-    if not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds must be an integer >= 2; got {folds!r}")
+    check_int("folds", folds, 2)
     if n_groups < 2:
         raise ValueError("cross-fitting needs at least 2 stimuli (groups)")
     k = min(int(folds), n_groups)
@@ -180,8 +181,7 @@ def procrustes_corrected(
 ) -> float:
     """Corrected Procrustes distance of unit-Frobenius inputs: ``sqrt(2 - 2 NBS_c)`` (``kind="euclidean"``),
     ``2 - 2 NBS_c`` (``"squared"``) or ``arccos NBS_c`` (``"angular"``), with NBS_c from :func:`nbs_corrected`."""
-    if kind not in ("euclidean", "squared", "angular"):
-        raise ValueError(f"kind must be 'euclidean', 'squared' or 'angular'; got {kind!r}")
+    check_choice("kind", kind, PROCRUSTES_KINDS)
     s = nbs_corrected(X, Y, folds=folds, groups=groups, seed=seed, center=center, normalize=normalize)
     if kind == "angular":
         return math.acos(s)
