@@ -82,22 +82,71 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) -> DemoResult:
-    """Run the whole demo with ``settings`` and write the report folder ``settings.out``."""
-    from repgeo.demo.report import write_report
+def _stderr_log(msg: str) -> None:
+    print(f"[repgeo demo] {msg}", file=sys.stderr, flush=True)
 
-    if log is None:
-        def log(msg: str) -> None:
-            print(f"[repgeo demo] {msg}", file=sys.stderr, flush=True)
 
-    t_start = time.perf_counter()
+def _prepare_process(settings: DemoSettings) -> tuple[int, str]:
+    """Threads, seeds and quiet libraries for a run; returns (torch threads, device)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = settings.threads or usable_cpus()
     torch.set_num_threads(threads)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)  # noqa: NPY002 -- libraries that draw from the global legacy RNG
     silence_transformers()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return threads, "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _teacher_source(settings: DemoSettings) -> tuple[str, str]:
+    """(model folder or hub name, name shown in the report) of the teacher."""
+    if settings.teacher is None:
+        from repgeo.assets import minilm_path
+
+        return str(minilm_path()), "all-MiniLM-L6-v2 (packaged)"
+    return settings.teacher, settings.teacher
+
+
+def _distil_students(result: DemoResult, paths: tuple[Path, Path], *, progress: bool, log: Any) -> Any:
+    """Initialise the students from the teacher, distil one per method (and width), and compare each with its
+    initialisation on the test set; returns the initial (wide) student model."""
+    settings, data, teacher, out = result.settings, result.data, result.teacher, result.out
+    train_path, test_path = paths
+    test_ids = encode(teacher.tokenizer, data.test["text"], settings.max_length)
+    pad_id = teacher.tokenizer.pad_token_id
+    init, init_path = init_student(teacher, data, settings, out / "student-init")
+    narrow_init, narrow_path = (init_student(teacher, data, settings, out / "student-init-narrow", narrow=True)
+                                if settings.narrow_width else (None, None))
+    y_test = label_ids(data.test["label"], data.labels)
+    result.init_predictions = predict(init, test_ids, pad_id)
+    if narrow_init is not None:
+        result.init_predictions_narrow = predict(narrow_init, test_ids, pad_id)
+        del narrow_init
+    result.init_accuracy = float((result.init_predictions == y_test).mean())
+    order = [m for m in settings.methods if m != "kd"] + (["kd"] if "kd" in settings.methods else [])
+    for narrow in [False] + ([True] if settings.narrow_width else []):
+        for method in order:
+            run = run_student(settings, method, narrow=narrow, teacher_path=teacher.path,
+                              student_path=narrow_path if narrow else init_path, train_path=train_path,
+                              test_path=test_path, labels=data.labels, test_ids=test_ids,
+                              test_labels=data.test["label"], runs_dir=out / "runs", cache_dir=out / "cache",
+                              progress=progress, log=log)
+            result.runs.append(run)
+            gain = paired_difference(run.predictions, result.init_predictions_narrow if narrow
+                                     else result.init_predictions, y_test)
+            log(f"student {run.name}: test accuracy {run.accuracy:.3f}, {gain} over its initialisation"
+                f"{'' if gain.delta > 2 * gain.se else ' (NOT above 2 paired SE)'} ({run.seconds:.1f} s)")
+    result.vs_init = improvement_table(result)
+    result.vs_init.to_csv(out / "vs_init.csv", index=False)
+    return init
+
+
+def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) -> DemoResult:
+    """Run the whole demo with ``settings`` and write the report folder ``settings.out``."""
+    from repgeo.demo.report import write_report
+
+    log = log or _stderr_log
+    t_start = time.perf_counter()
+    threads, device = _prepare_process(settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     stages: list[Stage] = []
@@ -107,52 +156,18 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
     with clock.stage("data") as st:
         data = load_data(settings.data, text_column=settings.text_column, label_column=settings.label_column,
                          n_train=settings.n_train, n_test=settings.n_test, seed=settings.seed)
-        train_path, test_path = data.write(out / "data")
+        paths = data.write(out / "data")
         st.note = f"{len(data.train)} train / {len(data.test)} test of {data.n_available}, {len(data.labels)} labels"
-
-    if settings.teacher is None:
-        from repgeo.assets import minilm_path
-
-        source, teacher_name = str(minilm_path()), "all-MiniLM-L6-v2 (packaged)"
-    else:
-        source, teacher_name = settings.teacher, settings.teacher
+    source, teacher_name = _teacher_source(settings)
     with clock.stage("teacher") as st:
         cache = Path(settings.cache_dir) if settings.cache_dir else None
         teacher = prepare_teacher(source, data, settings, cache_dir=cache, out_dir=out, progress=progress, log=log)
         st.note = (f"{'loaded from cache' if teacher.cached else f'fine-tuned {settings.teacher_steps} steps'}; "
                    f"test accuracy {teacher.accuracy:.3f}")
     result = DemoResult(settings, out, data, teacher, teacher_name, threads=threads, device=device, stages=stages)
-
-    test_ids = encode(teacher.tokenizer, data.test["text"], settings.max_length)
-    pad_id = teacher.tokenizer.pad_token_id
     with clock.stage("students") as st:
-        init, init_path = init_student(teacher, data, settings, out / "student-init")
-        narrow_init, narrow_path = (init_student(teacher, data, settings, out / "student-init-narrow", narrow=True)
-                                    if settings.narrow_width else (None, None))
-        y_test = label_ids(data.test["label"], data.labels)
-        result.init_predictions = predict(init, test_ids, pad_id)
-        if narrow_init is not None:
-            result.init_predictions_narrow = predict(narrow_init, test_ids, pad_id)
-            del narrow_init
-        result.init_accuracy = float((result.init_predictions == y_test).mean())
-        widths = [False] + ([True] if settings.narrow_width else [])
-        order = [m for m in settings.methods if m != "kd"] + (["kd"] if "kd" in settings.methods else [])
-        for narrow in widths:
-            for method in order:
-                run = run_student(settings, method, narrow=narrow, teacher_path=teacher.path,
-                                  student_path=narrow_path if narrow else init_path, train_path=train_path,
-                                  test_path=test_path, labels=data.labels, test_ids=test_ids,
-                                  test_labels=data.test["label"], runs_dir=out / "runs", cache_dir=out / "cache",
-                                  progress=progress, log=log)
-                result.runs.append(run)
-                gain = paired_difference(run.predictions, result.init_predictions_narrow if narrow
-                                         else result.init_predictions, y_test)
-                log(f"student {run.name}: test accuracy {run.accuracy:.3f}, {gain} over its initialisation"
-                    f"{'' if gain.delta > 2 * gain.se else ' (NOT above 2 paired SE)'} ({run.seconds:.1f} s)")
-        result.vs_init = improvement_table(result)
-        result.vs_init.to_csv(out / "vs_init.csv", index=False)
+        init = _distil_students(result, paths, progress=progress, log=log)
         st.note = f"{len(result.runs)} students × {settings.student_steps} steps"
-
     with clock.stage("audit") as st:
         texts = list(data.test["text"][: settings.audit_size])
         models = {"init": init, **{r.name: r.model for r in result.runs}}
@@ -162,12 +177,9 @@ def run_demo(settings: DemoSettings, *, progress: bool = True, log: Any = None) 
         result.audit_texts = len(texts)
         st.note = (f"{len(models)} students × {len(texts)} held-out texts; mapped layers with "
                    f"{settings.n_folds}-fold jackknife intervals and {settings.n_perm} permutations")
-
     with clock.stage("certificates") as st:
         result.certificates = certify(out / "counterexamples" if settings.figures else None, settings.seed)
-        c = result.certificates
-        st.note = f"{int(c['passed'].sum())}/{len(c)} claims pass"
-
+        st.note = f"{int(result.certificates['passed'].sum())}/{len(result.certificates)} claims pass"
     with clock.stage("report"):
         result.total_seconds = time.perf_counter() - t_start
         result.files = write_report(result)
