@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._xp import Array, checks_deferred, float_dtype, is_torch, namespace, require
+from ._xp import Array, checks_deferred, col_mean, float_dtype, is_torch, namespace, require
 
 Normalize = Literal["frobenius", "rows"] | None
 NORMALIZE_CHOICES = ("frobenius", "rows", None)
@@ -144,7 +144,7 @@ def sphere_rows(x: Array, name: str, *, center: bool) -> Array:
     xp = namespace(x)
     if center:
         big = xp.max(xp.abs(x))
-        x = x - xp.mean(x, axis=0, keepdims=True)
+        x = x - col_mean(xp, x)
         floor = 8 * xp.finfo(x.dtype).eps * big
         x = xp.where(xp.max(xp.abs(x), axis=1, keepdims=True) <= floor, xp.zeros_like(x), x)
     return unit_rows(x, name) / (x.shape[0] ** 0.5)
@@ -218,7 +218,7 @@ def preprocess_scaled_sq(
     """
     xp = namespace(x)
     if checks_deferred() and is_torch(x):
-        return _preprocess_sync_free(xp, x, name, center=center, normalize=normalize), None, 1.0, None
+        return _preprocess_sync_free(xp, x, name, center=center, normalize=normalize)
     total = _sum_sq(xp, x)
     if not bool(xp.isfinite(total)):
         check_finite(x, name)  # NaN or Inf: raises; otherwise the squares overflowed (handled below)
@@ -226,7 +226,7 @@ def preprocess_scaled_sq(
         return sphere_rows(x, name, center=center), None, 1.0, None
     mean, sq = None, total
     if center:
-        mean = xp.mean(x, axis=0, keepdims=True)
+        mean = col_mean(xp, x)
         centred = total - x.shape[0] * _sum_sq(xp, mean) if _well_scaled(xp, x, total) else None
         if centred is None or not bool(total <= lazy_center_max_ratio(xp, x) * centred):
             x, mean = x - mean, None
@@ -247,23 +247,32 @@ def preprocess_scaled_sq(
     return x, None, 1.0, None
 
 
-def _preprocess_sync_free(xp: Any, x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:
+def _preprocess_sync_free(
+    xp: Any, x: Array, name: str, *, center: bool, normalize: Normalize
+) -> tuple[Array, None, Array | float, Array | None]:
     """The branch-free preprocessing used inside :func:`~repgeo.metrics._xp.deferred_checks` (a training loss).
 
-    Centres explicitly and, for ``"frobenius"``, divides by the largest magnitude before the norm (so no square
-    overflows or underflows whatever the scale); the conditions an eager call would test are recorded instead.
+    Returns :func:`preprocess_scaled_sq`'s ``(x', None, s, ||x'||_F^2)``: centred explicitly (one pass; a lazy
+    rank-one correction would need a host-side test of its accuracy) and, for ``"frobenius"``, divided by its
+    largest magnitude *held constant for autograd* (the unit-norm result does not depend on that factor, so the
+    gradient is exact and costs one pass instead of a division's three), so no square overflows or underflows
+    whatever the scale; the norm ``s`` itself is applied to the p x q statistics, not to the n x p matrix. The
+    conditions an eager call would test are recorded instead.
     """
+    if normalize == "rows":
+        return sphere_rows(x, name, center=center), None, 1.0, None
     if center:
-        x = x - xp.mean(x, axis=0, keepdims=True)
+        x = x - col_mean(xp, x)
     if normalize == "frobenius":
-        big = xp.max(xp.abs(x))
+        big = xp.max(xp.abs(x.detach()))
         require(
             big > 0,
             f"{name} is zero after preprocessing (constant columns are zero once centred); "
             "the metric is undefined for it",
         )
-        x = x / big
-        return x / xp.sqrt(_sum_sq(xp, x))
+        x = x * (1.0 / xp.where(big > 0, big, xp.ones_like(big)))
+        sq = _sum_sq(xp, x)
+        return x, None, xp.sqrt(sq), sq
     info = xp.finfo(x.dtype)
     sq = _sum_sq(xp, x)
     require(
@@ -271,7 +280,7 @@ def _preprocess_sync_free(xp: Any, x: Array, name: str, *, center: bool, normali
         f"{name}'s squared norm is outside the range of {x.dtype} (values too large or too small); "
         "pass float64 inputs or use normalize='frobenius'",
     )
-    return x
+    return x, None, 1.0, sq
 
 
 def preprocess(x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:

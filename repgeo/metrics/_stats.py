@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import Array, is_torch, namespace, require, row_sq, svdvals
+from ._xp import Array, col_mean, is_torch, namespace, require, row_sq, svdvals
 
 
 class FeatureStats:
@@ -129,8 +129,8 @@ class ArrayStats(FeatureStats):
         """``(A - 1 ma^T)^T (B - 1 mb^T)`` without forming the centred copies."""
         out = A.T @ B
         if ma is not None or mb is not None:
-            ma = self.xp.mean(A, axis=0, keepdims=True) if ma is None else ma
-            mb = self.xp.mean(B, axis=0, keepdims=True) if mb is None else mb
+            ma = col_mean(self.xp, A) if ma is None else ma
+            mb = col_mean(self.xp, B) if mb is None else mb
             out = out - self.n * (ma.T @ mb)
         return out
 

@@ -119,6 +119,17 @@ def row_sq(a: Array) -> Array:
     return np.einsum("ij,ij->i", a, a)
 
 
+def col_mean(xp: Any, a: Array) -> Array:
+    """Column means, shape (1, p), as one matrix-vector product ``1^T A / n``.
+
+    A BLAS GEMV reads the matrix once at memory speed; torch's strided column reduction took 3.5x as long
+    (160 vs 45 ms at 50,000 x 768 float64, one thread), numpy's 1.3x. Rounding: a dot product's error bound,
+    ``n eps`` times the mean of ``|a_ij|`` per column (observed ~``sqrt(n) eps``), as for a summation.
+    """
+    ones = xp.ones((a.shape[0],), dtype=a.dtype, device=getattr(a, "device", None))
+    return xp.reshape(ones @ a, (1, -1)) / a.shape[0]
+
+
 def _nan_safe(decomposition: Callable[[Array], Array], a: Array) -> Array:
     """``decomposition(a)``; inside :func:`deferred_checks` a non-finite ``a`` gives NaN instead of an error.
 
