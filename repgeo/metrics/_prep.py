@@ -65,7 +65,8 @@ def as_matrix(a: object, name: str, *, finite: bool = True) -> Array:
         raise ValueError(f"{name} has no feature columns (shape {tuple(x.shape)})")
     xp = namespace(x)
     if checks_deferred() and is_torch(x):  # no host sync: a NaN or Inf makes the sum non-finite
-        require(xp.isfinite(xp.sum(x)), f"{name} contains NaN or Inf (or values whose sum overflows)")
+        if finite:  # (otherwise _preprocess_sync_free checks it from the range it reads anyway)
+            require(xp.isfinite(xp.sum(x)), f"{name} contains NaN or Inf (or values whose sum overflows)")
         return x
     # one cheap pass: a NaN or Inf makes the sum non-finite; only then (or on overflow) look element-wise
     if finite and not bool(xp.isfinite(xp.sum(x))):
@@ -252,27 +253,34 @@ def _preprocess_sync_free(
 ) -> tuple[Array, None, Array | float, Array | None]:
     """The branch-free preprocessing used inside :func:`~repgeo.metrics._xp.deferred_checks` (a training loss).
 
-    Returns :func:`preprocess_scaled_sq`'s ``(x', None, s, ||x'||_F^2)``: centred explicitly (one pass; a lazy
-    rank-one correction would need a host-side test of its accuracy) and, for ``"frobenius"``, divided by its
-    largest magnitude *held constant for autograd* (the unit-norm result does not depend on that factor, so the
-    gradient is exact and costs one pass instead of a division's three), so no square overflows or underflows
-    whatever the scale; the norm ``s`` itself is applied to the p x q statistics, not to the n x p matrix. The
-    conditions an eager call would test are recorded instead.
+    Returns :func:`preprocess_scaled_sq`'s ``(x', None, s, ||x'||_F^2)``. For ``"frobenius"``: ``x' = (x - 1 m^T)
+    2^-e`` in one fused pass, with ``2^e`` the power of two just above ``max |x|`` (so no square overflows or
+    underflows whatever the scale, and the scaling is exact: ``x' = fl(x - m) 2^-e``), held constant for autograd
+    (the unit-norm result does not depend on it, so the gradient is exact); the norm ``s`` is applied to the p x q
+    statistics, not to the n x p matrix. Centring is explicit (a lazy rank-one correction would need a host-side
+    test of its accuracy). The conditions an eager call would test are recorded instead.
     """
+    if normalize != "frobenius":
+        require(xp.isfinite(xp.sum(x)), f"{name} contains NaN or Inf (or values whose sum overflows)")
     if normalize == "rows":
         return sphere_rows(x, name, center=center), None, 1.0, None
-    if center:
-        x = x - col_mean(xp, x)
     if normalize == "frobenius":
-        big = xp.max(xp.abs(x.detach()))
+        import torch
+
+        lo, hi = torch.aminmax(x.detach())
+        big = torch.maximum(hi, -lo)
+        require(torch.isfinite(big), f"{name} contains NaN or Inf")
+        inv = torch.ldexp(torch.ones_like(big), -torch.frexp(big).exponent)  # 2^-e, 2^(e-1) <= big < 2^e
+        x = torch.addcmul(col_mean(xp, x) * -inv, x, inv) if center else x * inv
+        sq = _sum_sq(xp, x)
         require(
-            big > 0,
+            sq > 0,
             f"{name} is zero after preprocessing (constant columns are zero once centred); "
             "the metric is undefined for it",
         )
-        x = x * (1.0 / xp.where(big > 0, big, xp.ones_like(big)))
-        sq = _sum_sq(xp, x)
         return x, None, xp.sqrt(sq), sq
+    if center:
+        x = x - col_mean(xp, x)
     info = xp.finfo(x.dtype)
     sq = _sum_sq(xp, x)
     require(

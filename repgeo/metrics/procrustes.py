@@ -13,7 +13,9 @@ Harvey, Larsen & Williams 2023). The Bures distance between the n x n Gram matri
 
 Smoothness: ``kind="squared"`` is the loss form. ``sqrt`` (euclidean) and ``arccos`` (angular) have infinite
 slopes where the distance is 0, so they are not differentiable at identical inputs. Nuclear norms are taken
-with ``linalg.svdvals``, whose gradient U V^T stays finite at repeated singular values.
+with ``linalg.svdvals`` (float64 and numpy), whose gradient U V^T stays finite at repeated singular values; float32
+tensors (training losses) take a float64 symmetric-eigenvalue route with the same gradient, whose error bound
+(within the float32 rounding of X^T Y itself) is stated in :func:`repgeo.metrics._xp._nuclear_eigh`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ KINDS = ("euclidean", "squared", "angular")
 
 def nuclear_cross(s: FeatureStats) -> Array:
     """``||X^T Y||_*``, the fidelity between the Gram matrices."""
-    return s.xp.sum(s.cross_svdvals())
+    return s.nuclear_norm()
 
 
 def procrustes_from_stats(s: FeatureStats, kind: Kind = "euclidean") -> Array:
