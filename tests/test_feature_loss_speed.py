@@ -19,3 +19,31 @@ def test_rbf_cka_loss_refuses_more_rows_than_its_limit(monkeypatch):
     assert float(at_limit.total) == pytest.approx(1 - float(repgeo.cka(X, Y, kernel="rbf")), abs=1e-6)
     with pytest.raises(ValueError, match=r"RBF CKA over 17 rows .* at most 16 rows \(use pooling"):
         fl({1: torch.randn(17, 6, generator=g)}, {1: torch.randn(17, 5, generator=g)})
+
+
+@pytest.mark.parametrize("metric", ["procrustes", "procrustes_angular", "nbs", "bures"])
+@pytest.mark.parametrize("rows", [200, 8])  # feature-space matrices, and n x n factors (n < widths)
+def test_pairs_of_equal_shapes_share_one_nuclear_norm_call_and_keep_their_values(metric, rows):
+    g = torch.Generator().manual_seed(rows)
+    widths = {1: (12, 10), 2: (12, 10), 3: (9, 14)}  # pairs 1 and 2 are stacked, pair 3 is alone
+    teacher = {t: torch.randn(rows, p, generator=g) + 3.0 for t, (p, _) in widths.items()}
+    student = {s: torch.randn(rows, q, generator=g).requires_grad_(True) for s, (_, q) in widths.items()}
+    fl = FeatureLoss(metric, {s: s for s in widths}, pooling="tokens")
+    calls = []
+    original = feature_loss_module.nuclear_norm
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(feature_loss_module, "nuclear_norm", lambda xp, m: calls.append(tuple(m.shape)) or original(xp, m))
+    try:
+        out = fl(teacher, student)
+    finally:
+        monkey.undo()
+    # n x n factors make every pair's matrix 8 x 8: all three stack
+    assert calls == ([(3, rows, rows)] if rows < 9 else [(2, 12, 10)])
+    out.total.backward()
+    loss = repgeo.get(metric).loss
+    for s in widths:
+        X64, Y64 = teacher[s].double(), student[s].detach().double().requires_grad_(True)
+        want = loss(X64, Y64)
+        want.backward()
+        assert float(out.pairs[f"s{s}_t{s}"].detach()) == pytest.approx(float(want.detach()), abs=2e-6)
+        torch.testing.assert_close(student[s].grad.double(), Y64.grad, atol=2e-5, rtol=1e-4)
