@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (then under bf16 autocast, as in mixed precision)")
     ap.add_argument("--out", default=None, help="default: results/loss_overhead.json (_gpu.json with cuda)")
     ap.add_argument("--note", default="", help="recorded with the results (e.g. 'shared machine')")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     b, s = args.batch, args.seq
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
