@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                           "timing": "interleaved rounds; median over rounds of the within-round ratio",
                           "note": args.note},
-              "command": "python benchmarks/loss_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python benchmarks/loss_overhead.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "student_step_ms": 1000 * step, "token_level_gemm_floor": floor, "rows": rows}
     print(f"student step {1000 * step:.0f} ms; token-level GEMM floor {floor['ms']:.0f} ms "
           f"({floor['overhead_pct']:.1f} %)")
