@@ -162,3 +162,18 @@ def test_float32_procrustes_loss_matches_float64_value_and_gradient():
     assert grads[torch.float32][0] == pytest.approx(grads[torch.float64][0], rel=1e-5)
     scale = grads[torch.float64][1].abs().max()
     torch.testing.assert_close(grads[torch.float32][1], grads[torch.float64][1], atol=1e-4 * float(scale), rtol=0)
+
+
+def test_gram_with_one_gemm_backward_matches_autograd():
+    torch = pytest.importorskip("torch")
+    from repgeo.metrics._xp import gram
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(30, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(7, 7, generator=g, dtype=torch.float64)  # not symmetric: both halves of the rule are used
+    (gram(A) * W).sum().backward()
+    B = A.detach().clone().requires_grad_(True)
+    ((B.T @ B) * W).sum().backward()
+    torch.testing.assert_close(A.grad, B.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gram(A).detach(), B.T.detach() @ B.detach(), atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(gram, (A.detach().clone()[:8, :4].requires_grad_(True),))

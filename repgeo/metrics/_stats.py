@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import Array, col_mean, is_torch, namespace, nuclear_norm, require, row_sq, svdvals
+from ._xp import Array, col_mean, gram, is_torch, namespace, nuclear_norm, require, row_sq, svdvals
 
 
 class FeatureStats:
@@ -145,7 +145,7 @@ class ArrayStats(FeatureStats):
 
     def _cross(self, A: Array, B: Array, ma: Array | None, mb: Array | None) -> Array:
         """``(A - 1 ma^T)^T (B - 1 mb^T)`` without forming the centred copies."""
-        out = A.T @ B
+        out = gram(A) if A is B else A.T @ B
         if ma is not None or mb is not None:
             ma = col_mean(self.xp, A) if ma is None else ma
             mb = col_mean(self.xp, B) if mb is None else mb

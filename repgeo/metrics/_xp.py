@@ -151,6 +151,34 @@ def svdvals(xp: Any, a: Array) -> Array:
     return _nan_safe(xp.linalg.svdvals, a)
 
 
+def gram(a: Array) -> Array:
+    """``a^T a``. For a tensor that needs a gradient, the backward is one GEMM, ``a (G + G^T)``, where autograd's
+    matrix-product rule would make two (it does not know both factors are ``a``)."""
+    if not (is_torch(a) and a.requires_grad):
+        return a.T @ a
+    return _gram_function().apply(a)
+
+
+@functools.cache
+def _gram_function() -> Any:
+    torch = _torch()
+
+    class Gram(torch.autograd.Function):
+        """``a^T a`` with a one-GEMM backward (see :func:`gram`)."""
+
+        @staticmethod
+        def forward(ctx: Any, a: Array) -> Array:
+            ctx.save_for_backward(a)
+            return a.T @ a
+
+        @staticmethod
+        def backward(ctx: Any, grad: Array) -> Array:
+            (a,) = ctx.saved_tensors
+            return a @ (grad + grad.T)
+
+    return Gram
+
+
 def nuclear_norm(xp: Any, a: Array) -> Array:
     """``||a||_*`` (sum of singular values) over the last two axes; torch float32 through :func:`_nuclear_eigh`.
 
