@@ -47,3 +47,21 @@ def test_pairs_of_equal_shapes_share_one_nuclear_norm_call_and_keep_their_values
         want.backward()
         assert float(out.pairs[f"s{s}_t{s}"].detach()) == pytest.approx(float(want.detach()), abs=2e-6)
         torch.testing.assert_close(student[s].grad.double(), Y64.grad, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("normalize", ["rows", None, "frobenius"])
+@pytest.mark.parametrize("metric", ["procrustes", "cka", "fg", "proj_mse"])
+def test_sync_free_calls_preprocess_as_the_eager_first_call_does(metric, normalize):
+    """Every call after the first runs without host syncs; it must still apply the same preprocessing (before
+    this test, normalize='rows' lost its row normalisation there: Procrustes 7,654 instead of 1.40)."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(50, 12, generator=g) * torch.linspace(0.1, 5, 12) + 2.0
+    Y = torch.randn(50, 9, generator=g) * torch.linspace(0.1, 5, 9) - 1.0
+    fl = FeatureLoss(metric, {1: 1}, pooling="mean", normalize=normalize, projector="closed_form")
+    eager = fl({1: X}, {1: Y})
+    assert eager.valid is None
+    deferred = fl({1: X}, {1: Y})
+    assert deferred.valid is not None and bool(deferred.valid)
+    want = repgeo.get(metric).loss(X.double(), Y.double(), normalize=normalize)
+    for out in (eager, deferred):
+        assert float(out.total) == pytest.approx(float(want), rel=1e-4, abs=1e-5)
