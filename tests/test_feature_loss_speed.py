@@ -65,3 +65,27 @@ def test_sync_free_calls_preprocess_as_the_eager_first_call_does(metric, normali
     want = repgeo.get(metric).loss(X.double(), Y.double(), normalize=normalize)
     for out in (eager, deferred):
         assert float(out.total) == pytest.approx(float(want), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-41, 1e-30, 1.0, 1e30, 1e37])
+@pytest.mark.parametrize("metric", ["procrustes", "cka"])
+def test_sync_free_preprocessing_handles_extreme_scales_like_the_eager_call(metric, scale):
+    """float32 features whose squares underflow (subnormal values) or overflow: the sync-free pass scales by a power
+    of two first, so it gives the eager value (which rescales through an overflow-safe norm) and a finite gradient
+    wherever the exact one is representable (the loss is scale-invariant, so its gradient scales like 1/scale)."""
+    g = torch.Generator().manual_seed(2)
+    base_x, base_y = torch.randn(40, 8, generator=g), torch.randn(40, 6, generator=g)
+    X, Y = base_x * scale, (base_y + base_x[:, :6]) * scale
+    assert X.dtype == torch.float32 and torch.isfinite(X).all() and (X != 0).any()
+    fl = FeatureLoss(metric, {1: 1}, pooling="mean")
+    eager = fl({1: X}, {1: Y})
+    leaf = Y.clone().requires_grad_(True)
+    deferred = fl({1: X}, {1: leaf})
+    deferred.total.backward()
+    assert bool(deferred.valid)
+    want = repgeo.get(metric).loss(base_x.double(), (base_y + base_x[:, :6]).double())  # scale-invariant metric
+    tol = 1e-3 if scale == 1e-41 else 1e-5  # subnormal inputs carry only a few significant bits
+    assert float(eager.total) == pytest.approx(float(want), abs=tol)
+    assert float(deferred.total.detach()) == pytest.approx(float(want), abs=tol)
+    if scale >= 1e-30:
+        assert torch.isfinite(leaf.grad).all()

@@ -26,6 +26,7 @@ Conventions (stated once for the whole package)
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -270,7 +271,10 @@ def _preprocess_sync_free(
         lo, hi = torch.aminmax(x.detach())
         big = torch.maximum(hi, -lo)
         require(torch.isfinite(big), f"{name} contains NaN or Inf")
-        inv = torch.ldexp(torch.ones_like(big), -torch.frexp(big).exponent)  # 2^-e, 2^(e-1) <= big < 2^e
+        # 2^-e with 2^(e-1) <= big < 2^e; e is kept >= that of the smallest normal, so 2^-e stays finite for a
+        # subnormal big (the scaled values are then below 1, which is all the scaling needs)
+        e_min = math.frexp(float(xp.finfo(x.dtype).smallest_normal))[1]
+        inv = torch.ldexp(torch.ones_like(big), -torch.frexp(big).exponent.clamp(min=e_min))
         x = torch.addcmul(col_mean(xp, x) * -inv, x, inv) if center else x * inv
         sq = _sum_sq(xp, x)
         require(
