@@ -1,6 +1,8 @@
-"""File helpers shared by the modules that read, write or verify files: atomic writes (fsync of the file and of its
-folder), sha256 manifests of what a run wrote (sizes checked on every open, hashes on reuse), folder locks with
-stale-lock handling, and readers that name the file in their errors."""
+"""File helpers shared by the modules that read, write or verify files: atomic writes of a file or a whole folder
+(fsync of the data and of its folder), sha256 manifests of what a run wrote (sizes checked on every open, hashes on
+reuse), folder locks with stale-lock handling, and the one tabular reader (:func:`read_records`: CSV, TSV, JSON
+lines, JSON) whose errors name the file, the line and the byte. Scripts and studies use the public face,
+:mod:`repgeo.files`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,101 @@ def read_text_utf8(path: str | Path, what: str = "data file") -> str:
             f"{what} {str(path)!r} is not UTF-8 text: byte 0x{bad} at offset {exc.start} (line {line}) cannot be "
             "decoded; re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
         ) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the one tabular reader
+
+#: File types :func:`read_records` reads (the suffix decides, in any case).
+TABULAR_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+
+
+def read_records(path: str | Path, *, strings: bool = False, bare_key: str | None = None,
+                 what: str = "data file") -> list[dict[str, Any]]:
+    """The rows of a tabular data file as a list of dicts, by one set of rules:
+
+    * ``.csv`` / ``.tsv`` (header row; read with pandas, so quoted cells may hold commas and line breaks), or
+      JSON lines (``.jsonl`` / ``.ndjson``, one JSON object per non-blank line; ``.json`` may instead hold one
+      JSON array of objects);
+    * the file is UTF-8 (a byte-order mark is dropped); anything else is an error naming the byte and line;
+    * in CSV / TSV only an empty cell is a missing value (``NaN``): ``NA``, ``null`` or ``None`` stay text.
+      Cell types are inferred (``1`` is an int) unless ``strings=True`` (every cell is text); JSON values keep
+      their JSON types;
+    * ``bare_key``: a JSON line that is a bare string becomes ``{bare_key: line}`` (without it, an error).
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`DataError` naming the file (and line) for an
+    unknown suffix, an empty file, bad encoding or a malformed line. A header without rows gives ``[]``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {str(p)!r} not found")
+    suffix = p.suffix.lower()
+    if suffix not in TABULAR_SUFFIXES:
+        raise DataError(f"{what} {str(p)!r}: expected {', '.join(TABULAR_SUFFIXES[:-1])} or {TABULAR_SUFFIXES[-1]}")
+    text = read_text_utf8(p, what)
+    if not text.strip():
+        raise DataError(f"{what} {str(p)!r} is empty")
+    if suffix in (".csv", ".tsv"):
+        return _read_delimited(p, text, "\t" if suffix == ".tsv" else ",", strings, what)
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            records = list(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{what} {str(p)!r}, line {exc.lineno}: not valid JSON: {exc.msg}") from None
+        lines = [None] * len(records)
+    else:
+        records, lines = [], []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{what} {str(p)!r}, line {lineno}: not valid JSON ({exc.msg}); JSON-lines files "
+                                "hold one JSON object per line") from None
+            lines.append(lineno)
+    for i, (r, lineno) in enumerate(zip(records, lines, strict=True)):
+        if isinstance(r, str) and bare_key is not None:
+            records[i] = {bare_key: r}
+        elif not isinstance(r, dict):
+            where = f"line {lineno}" if lineno is not None else f"record {i}"
+            raise DataError(f"{what} {str(p)!r}, {where}: expected a JSON object, got {r!r:.60}")
+    return records
+
+
+def _read_delimited(p: Path, text: str, sep: str, strings: bool, what: str) -> list[dict[str, Any]]:
+    import io
+
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""],
+                            dtype=str if strings else None)
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{what} {str(p)!r} is not valid {'TSV' if sep == chr(9) else 'CSV'}: {exc}") from None
+    return frame.to_dict(orient="records")
+
+
+def record_columns(records: list[dict[str, Any]]) -> list[str]:
+    """The columns of ``records`` in file order (the keys of every record, first seen first)."""
+    return list(dict.fromkeys(k for r in records for k in r))
+
+
+def missing_column(path: str | Path, column: str, available: Iterable[str], hint: str = "",
+                   what: str = "data file") -> DataError:
+    """The error for a column that ``path`` lacks: ``data file 'x.csv' has no column 'label' (columns: ['text',
+    'sentiment']); <hint>``."""
+    return DataError(f"{what} {str(path)!r} has no column {column!r} (columns: {list(available)})"
+                     + (f"; {hint}" if hint else ""))
+
+
+def require_columns(records: list[dict[str, Any]], columns: Iterable[str], path: str | Path, hint: str = "",
+                    what: str = "data file") -> None:
+    """Raise :func:`missing_column` for the first of ``columns`` that no record of ``path`` has."""
+    available = record_columns(records)
+    for c in columns:
+        if c not in available:
+            raise missing_column(path, c, available, hint, what)
 
 
 def model_source_problem(name_or_path: str) -> str:
@@ -111,6 +209,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     fsync_dir(path.parent)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file and folder below ``folder`` (and ``folder`` itself)."""
+    folder = Path(folder)
+    for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_file() and not p.is_symlink():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            fsync_dir(p)
+    fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, *, keep_existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """A temporary folder next to ``path`` to fill; on a clean exit its files are fsynced and it is renamed onto
+    ``path`` (then the parent folder is fsynced), so a reader sees the old folder or the complete new one, never a
+    half-written one. An existing ``path`` is first moved aside and deleted after the rename -- unless
+    ``keep_existing(path)`` says it is already a complete result (another process finished the same work
+    first): then the new folder is dropped. On an exception the temporary folder is deleted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if path.exists() and keep_existing is not None and keep_existing(path):
+            return
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)  # moved aside, not deleted in place: readers see the old or the new folder
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old.exists() and not path.exists():
+                os.replace(old, path)  # put the old folder back
+            raise
+        fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------

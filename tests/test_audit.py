@@ -337,7 +337,7 @@ def test_different_stimulus_counts_refused():
 def test_empty_data_file_and_empty_list(tmp_path):
     for name, content in (("e.txt", "\n  \n"), ("e.csv", "text\n"), ("e.jsonl", "")):
         (tmp_path / name).write_text(content)
-        with pytest.raises(ValueError, match="holds no texts"):
+        with pytest.raises(ValueError, match=r"holds no texts|is empty"):
             audit(bert(0), bert(1), tmp_path / name, tokenizer=tokenizer())
     with pytest.raises(ValueError, match="no stimuli"):
         audit(bert(0), bert(1), [], tokenizer=tokenizer())
@@ -466,7 +466,7 @@ def _save_pair(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_cli_audit_and_layers(tmp_path, capsys):
-    from repgeo.cli_audit import main
+    from repgeo.cli import main
 
     t, s = _save_pair(tmp_path)
     data = tmp_path / "d.jsonl"
@@ -488,7 +488,7 @@ def test_cli_audit_and_layers(tmp_path, capsys):
 
 
 def test_cli_offline_hub_name_says_what_to_do(tmp_path, capsys, monkeypatch):
-    from repgeo.cli_audit import main
+    from repgeo.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "d.txt").write_text("a b c\n")
@@ -530,3 +530,30 @@ def test_real_minilm_against_its_own_layer_copy():
     assert v[("hidden_states.1", "hidden_states.1", "procrustes")] == pytest.approx(0.0, abs=1e-5)
     assert v[("hidden_states.1", "hidden_states.1", "cka")] == pytest.approx(1.0, abs=1e-6)
     assert v[("hidden_states.4", "hidden_states.2", "procrustes")] > 0.05
+
+
+def test_heldout_projection_p_value_tests_the_heldout_statistic_when_the_in_sample_fit_is_exact():
+    from repgeo.audit.table import in_sample_fit_is_exact
+    from repgeo.audit.uncertainty import jackknife_weights, permutation_indices
+    from repgeo.metrics.estimators import proj_mse_heldout
+
+    rng = np.random.default_rng(0)
+    n, q = 40, 60  # q >= n - 1: the closed form fits any teacher exactly (0 under every permutation)
+    assert in_sample_fit_is_exact(n, q) and not in_sample_fit_is_exact(n, n - 2)
+    Y = rng.standard_normal((n, q))
+    related = Y[:, :10] @ rng.standard_normal((10, 12)) + 0.3 * rng.standard_normal((n, 12))
+    unrelated = rng.standard_normal((n, 12))
+    kw = dict(n_folds=10, n_perm=19, n_floor=4, seed=2)
+    rel = audit_features({"t": related}, {"s": Y}, ["proj_mse"], **kw).iloc[0]
+    unr = audit_features({"t": unrelated}, {"s": Y}, ["proj_mse"], **kw).iloc[0]
+    assert rel.p_value == pytest.approx(1 / 20) and unr.p_value > 0.2  # the plug-in would give 1.0 for both
+    # the null is the held-out statistic on the permuted rows the audit drew (jackknife weights first)
+    g = np.random.default_rng(2)
+    jackknife_weights(np.arange(n), 10, g)
+    idx = permutation_indices(n, 19, g)
+    null = np.array([proj_mse_heldout(unrelated, Y[p], seed=2, groups=np.arange(n)) for p in idx])
+    assert unr.floor == pytest.approx(null[:4].mean(), abs=1e-12)
+    assert unr.p_value == pytest.approx((1 + np.sum(null <= unr.value + 1e-12)) / 20)
+    # below the degenerate size the plug-in statistic is tested (cheap, and not constant)
+    tall = audit_features({"t": related}, {"s": Y[:, :20]}, ["proj_mse"], **kw).iloc[0]
+    assert tall.p_value == pytest.approx(1 / 20)

@@ -177,7 +177,7 @@ def test_missing_label_column_csv(setup, tmp_path, capsys):
     path = write_yaml(tmp_path / "run.yaml", _config(setup, tmp_path / "run", data={"train": str(train)}))
     code, err = run_cli(["distill", "--config", str(path)], capsys)
     assert code == 2
-    assert (f"repgeo distill: data file '{train}' has no field 'label' (fields: ['sentiment', 'text']); "
+    assert (f"repgeo distill: data file '{train}' has no column 'label' (columns: ['text', 'sentiment']); "
             "set data.text_field / data.label_field") in err
 
 

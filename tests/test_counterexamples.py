@@ -13,15 +13,17 @@ import pytest
 matplotlib.use("Agg")
 
 import repgeo.metrics.registry as registry
-from repgeo import cli_counterexamples
+from repgeo.cli import counterexamples as cli_counterexamples
 from repgeo.counterexamples import (
     Claim,
     audit_passed,
+    certify_all,
     cka_antiparallel,
     cka_dominant_direction,
     cka_theorem1_prediction,
     cka_translation,
     count_eps_orthogonal,
+    format_certificate,
     invariance_audit,
     invariance_matrix,
     make_teacher,
@@ -30,8 +32,10 @@ from repgeo.counterexamples import (
     projection_invertible,
     projection_minibatch,
     projection_prediction,
+    single_threaded,
 )
-from repgeo.counterexamples._core import single_threaded
+from repgeo.counterexamples.certificate import CLAIM_COLUMNS
+from repgeo.counterexamples.orders import order_sections
 from repgeo.metrics import available, get
 
 
@@ -269,6 +273,32 @@ def test_a_wrong_metric_breaks_the_certificate(monkeypatch):
     cx = cka_antiparallel()
     assert not cx.holds()
     assert not cx.certify().query("section == 'claim'")["passed"].all()
+
+
+def test_certify_all_rows_names_and_callback(monkeypatch):
+    """One row per claim of every case, in order; a repeated name gets _2; the callback sees each case once with
+    its certificate; a broken metric shows as failed rows."""
+    cases = [cka_translation(n=20), cka_translation(n=20, seed=1), projection_minibatch(n=8, p=12, q=10)]
+    seen = []
+    table = certify_all(cases, lambda cx, cert, name: seen.append((cx, len(cert), name)))
+    assert [name for _, _, name in seen] == ["cka_translation", "cka_translation_2", "projection_minibatch"]
+    assert [cx for cx, _, _ in seen] == cases
+    assert all(n == len(cx.certify()) for cx, n, _ in seen)
+    expected = [(name, c.statement, c.passed) for cx, _, name in seen for c in cx.claims()]
+    assert list(zip(table["counterexample"], table["claim"], table["passed"], strict=True)) == expected
+    assert list(table.columns) == CLAIM_COLUMNS and table["passed"].all()
+    monkeypatch.setitem(registry._REGISTRY, "cka", replace(get("cka"), fn=lambda X, Y=None, **kw: np.float64(0.5)))
+    broken = certify_all(cases[:1])
+    assert not broken["passed"].all() and broken["passed"].dtype == bool
+
+
+def test_format_certificate_puts_sections_before_the_claims():
+    cx = cka_translation(n=20)
+    text = format_certificate(cx, sections=order_sections(cx))
+    assert text.index("metric values:") < text.index("orders of blindness") < text.index("claims:")
+    assert text.count("PASS") == len(cx.claims()) and "FAIL" not in text
+    assert format_certificate(cx) == format_certificate(cx, cx.certify())
+    assert "orders of blindness" not in format_certificate(cx)
 
 
 # ---------------------------------------------------------------------------------- optimisation experiment

@@ -17,7 +17,8 @@ from repgeo.counterexamples import (
     projection_invertible,
     projection_minibatch,
 )
-from repgeo.counterexamples._core import single_threaded, standardise
+from repgeo.counterexamples._core import standardise
+from repgeo.counterexamples.certificate import single_threaded
 from repgeo.counterexamples.orders import EPS_GRID, ORDER_TOL, distances, order_claims, orders, slope, sweep
 
 

@@ -125,7 +125,7 @@ def test_missing_assets_name_the_fetch_command(tmp_path, monkeypatch, capsys):
     import repgeo.assets as assets
 
     monkeypatch.setenv("REPGEO_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    monkeypatch.setattr(assets.registry, "_installed", lambda asset: None)
     rc = cli_main(["demo", "--fast", "--out", str(tmp_path / "out"), "--no-progress"])
     assert rc == 2
     assert "repgeo fetch-assets" in capsys.readouterr().err

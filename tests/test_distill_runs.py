@@ -16,7 +16,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from repgeo.cli_distill import main as cli_main
+from repgeo.cli import main as cli_main
 from repgeo.distill import build_trainer, config_from_dict
 from repgeo.distill.toy import make_toy_setup
 
@@ -162,7 +162,7 @@ def test_kill_and_resume_matches_uninterrupted_run(cls_setup, tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (tmp_path / "killed" / "checkpoint-4" / "feature_loss.pt").is_file()
     assert not (tmp_path / "killed" / "final").exists()
-    resumed = subprocess.run([sys.executable, "-m", "repgeo.cli_distill", "distill", "--config",
+    resumed = subprocess.run([sys.executable, "-m", "repgeo", "distill", "--config",
                               str(tmp_path / "killed.yaml"), "--resume"], env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -188,3 +188,29 @@ def test_bad_options_are_refused_by_name():
         proj_mse_heldout(X, Y, groups=np.arange(5))
     with pytest.raises(ValueError, match="kind must be"):
         procrustes_corrected(X, Y, kind="cosine")
+
+
+# ----------------------------------------------------------------------------------- row-space reduction
+
+
+def test_row_space_reduction_leaves_every_metric_and_estimator_unchanged():
+    from repgeo.metrics import compare
+    from repgeo.metrics.estimators import CORRECTED, row_space
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((40, 90)) + 3.0  # wide, with column means
+    Y = X[:, :70] @ rng.standard_normal((70, 70)) * 0.1 + rng.standard_normal((40, 70))
+    Xr, Yr = row_space(X), row_space(Y)
+    assert Xr.shape == (40, 40) and Yr.shape == (40, 40)
+    np.testing.assert_allclose(Xr @ Xr.T, X @ X.T, atol=1e-10)
+    plug = ["procrustes", "procrustes_angular", "nbs", "fg", "cka", "cka_debiased", "cka_rbf", "proj_mse"]
+    for m, v in compare(X, Y, plug).items():
+        assert float(compare(Xr, Yr, [m])[m]) == pytest.approx(float(v), abs=1e-9), m
+    for name, fn in CORRECTED.items():
+        assert fn(Xr, Yr, seed=1) == pytest.approx(fn(X, Y, seed=1), abs=1e-9), name
+        perm = rng.permutation(40)  # a row permutation commutes with the reduction
+        assert fn(Xr, Yr[perm], seed=1) == pytest.approx(fn(X, row_space(Y[perm]), seed=1), abs=1e-9), name
+    tall = rng.standard_normal((50, 8))
+    assert np.array_equal(row_space(tall), tall)  # n >= width: nothing to reduce
+    with pytest.raises(ValueError, match="2-D"):
+        row_space(np.zeros(5))

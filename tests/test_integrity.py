@@ -402,7 +402,7 @@ def private_cache(tmp_path, monkeypatch):
     (tmp_path / "cache" / "wheels").mkdir(parents=True)
     shutil.copy(wheel, tmp_path / "cache" / "wheels")
     monkeypatch.setenv("REPGEO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    monkeypatch.setattr(assets.registry, "_installed", lambda asset: None)
     return tmp_path / "cache"
 
 
@@ -443,7 +443,7 @@ def test_a_damaged_archive_names_the_file_and_the_fix(private_cache, monkeypatch
     damaged = tmp_path / "rt.csv.bz2"
     shutil.copy(assets.fetch("rotten_tomatoes", download=True), damaged)
     flip_byte(damaged, 2000)
-    monkeypatch.setattr(assets, "fetch", lambda name, download=False: damaged)
+    monkeypatch.setattr(assets.demo, "fetch", lambda name, download=False: damaged)
     with pytest.raises(assets.AssetError, match=rf"{damaged} cannot be read \(OSError: Invalid data stream\); run "
                                                 r"`repgeo fetch-assets --force`"):
         assets.rotten_tomatoes()
@@ -776,7 +776,7 @@ def _asset_trials(t: _Trials, rnd, root: Path, monkeypatch) -> None:
 
     wheel = assets.cache_dir() / "wheels" / assets.ASSETS["rotten_tomatoes"].wheel_name
     expected = assets.ASSETS["rotten_tomatoes"].checksums[0][1]
-    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    monkeypatch.setattr(assets.registry, "_installed", lambda asset: None)
     faults = [("byte flip", lambda p: flip_byte(p, rnd.randrange(p.stat().st_size))),
               ("byte flip, mtime kept", lambda p: flip_byte(p, rnd.randrange(p.stat().st_size), keep_mtime=True)),
               ("truncation", lambda p: truncate(p, rnd.uniform(0.1, 0.9))), ("truncation", truncate),

@@ -91,7 +91,7 @@ def test_torch_tensors_on_different_devices_or_dtypes():
 
 def test_clamping_only_absorbs_rounding():
     """Values are clamped to their ranges; the unclamped values are within rounding of them."""
-    from repgeo.metrics._prep import prepare_pair
+    from repgeo.metrics.stats import prepare_pair
 
     Xp, Yp = prepare_pair(X, X @ np.linalg.qr(rng.normal(size=(4, 4)))[0], center=True, normalize="frobenius")
     nuc = np.linalg.svd(Xp.T @ Yp, compute_uv=False).sum()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import repgeo
-from repgeo.metrics._prep import preprocess
+from repgeo.metrics.stats import preprocess
 
 from .conftest import related_pair
 
@@ -175,3 +175,43 @@ def test_rank_r_teacher_bounds(seed):
         lam = np.clip(np.sort(np.linalg.eigvalsh(Ys @ Ys.T))[::-1], 0.0, None)
         assert float(repgeo.fg(X, Y)) >= np.sqrt((lam[r:] ** 2).sum()) - 1e-12
         assert float(repgeo.procrustes(X, Y)) ** 2 >= 2 - 2 * np.sqrt(lam[:r].sum()) - 1e-12
+
+
+# ------------------------------------------------------------------------- learned-projector projection-MSE
+
+
+@pytest.mark.parametrize("normalize", ["frobenius", "rows", None])
+@pytest.mark.parametrize("center", [True, False])
+def test_learned_projector_loss_at_the_least_squares_map_is_the_closed_form(rng, center, normalize):
+    X = rng.normal(size=(50, 7)) @ rng.normal(size=(7, 7)) + 1.5
+    Y = np.hstack([X[:, :3] @ rng.normal(size=(3, 3)), rng.normal(size=(50, 2))])  # partly explains X
+    Xp, Yp = (np.asarray(preprocess(A, "A", center=center, normalize=normalize)) for A in (X, Y))
+    W = np.linalg.lstsq(Yp, Xp, rcond=None)[0].T  # (p, q): the weight of nn.Linear(q, p)
+    closed = repgeo.proj_mse(X, Y, center=center, normalize=normalize)
+    learned = repgeo.metrics.proj_mse_learned(X, Y, W, center=center, normalize=normalize)
+    assert 0.05 < closed and learned == pytest.approx(closed, rel=1e-10)
+    # any other map explains less; the loss is the plain residual of the given map
+    W2 = W + 0.1 * rng.normal(size=W.shape)
+    worse = repgeo.metrics.proj_mse_learned(X, Y, W2, center=center, normalize=normalize)
+    assert worse > closed + 1e-6
+    assert worse == pytest.approx(np.sum((Yp @ W2.T - Xp) ** 2), rel=1e-12)
+
+
+def test_learned_projector_loss_in_torch_matches_numpy_and_is_stationary_at_the_optimum(rng):
+    X, Y = rng.normal(size=(40, 6)), rng.normal(size=(40, 4))
+    Xp, Yp = (np.asarray(preprocess(A, "A", center=True, normalize="frobenius")) for A in (X, Y))
+    W = torch.tensor(np.linalg.lstsq(Yp, Xp, rcond=None)[0].T, requires_grad=True)
+    loss = repgeo.metrics.proj_mse_learned(torch.from_numpy(X), torch.from_numpy(Y), W)
+    assert loss.dtype == torch.float64 and loss.item() == pytest.approx(repgeo.proj_mse(X, Y), rel=1e-10)
+    loss.backward()
+    assert float(W.grad.abs().max()) < 1e-10  # the least-squares map is the minimum
+    f32 = repgeo.metrics.proj_mse_learned(torch.from_numpy(X).float(), torch.from_numpy(Y).float(), W.detach().float())
+    assert f32.dtype == torch.float32  # a training loss stays in float32
+
+
+def test_learned_projector_loss_names_a_wrong_map():
+    X, Y = np.ones((5, 3)) + np.eye(5, 3), np.eye(5, 2)
+    with pytest.raises(ValueError, match=r"W must have shape \(p, q\) = \(3, 2\).*got \(2, 3\)"):
+        repgeo.metrics.proj_mse_learned(X, Y, np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="same backend"):
+        repgeo.metrics.proj_mse_learned(X, Y, torch.zeros(3, 2))

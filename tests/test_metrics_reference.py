@@ -9,7 +9,7 @@ from scipy.spatial.distance import pdist
 from sklearn.linear_model import LinearRegression, Ridge
 
 import repgeo
-from repgeo.metrics._stats import ArrayStats
+from repgeo.metrics.stats import ArrayStats
 
 from .conftest import related_pair
 

@@ -292,7 +292,7 @@ def test_pool_errors():
         pool(h, torch.ones(2, 4), "mean")
     with pytest.raises(ValueError, match="pooling='none'"):
         pool(torch.randn(2, 4), None, "mean")
-    with pytest.raises(ValueError, match="unknown pooling"):
+    with pytest.raises(ValueError, match="pooling must be one of"):
         pool(h, None, "max")
 
 

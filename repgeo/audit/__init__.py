@@ -9,9 +9,10 @@ Conventions: :mod:`repgeo.audit.core`; uncertainty (bootstrap, permutation, jack
 :mod:`repgeo.audit.uncertainty`.
 """
 
-from .core import DEFAULT_METRICS, audit, audit_features
+from .core import audit
 from .data import load_model, read_texts
 from .plots import plot_heatmap, plot_profile, write_report
+from .table import DEFAULT_METRICS, audit_features
 
 __all__ = [
     "DEFAULT_METRICS",

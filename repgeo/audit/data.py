@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-from repgeo._files import model_source_problem, read_text_utf8
+from repgeo._files import (
+    TABULAR_SUFFIXES,
+    DataError,
+    missing_column,
+    model_source_problem,
+    read_records,
+    read_text_utf8,
+    record_columns,
+)
 
 __all__ = ["load_model", "read_texts"]
 
@@ -17,67 +23,51 @@ TEXT_COLUMNS = ("text", "sentence", "content", "prompt", "question", "document")
 
 
 def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> list[str]:
-    """Texts from a ``.txt`` (one per non-empty line), ``.csv`` (column ``text_column``, default the first of
-    ``text``, ``sentence``, ``content``, ``prompt``, ``question``, ``document`` present, else the only column)
-    or ``.jsonl`` file (field ``text_column``, same defaults; a line may also be a bare JSON string).
+    """Texts from a ``.txt`` file (one per non-empty line) or a table (``.csv``, ``.tsv``, ``.jsonl``, ``.ndjson``,
+    ``.json``; read by :func:`repgeo._files.read_records`, every CSV cell as text, a JSON line may also be a bare
+    string): column ``text_column``, default the first of ``text``, ``sentence``, ``content``, ``prompt``,
+    ``question``, ``document`` present, else the only column.
 
-    Empty and whitespace-only texts are kept here (the audit drops and reports them). Raises
-    ``ValueError`` for an empty file, an unknown extension, a missing column or a file that is not UTF-8 (naming
-    the byte offset).
+    Empty and whitespace-only texts are kept here (the audit drops and reports them). Raises ``ValueError``
+    (:class:`~repgeo._files.DataError`) naming the file for an empty file, an unknown extension, a missing
+    column or a file that is not UTF-8 (naming the byte offset).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        texts = [line.rstrip("\r\n") for line in read_text_utf8(path).splitlines()]
-        texts = [t for t in texts if t.strip()]
-    elif suffix == ".csv":
-        with io.StringIO(read_text_utf8(path), newline="") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            col = _pick_column(fields, text_column, path)
-            texts = [row.get(col) or "" for row in reader] if col else []
-    elif suffix in (".jsonl", ".ndjson"):
-        texts = []
-        col = text_column
-        for lineno, line in enumerate(read_text_utf8(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno} is not valid JSON: {e}") from None
-            if isinstance(obj, str):
-                texts.append(obj)
-                continue
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object or string, got {type(obj).__name__}")
-            if col is None:
-                col = _pick_column(list(obj), None, path)
-            if col not in obj:
-                raise ValueError(f"{path}:{lineno} has no field {col!r} (fields: {sorted(obj)})")
-            texts.append(str(obj[col]) if obj[col] is not None else "")
+    if path.suffix.lower() not in (".txt", *TABULAR_SUFFIXES):
+        raise DataError(f"unsupported data file {path.name!r}: use .txt (one text per line) or a table "
+                        f"({', '.join(TABULAR_SUFFIXES)})")
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {str(path)!r} not found")
+        texts = [line for line in read_text_utf8(path).splitlines() if line.strip()]
     else:
-        raise ValueError(f"unsupported data file {path.name!r}: use .txt (one text per line), .csv or .jsonl")
+        records = read_records(path, strings=True, bare_key=text_column or TEXT_COLUMNS[0])
+        col = _pick_column(records, text_column, path) if records else ""
+        for i, r in enumerate(records):
+            if col not in r:
+                raise DataError(f"data file {str(path)!r}, record {i}: no column {col!r} (columns: {list(r)})")
+        texts = ["" if _missing(r[col]) else str(r[col]) for r in records]
     if not texts:
-        raise ValueError(f"data file {path} holds no texts")
+        raise DataError(f"data file {path} holds no texts")
     return texts
 
 
-def _pick_column(fields: list[str], text_column: str | None, path: Path) -> str:
-    if not fields:
-        raise ValueError(f"data file {path} holds no texts (no header)")
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _pick_column(records: list[dict[str, Any]], text_column: str | None, path: Path) -> str:
+    fields = record_columns(records)
     if text_column is not None:
         if text_column not in fields:
-            raise ValueError(f"{path} has no column {text_column!r}; columns: {fields}")
+            raise missing_column(path, text_column, fields, "pass text_column (--text-column)")
         return text_column
     for name in TEXT_COLUMNS:
         if name in fields:
             return name
     if len(fields) == 1:
         return fields[0]
-    raise ValueError(f"{path}: cannot tell which column holds the text among {fields}; pass text_column")
+    raise DataError(f"{path}: cannot tell which column holds the text among {fields}; pass text_column")
 
 
 def load_model(name_or_path: str) -> tuple[Any, Any]:

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 
 from repgeo.metrics import Moments, get
-from repgeo.metrics._stats import FeatureStats
-from repgeo.metrics._xp import namespace as array_namespace
+from repgeo.metrics.stats import FeatureStats, unit_rows
+from repgeo.metrics.stats import namespace as array_namespace
 
 __all__ = [
     "bootstrap_weights",
@@ -153,10 +153,8 @@ def _prepare(A: np.ndarray, *, center: bool, normalize: Any) -> torch.Tensor:
     """Float64 tensor of the rows after the row-wise part of the preprocessing, rotated into the row space
     when n < p, and centred globally (when ``center``) so that the per-replicate centring is well
     conditioned. Under ``normalize="rows"`` the rows are centred first (when ``center``) and then put on the
-    unit sphere, as :mod:`repgeo.metrics._prep` does; the replicates must then not centre again (see
+    unit sphere, as :func:`repgeo.metrics.stats.preprocess` does; the replicates must then not centre again (see
     :func:`_side_options`)."""
-    from repgeo.metrics._prep import unit_rows
-
     A = np.asarray(A, dtype=np.float64)
     if normalize == "rows":
         if center:

@@ -16,14 +16,27 @@ and pass/fail. Inputs follow the theory's convention: centred, unit-Frobenius-no
 * :mod:`.orders` — orders of blindness: each construction with a perturbation size eps is swept over
   eps in [0.01, 0.3] and the fitted log-log slopes of five distances are certified;
 * :func:`count_eps_orthogonal` — the paper's Figure 2a statistic;
-* :func:`invariance_audit` — every metric under every transform class;
+* :func:`invariance_audit` — every metric under every transform class (:mod:`.invariance`);
 * :func:`optimize_student` / :func:`optimization_experiment` — the synthetic optimisation experiment (§5.1).
+
+Modules: :mod:`.certificate` (:class:`Claim`, :class:`Pair`, :class:`Counterexample`, the printer
+:func:`format_certificate` and the loop :func:`certify_all`), one module per theorem (:mod:`.projection`,
+:mod:`.theorem1`, :mod:`.cka_limits`, :mod:`.equivalence`; :mod:`.constructions` gathers them), :mod:`.orders`,
+:mod:`.invariance`, :mod:`.optimize` (§5.1), :mod:`.figures`; ``_core`` holds the constructions' private helpers.
 
 Only :mod:`repgeo.metrics` is used from repgeo; every metric in its registry appears in every certificate.
 """
 
-from ._core import ROUNDING_TOL, ZERO_DISTANCE_TOL, Claim, Counterexample, Pair
-from .audit import audit_passed, invariance_audit, invariance_matrix
+from .certificate import (
+    ROUNDING_TOL,
+    ZERO_DISTANCE_TOL,
+    Claim,
+    Counterexample,
+    Pair,
+    certify_all,
+    format_certificate,
+    single_threaded,
+)
 from .constructions import (
     all_counterexamples,
     cka_antiparallel,
@@ -36,6 +49,7 @@ from .constructions import (
     projection_minibatch,
     projection_prediction,
 )
+from .invariance import audit_passed, invariance_audit, invariance_matrix
 from .optimize import (
     OptimizationResult,
     make_teacher,
@@ -53,11 +67,13 @@ __all__ = [
     "Pair",
     "all_counterexamples",
     "audit_passed",
+    "certify_all",
     "cka_antiparallel",
     "cka_dominant_direction",
     "cka_theorem1_prediction",
     "cka_translation",
     "count_eps_orthogonal",
+    "format_certificate",
     "invariance_audit",
     "invariance_matrix",
     "make_teacher",
@@ -68,4 +84,5 @@ __all__ = [
     "projection_invertible",
     "projection_minibatch",
     "projection_prediction",
+    "single_threaded",
 ]

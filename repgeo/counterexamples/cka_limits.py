@@ -11,18 +11,8 @@ import pandas as pd
 
 from repgeo.metrics import available
 
-from ._core import (
-    ROUNDING_TOL,
-    ZERO_DISTANCE_TOL,
-    Claim,
-    Counterexample,
-    Pair,
-    check_float,
-    check_int,
-    metric_value,
-    rng_from,
-    standardise,
-)
+from ._core import check_float, check_int, rng_from, standardise
+from .certificate import ROUNDING_TOL, ZERO_DISTANCE_TOL, Claim, Counterexample, Pair, metric_value
 from .orders import order_claims, slope, sweep
 
 _m = metric_value  # a registered metric of (X, Y) as a float

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import Counterexample, check_float
+from ._core import check_float
+from .certificate import Counterexample
 from .cka_limits import cka_dominant_direction, cka_translation
 from .equivalence import procrustes_fg_equivalence
 from .projection import projection_invertible, projection_minibatch, projection_prediction

@@ -7,20 +7,16 @@ from __future__ import annotations
 import numpy as np
 
 from ._core import (
-    ZERO_DISTANCE_TOL,
-    Claim,
-    Counterexample,
-    Pair,
     centred_orthonormal,
     check_float,
     check_int,
     gram,
-    metric_value,
     orthogonal,
     orthonormal_rows,
     rng_from,
     standardise,
 )
+from .certificate import ZERO_DISTANCE_TOL, Claim, Counterexample, Pair, metric_value
 from .orders import order_claims, sweep
 
 _m = metric_value  # a registered metric of (X, Y) as a float
@@ -57,7 +53,30 @@ def procrustes_fg_equivalence(n: int = 100, p: int = 32, q: int = 48, delta: flo
     if n < p + 1:
         raise ValueError(f"n must be >= p + 1; got n={n}, p={p}")
     delta = check_float("delta", delta, low=0.0, strict=True, high=0.02)
-    rng = rng_from(seed)
+    arrays, noise = _equivalence_arrays(n, p, q, delta, rng_from(seed))
+    X, iso = arrays["X"], arrays["XQ"]
+    table = sweep(lambda e: (X, standardise(iso + e * noise)))
+    pairs = [Pair("X vs XQ (q>p)", "X", "XQ"), Pair("X_low vs partial isometry (q<p)", "X_low", "partial"),
+             Pair("X vs Gram-built Y", "X", "from_gram"), Pair("X vs random", "X", "random"),
+             Pair("X vs near A", "X", "near_a"), Pair("X vs near B", "X", "near_b")]
+
+    statement = (
+        "Procrustes and FG vanish together: for an isometric embedding into a wider student, a partial isometry "
+        "onto a narrower one and a student rebuilt from the teacher's Gram matrix alone, both read 0 (the "
+        "inequalities D_FG <= (|X|_op + |Y|_op) D_P and D_P^2 <= |K - L|_* make each zero exactly when the other "
+        "is), and both grow at first order under generic noise. Away from zero they differ: of two near-zero "
+        "students, Procrustes ranks one closer and FG the other."
+    )
+    return Counterexample(
+        "procrustes_fg", "Procrustes <=> FG", statement, X, iso, arrays, pairs,
+        {"n": n, "p": p, "q": q, "delta": delta, "seed": seed}, _equivalence_claims,
+        {"orders": table, "order_parameter": "eps (noise)"},
+    )
+
+
+def _equivalence_arrays(n: int, p: int, q: int, delta: float, rng: np.random.Generator
+                        ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The arrays of :func:`procrustes_fg_equivalence` and the noise direction of its sweep."""
     U, V = centred_orthonormal(n, p, rng), orthogonal(p, rng)
     sig = np.geomspace(1.0, 0.05, p)
     X = standardise(U @ np.diag(sig) @ V.T)
@@ -80,44 +99,31 @@ def procrustes_fg_equivalence(n: int = 100, p: int = 32, q: int = 48, delta: flo
 
     near_a, near_b = scaled(0, 1 + delta), scaled(p - 1, 1 + 50 * delta)
     noise = standardise(rng.standard_normal((n, q)))
-    table = sweep(lambda e: (X, standardise(iso + e * noise)))
     arrays = {"X": X, "XQ": iso, "X_low": Xlow, "partial": partial, "from_gram": from_gram, "random": rand,
               "near_a": near_a, "near_b": near_b}
-    pairs = [Pair("X vs XQ (q>p)", "X", "XQ"), Pair("X_low vs partial isometry (q<p)", "X_low", "partial"),
-             Pair("X vs Gram-built Y", "X", "from_gram"), Pair("X vs random", "X", "random"),
-             Pair("X vs near A", "X", "near_a"), Pair("X vs near B", "X", "near_b")]
+    return arrays, noise
 
-    def claims(cx: Counterexample) -> list[Claim]:
-        A = cx.arrays
-        out = []
-        for label, xk, yk in (("X vs XQ (q>p)", "X", "XQ"), ("X_low vs partial isometry (q<p)", "X_low", "partial")):
-            out.append(Claim("D_P = 0 for a (partial) isometry", _m("procrustes", A[xk], A[yk]), "<=", 0.0,
-                             ZERO_DISTANCE_TOL, "sqrt of a float64 zero", label))
-            out.append(Claim("=> D_FG = 0", _m("fg", A[xk], A[yk]), "<=", 0.0, ZERO_DISTANCE_TOL,
-                             "sqrt of a float64 zero", label))
-        out.append(Claim("D_FG = 0 for a student built from K alone", _m("fg", X, A["from_gram"]), "<=", 0.0,
-                         ZERO_DISTANCE_TOL, "sqrt of a float64 zero", "X vs Gram-built Y"))
-        out.append(Claim("=> D_P = 0", _m("procrustes", X, A["from_gram"]), "<=", 0.0, ZERO_DISTANCE_TOL,
-                         "sqrt of a float64 zero", "X vs Gram-built Y"))
-        pa, pb = _m("procrustes", X, A["near_a"]), _m("procrustes", X, A["near_b"])
-        fa, fb = _m("fg", X, A["near_a"]), _m("fg", X, A["near_b"])
-        out.append(Claim("near-zero pairs: D_P(B) / D_P(A) > 1", pb / pa, ">=", 1.0, 0.0,
-                         "B moves a low-variance direction further", "near A, B"))
-        out.append(Claim("near-zero pairs: D_FG(A) / D_FG(B) > 1 (opposite order)", fa / fb, ">=", 1.0, 0.0,
-                         "FG weights directions by their variance", "near A, B"))
-        out.append(Claim("near-zero pairs: max(D_P, D_FG) <= 0.1", max(pa, pb, fa, fb), "<=", 0.1, 0.0,
-                         "both pairs are close to the teacher", "near A, B"))
-        return out + order_claims(cx.data["orders"], GENERIC_ORDERS, "X vs XQ + eps N")
 
-    statement = (
-        "Procrustes and FG vanish together: for an isometric embedding into a wider student, a partial isometry "
-        "onto a narrower one and a student rebuilt from the teacher's Gram matrix alone, both read 0 (the "
-        "inequalities D_FG <= (|X|_op + |Y|_op) D_P and D_P^2 <= |K - L|_* make each zero exactly when the other "
-        "is), and both grow at first order under generic noise. Away from zero they differ: of two near-zero "
-        "students, Procrustes ranks one closer and FG the other."
-    )
-    return Counterexample(
-        "procrustes_fg", "Procrustes <=> FG", statement, X, iso, arrays, pairs,
-        {"n": n, "p": p, "q": q, "delta": delta, "seed": seed}, claims,
-        {"orders": table, "order_parameter": "eps (noise)"},
-    )
+def _equivalence_claims(cx: Counterexample) -> list[Claim]:
+    """The claims of :func:`procrustes_fg_equivalence`: zeros both ways, opposite orders near zero, orders."""
+    A = cx.arrays
+    X = A["X"]
+    out = []
+    for label, xk, yk in (("X vs XQ (q>p)", "X", "XQ"), ("X_low vs partial isometry (q<p)", "X_low", "partial")):
+        out.append(Claim("D_P = 0 for a (partial) isometry", _m("procrustes", A[xk], A[yk]), "<=", 0.0,
+                         ZERO_DISTANCE_TOL, "sqrt of a float64 zero", label))
+        out.append(Claim("=> D_FG = 0", _m("fg", A[xk], A[yk]), "<=", 0.0, ZERO_DISTANCE_TOL,
+                         "sqrt of a float64 zero", label))
+    out.append(Claim("D_FG = 0 for a student built from K alone", _m("fg", X, A["from_gram"]), "<=", 0.0,
+                     ZERO_DISTANCE_TOL, "sqrt of a float64 zero", "X vs Gram-built Y"))
+    out.append(Claim("=> D_P = 0", _m("procrustes", X, A["from_gram"]), "<=", 0.0, ZERO_DISTANCE_TOL,
+                     "sqrt of a float64 zero", "X vs Gram-built Y"))
+    pa, pb = _m("procrustes", X, A["near_a"]), _m("procrustes", X, A["near_b"])
+    fa, fb = _m("fg", X, A["near_a"]), _m("fg", X, A["near_b"])
+    out.append(Claim("near-zero pairs: D_P(B) / D_P(A) > 1", pb / pa, ">=", 1.0, 0.0,
+                     "B moves a low-variance direction further", "near A, B"))
+    out.append(Claim("near-zero pairs: D_FG(A) / D_FG(B) > 1 (opposite order)", fa / fb, ">=", 1.0, 0.0,
+                     "FG weights directions by their variance", "near A, B"))
+    out.append(Claim("near-zero pairs: max(D_P, D_FG) <= 0.1", max(pa, pb, fa, fb), "<=", 0.1, 0.0,
+                     "both pairs are close to the teacher", "near A, B"))
+    return out + order_claims(cx.data["orders"], GENERIC_ORDERS, "X vs XQ + eps N")

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ._core import Counterexample
-from .audit import invariance_matrix
+from .certificate import Counterexample
+from .invariance import invariance_matrix
 from .optimize import OptimizationResult
 from .orders import DISTANCES, LABELS, orders
 

@@ -33,16 +33,8 @@ import pandas as pd
 
 from repgeo.metrics import available, get
 
-from ._core import (
-    centred_orthonormal,
-    check_float,
-    check_int,
-    metric_value,
-    orthonormal_rows,
-    rng_from,
-    single_threaded,
-    standardise,
-)
+from ._core import centred_orthonormal, check_float, check_int, orthonormal_rows, rng_from, standardise
+from .certificate import metric_value, single_threaded
 from .constructions import count_eps_orthogonal
 
 DEFAULT_OBJECTIVES = ("proj_mse", "cka", "procrustes", "fg")

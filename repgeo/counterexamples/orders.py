@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._core import ZERO_DISTANCE_TOL, Claim, metric_value
+from .certificate import ZERO_DISTANCE_TOL, Claim, Counterexample, format_value, metric_value
 
 #: The perturbation sizes of every sweep: 8 points, geometric from 0.01 to 0.3.
 EPS_GRID = tuple(float(e) for e in np.geomspace(0.01, 0.3, 8))
@@ -120,3 +120,24 @@ def order_claims(table: pd.DataFrame, expected: Mapping[str, float | None], pair
                              slope(table["eps"].to_numpy(), v), "==", float(order), ORDER_TOL,
                              f"least-squares slope over {len(v)} eps; tolerance {ORDER_TOL:g}", pair))
     return out
+
+
+def format_orders(table: pd.DataFrame, parameter: str, sphere: bool = False) -> str:
+    """A sweep as text: one line per distance with its values at the ends of the sweep and its fitted order (or
+    "blind at every order")."""
+    fitted = orders(table)
+    where = " on the sphere" if sphere else ""
+    lines = [f"orders of blindness{where} ({parameter} from {table['eps'].iloc[0]:g} to {table['eps'].iloc[-1]:g}):"]
+    for name in DISTANCES:
+        s = fitted[name]
+        order = "blind at every order" if s != s else f"order {s:.2f}"
+        lines.append(f"  {LABELS[name]:>27s}: {format_value(table[name].iloc[0])} .. "
+                     f"{format_value(table[name].iloc[-1])}  {order}")
+    return "\n".join(lines)
+
+
+def order_sections(cx: Counterexample) -> list[str]:
+    """The sweeps a construction carries (``data["orders"]``, and ``data["orders_sphere"]`` on the unit sphere)
+    as :func:`format_orders` texts, for :func:`repgeo.counterexamples.certificate.format_certificate`."""
+    return [format_orders(cx.data[key], cx.data["order_parameter"], key == "orders_sphere")
+            for key in ("orders", "orders_sphere") if key in cx.data]

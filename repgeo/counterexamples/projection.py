@@ -6,21 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import (
-    EXACT_TOL,
-    ROUNDING_TOL,
-    Claim,
-    Counterexample,
-    Pair,
-    centred_orthonormal,
-    check_float,
-    check_int,
-    metric_value,
-    orthogonal,
-    orthonormal_rows,
-    rng_from,
-    standardise,
-)
+from ._core import centred_orthonormal, check_float, check_int, orthogonal, orthonormal_rows, rng_from, standardise
+from .certificate import EXACT_TOL, ROUNDING_TOL, Claim, Counterexample, Pair, metric_value
 from .orders import order_claims, sweep
 
 _m = metric_value  # a registered metric of (X, Y) as a float

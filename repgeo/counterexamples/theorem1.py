@@ -6,20 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import (
-    EXACT_TOL,
-    ROUNDING_TOL,
-    ZERO_DISTANCE_TOL,
-    Claim,
-    Counterexample,
-    Pair,
-    check_float,
-    check_int,
-    metric_value,
-    orthonormal_rows,
-    rng_from,
-    standardise,
-)
+from ._core import check_float, check_int, orthonormal_rows, rng_from, standardise
+from .certificate import EXACT_TOL, ROUNDING_TOL, ZERO_DISTANCE_TOL, Claim, Counterexample, Pair, metric_value
 from .orders import order_claims, sweep
 
 _m = metric_value  # a registered metric of (X, Y) as a float
@@ -95,6 +83,36 @@ def cka_antiparallel(n: int = 100, p: int = 64, q: int = 16, m: int = 10, eps: f
 
     Parameters: ``n`` even >= 4, ``p`` >= 2, ``q`` (1 <= q < p), ``m`` (1 <= m < p, m <= n), ``eps`` > 0, ``seed``.
     """
+    n, p, q, m, eps = _theorem1_parameters(n, p, q, m, eps)
+    arrays = _theorem1_arrays(n, p, q, m, eps, seed)
+    pred = cka_theorem1_prediction(n, m, eps)
+
+    def pair_at(e: float) -> tuple[np.ndarray, np.ndarray]:
+        A = _theorem1_arrays(n, p, q, m, e, seed)
+        return A["b"], A["c"]
+
+    table = sweep(pair_at)
+
+    statement = (
+        f"(a) {n} points at +v or -v in {p} dimensions; (b) the same with m = {m} points each moved by "
+        f"eps = {eps:g} along its own orthogonal direction; (c) a replica of (a) in q = {q} dimensions. CKA "
+        f"against (c) reads 1 for (a) and differs for (b) by only {pred['cka_gap']:.2e} (bound eps^4 m/n^2 = "
+        f"{pred['cka_gap_bound']:.2e}); debiased CKA does not change at all. Procrustes sees the perturbation at "
+        f"first order in eps (D_P = {pred['procrustes']:.4f}), FG only at second order (D_FG = "
+        f"{pred['fg']:.4f}), like CKA read as a distance: the construction separates CKA from Procrustes, not "
+        f"from FG (Theorem 1)."
+    )
+    return Counterexample(
+        "cka_antiparallel", "CKA: Theorem 1, antiparallel configurations", statement, arrays["b"], arrays["c"],
+        arrays, [Pair("a vs c", "a", "c"), Pair("b vs c", "b", "c"), Pair("a vs b", "a", "b")],
+        {"n": n, "p": p, "q": q, "m": m, "eps": eps, "seed": seed}, _theorem1_claims,
+        {"predicted": pred, "orders": table, "order_parameter": "eps"},
+    )
+
+
+def _theorem1_parameters(n: object, p: object, q: object, m: object, eps: object
+                         ) -> tuple[int, int, int, int, float]:
+    """The checked parameters of :func:`cka_antiparallel`."""
     n = check_int("n", n, 2)
     if n < 4 or n % 2:
         raise ValueError(f"n must be even and >= 4 (two equal antiparallel configurations); got {n}")
@@ -109,53 +127,33 @@ def cka_antiparallel(n: int = 100, p: int = 64, q: int = 16, m: int = 10, eps: f
     if m > n:
         raise ValueError(f"m must be <= n (m of the n points are perturbed); got m={m}, n={n}")
     eps = check_float("eps", eps, low=0.0, strict=True)
-    arrays = _theorem1_arrays(n, p, q, m, eps, seed)
-    pred = cka_theorem1_prediction(n, m, eps)
+    return n, p, q, m, eps
 
-    def pair_at(e: float) -> tuple[np.ndarray, np.ndarray]:
-        A = _theorem1_arrays(n, p, q, m, e, seed)
-        return A["b"], A["c"]
 
-    table = sweep(pair_at)
-
-    def claims(cx: Counterexample) -> list[Claim]:
-        A, B, C = cx.arrays["a"], cx.arrays["b"], cx.arrays["c"]
-        gap = _m("cka", A, C) - _m("cka", B, C)
-        dp = _m("procrustes", B, C)
-        return [
-            Claim("CKA(a, c) = 1", _m("cka", A, C), "==", 1.0, ROUNDING_TOL, "same rank-1 Gram up to scale",
-                  "a vs c"),
-            Claim("D_P(a, c) = 0 (c is an exact replica)", _m("procrustes", A, C), "<=", 0.0, ZERO_DISTANCE_TOL,
-                  "sqrt of a float64 zero", "a vs c"),
-            Claim("D_FG(a, c) = 0 (c is an exact replica)", _m("fg", A, C), "<=", 0.0, ZERO_DISTANCE_TOL,
-                  "sqrt of a float64 zero", "a vs c"),
-            Claim("|CKA(a,c) - CKA(b,c)| <= eps^4 m / n^2", abs(gap), "<=", pred["cka_gap_bound"], ROUNDING_TOL,
-                  "1 - sqrt(1-x) <= x <= eps^4 m/n^2 (derivation in cka_theorem1_prediction)", "b vs c"),
-            Claim("CKA(a,c) - CKA(b,c) = closed form", gap, "==", pred["cka_gap"], ROUNDING_TOL,
-                  "exact expression; CKA is float64-accurate to ~1e-15", "b vs c"),
-            Claim("D_P(b, c) = closed form", dp, "==", pred["procrustes"], EXACT_TOL, "exact expression",
-                  "b vs c"),
-            Claim("D_FG(b, c) = closed form", _m("fg", B, C), "==", pred["fg"], EXACT_TOL, "exact expression",
-                  "b vs c"),
-            Claim("debiased CKA(a,c) - debiased CKA(b,c) = 0 exactly",
-                  _m("cka_debiased", A, C) - _m("cka_debiased", B, C), "==", 0.0, ROUNDING_TOL,
-                  "(b) differs from (a) only on the diagonal of the uncentred Gram, which unbiased HSIC drops",
-                  "b vs c"),
-            *order_claims(cx.data["orders"], THEOREM1_ORDERS, "b vs c, eps swept"),
-        ]
-
-    statement = (
-        f"(a) {n} points at +v or -v in {p} dimensions; (b) the same with m = {m} points each moved by "
-        f"eps = {eps:g} along its own orthogonal direction; (c) a replica of (a) in q = {q} dimensions. CKA "
-        f"against (c) reads 1 for (a) and differs for (b) by only {pred['cka_gap']:.2e} (bound eps^4 m/n^2 = "
-        f"{pred['cka_gap_bound']:.2e}); debiased CKA does not change at all. Procrustes sees the perturbation at "
-        f"first order in eps (D_P = {pred['procrustes']:.4f}), FG only at second order (D_FG = "
-        f"{pred['fg']:.4f}), like CKA read as a distance: the construction separates CKA from Procrustes, not "
-        f"from FG (Theorem 1)."
-    )
-    return Counterexample(
-        "cka_antiparallel", "CKA: Theorem 1, antiparallel configurations", statement, arrays["b"], arrays["c"],
-        arrays, [Pair("a vs c", "a", "c"), Pair("b vs c", "b", "c"), Pair("a vs b", "a", "b")],
-        {"n": n, "p": p, "q": q, "m": m, "eps": eps, "seed": seed}, claims,
-        {"predicted": pred, "orders": table, "order_parameter": "eps"},
-    )
+def _theorem1_claims(cx: Counterexample) -> list[Claim]:
+    """The claims of :func:`cka_antiparallel` against the closed forms of :func:`cka_theorem1_prediction`."""
+    pred = cx.data["predicted"]
+    A, B, C = cx.arrays["a"], cx.arrays["b"], cx.arrays["c"]
+    gap = _m("cka", A, C) - _m("cka", B, C)
+    dp = _m("procrustes", B, C)
+    return [
+        Claim("CKA(a, c) = 1", _m("cka", A, C), "==", 1.0, ROUNDING_TOL, "same rank-1 Gram up to scale",
+              "a vs c"),
+        Claim("D_P(a, c) = 0 (c is an exact replica)", _m("procrustes", A, C), "<=", 0.0, ZERO_DISTANCE_TOL,
+              "sqrt of a float64 zero", "a vs c"),
+        Claim("D_FG(a, c) = 0 (c is an exact replica)", _m("fg", A, C), "<=", 0.0, ZERO_DISTANCE_TOL,
+              "sqrt of a float64 zero", "a vs c"),
+        Claim("|CKA(a,c) - CKA(b,c)| <= eps^4 m / n^2", abs(gap), "<=", pred["cka_gap_bound"], ROUNDING_TOL,
+              "1 - sqrt(1-x) <= x <= eps^4 m/n^2 (derivation in cka_theorem1_prediction)", "b vs c"),
+        Claim("CKA(a,c) - CKA(b,c) = closed form", gap, "==", pred["cka_gap"], ROUNDING_TOL,
+              "exact expression; CKA is float64-accurate to ~1e-15", "b vs c"),
+        Claim("D_P(b, c) = closed form", dp, "==", pred["procrustes"], EXACT_TOL, "exact expression",
+              "b vs c"),
+        Claim("D_FG(b, c) = closed form", _m("fg", B, C), "==", pred["fg"], EXACT_TOL, "exact expression",
+              "b vs c"),
+        Claim("debiased CKA(a,c) - debiased CKA(b,c) = 0 exactly",
+              _m("cka_debiased", A, C) - _m("cka_debiased", B, C), "==", 0.0, ROUNDING_TOL,
+              "(b) differs from (a) only on the diagonal of the uncentred Gram, which unbiased HSIC drops",
+              "b vs c"),
+        *order_claims(cx.data["orders"], THEOREM1_ORDERS, "b vs c, eps swept"),
+    ]

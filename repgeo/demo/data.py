@@ -4,13 +4,14 @@ column, split once (stratified, seeded) into a training and a held-out test set.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from repgeo._files import missing_column, read_records, record_columns
 
 
 @dataclass
@@ -49,19 +50,10 @@ class DemoData:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV (``.csv``), TSV (``.tsv``) or JSON-lines (``.jsonl``, or ``.json``) file as a DataFrame."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file {str(p)!r} not found")
-    suffix = p.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
-    if suffix == ".jsonl":
-        return pd.read_json(p, lines=True)
-    if suffix == ".json":
-        text = p.read_text()
-        return pd.DataFrame(json.loads(text)) if text.lstrip().startswith("[") else pd.read_json(p, lines=True)
-    raise ValueError(f"data file {str(p)!r}: expected .csv, .tsv, .jsonl or .json")
+    """A CSV / TSV / JSON-lines / JSON file as a DataFrame (read by :func:`repgeo._files.read_records`: UTF-8, only
+    empty CSV cells are missing, JSON values keep their types)."""
+    records = read_records(path)
+    return pd.DataFrame(records, columns=record_columns(records))
 
 
 def load_frame(data: str | None, text_column: str = "text", label_column: str = "label") -> tuple[pd.DataFrame, str]:
@@ -73,7 +65,7 @@ def load_frame(data: str | None, text_column: str = "text", label_column: str = 
     frame = read_table(data)
     for col, what in ((text_column, "--text-column"), (label_column, "--label-column")):
         if col not in frame.columns:
-            raise ValueError(f"{data} has no column {col!r} (pass {what}); columns: {list(frame.columns)}")
+            raise missing_column(data, col, frame.columns, f"pass {what}")
     frame = frame[[text_column, label_column]].rename(columns={text_column: "text", label_column: "label"})
     frame = frame.dropna()
     frame["text"] = frame["text"].astype(str)

@@ -204,7 +204,7 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
     ~40x more), plus proj_mse at the last mapped pair; columns as :func:`repgeo.audit.audit_features` plus
     ``student``."""
     from repgeo.audit import audit_features
-    from repgeo.audit.core import N_FLOOR
+    from repgeo.audit.table import N_FLOOR
     from repgeo.distill.students import num_blocks
     from repgeo.probe import collect, tokenize_texts
 
@@ -231,9 +231,10 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
         if layer_map:  # held-out proj_mse at the last mapped pair: value and null floor, no interval or p-value
             s_top = max(layer_map)
             t_last, s_last = f"hidden_states.{layer_map[s_top]}", f"hidden_states.{s_top}"
-            pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"], n_folds=0,
-                                n_perm=N_FLOOR if settings.n_perm else 0, seed=settings.seed)
-            pm["p_value"] = np.nan  # its permutations serve the floor only (too few, and of the in-sample fit)
+            pm = audit_features({t_last: t_feats[t_last]}, {s_last: s_feats[s_last]}, ["proj_mse"],
+                                n_folds=settings.n_folds, n_perm=N_FLOOR if settings.n_perm else 0, seed=settings.seed)
+            # its N_FLOOR permutations (each a cross-fitted refit) serve the floor; a p-value would need >= 19
+            pm["p_value"] = np.nan
             df = pd.concat([df, pm], ignore_index=True)
         df.insert(0, "student", name)
         frames.append(df)
@@ -246,25 +247,11 @@ def audit_students(teacher: Any, tokenizer: Any, texts: list[str], students: dic
 
 def certify(figures: Path | None, seed: int) -> pd.DataFrame:
     """Build and certify every counterexample of the theory; one row per claim (and a figure per construction)."""
-    from repgeo.counterexamples import all_counterexamples
-    from repgeo.counterexamples._core import single_threaded
+    from repgeo.counterexamples import all_counterexamples, certify_all
 
-    rows = []
-    seen: dict[str, int] = {}
-    with single_threaded():
-        for cx in all_counterexamples(seed=seed):
-            seen[cx.name] = seen.get(cx.name, 0) + 1
-            stem = cx.name if seen[cx.name] == 1 else f"{cx.name}_{seen[cx.name]}"
-            cert = cx.certify()
-            for r in cert[cert["section"] == "claim"].itertuples():
-                rows.append({"counterexample": stem, "title": cx.title, "claim": r.item, "pair": r.pair,
-                             "value": r.value, "relation": r.relation, "bound": r.bound, "tol": r.tol,
-                             "passed": bool(r.passed)})
-            if figures is not None:
-                import matplotlib.pyplot as plt
+    def save_figure(cx: Any, cert: pd.DataFrame, name: str) -> None:
+        from repgeo.counterexamples.figures import plot_counterexample, save
 
-                from repgeo.counterexamples.figures import plot_counterexample, save
+        save(plot_counterexample(cx), figures / f"{name}.png")
 
-                save(plot_counterexample(cx), figures / f"{stem}.png")
-                plt.close("all")
-    return pd.DataFrame(rows)
+    return certify_all(all_counterexamples(seed=seed), save_figure if figures is not None else None)

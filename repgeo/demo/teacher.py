@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,7 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from repgeo._files import IntegrityError, content_sha256, model_source_problem, verify_folder, write_manifest
+from repgeo._files import (
+    IntegrityError,
+    atomic_folder,
+    content_sha256,
+    model_source_problem,
+    verify_folder,
+    write_manifest,
+)
 
 from .data import DemoData
 
@@ -298,19 +303,11 @@ def prepare_teacher(source: str, data: DemoData, settings: Any, *, cache_dir: Pa
                                                         if k.startswith("teacher") or k in ("max_length", "seed")},
             "test_accuracy": acc, "seconds": seconds, "curve": curve}
     if settings.use_cache:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".teacher-{key}-", dir=cache_dir))
-        try:
+        with atomic_folder(folder) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / TEACHER_META).write_text(json.dumps(meta, indent=1) + "\n")
             write_manifest(tmp, CACHE_MANIFEST)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         path = folder
         log(f"teacher: fine-tuned in {seconds:.0f} s, cached in {folder}")
     else:

@@ -11,8 +11,9 @@ default). Rows are pooled sequences (``cls``/``mean``/``last``: one row per exam
 (``tokens``); padding is masked through the attention mask (and an optional token mask, e.g. response tokens).
 
 **Projection-MSE** (``metric="proj_mse"``) uses a *learned* linear projector per layer pair by default
-(FitNets / TinyBERT), ``D = ||P(Y) W_k^T - P(X)||_F^2`` with ``P`` the same preprocessing and
-``W_k = nn.Linear(q, p, bias=False)`` (no bias: both sides are centred). Shapes come from the models' hidden sizes.
+(FitNets / TinyBERT), ``D = ||P(Y) W_k^T - P(X)||_F^2`` (:func:`repgeo.metrics.proj_mse_learned`) with ``P`` the
+same preprocessing and ``W_k = nn.Linear(q, p, bias=False)`` (no bias: both sides are centred). Shapes come from
+the models' hidden sizes.
 Initialisation: ``nn.init.orthogonal_``, i.e. a (semi-)orthogonal map, so at the start the projection keeps the
 student's norm and the loss equals a Procrustes-like distance rather than an arbitrary scale. The projectors are
 ordinary parameters of this module (the trainer gives them their own optimizer group and saves
@@ -20,7 +21,7 @@ ordinary parameters of this module (the trainer gives them their own optimizer g
 ``min_W`` instead (no parameters).
 
 **No host synchronisation.** The first forward call checks its inputs eagerly (clear errors at set-up). Every
-later call runs the metrics inside :func:`repgeo.metrics._xp.deferred_checks`: no check reads a value back from
+later call runs the metrics inside :func:`repgeo.metrics.stats.deferred_checks`: no check reads a value back from
 the device (``bool``/``item`` of a tensor would stall a GPU pipeline every step); the conditions are combined on
 the device into ``FeatureLossOutput.valid`` and :meth:`FeatureLoss.raise_if_invalid` evaluates them (one sync)
 whenever the caller chooses, e.g. at logging steps.
@@ -45,16 +46,24 @@ from typing import Literal
 import torch
 from torch import nn
 
+from repgeo._validation import FEATURE_POOLINGS as POOLINGS
 from repgeo.metrics import get as get_metric
-from repgeo.metrics._prep import preprocess
-from repgeo.metrics._stats import FeatureStats, pair_stats
-from repgeo.metrics._xp import Check, all_passed, deferred_checks, nuclear_norm, raise_failed, to_scalar_output
+from repgeo.metrics import proj_mse_learned
 from repgeo.metrics.procrustes import nbs_from_stats, procrustes_from_stats
+from repgeo.metrics.stats import (
+    Check,
+    FeatureStats,
+    all_passed,
+    deferred_checks,
+    nuclear_norm,
+    pair_stats,
+    raise_failed,
+    to_scalar_output,
+)
 from repgeo.probe.pooling import pool
 
 from .gather import gather_rows
 
-POOLINGS = ("cls", "mean", "last", "tokens")
 Features = Mapping[int, torch.Tensor]
 
 
@@ -101,7 +110,7 @@ class FeatureLoss(nn.Module):
     student_dims, teacher_dims: hidden sizes per layer (or one int for all); needed for the learned projector.
     pooling: ``cls``, ``mean``, ``last`` or ``tokens``.
     weights: one weight per pair (a sequence in map order, or ``{student_layer: w}``); default 1 each.
-    center, normalize: preprocessing passed to the metric (see :mod:`repgeo.metrics._prep`).
+    center, normalize: preprocessing passed to the metric (see :mod:`repgeo.metrics.stats`).
     projector: ``"learned"`` (default for proj_mse) or ``"closed_form"``; ignored by other metrics.
     gather: gather rows across data-parallel ranks (no-op on one process).
     """
@@ -196,11 +205,8 @@ class FeatureLoss(nn.Module):
     def pair_loss(self, name: str, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Unweighted loss of one pair on (already gathered) rows X (teacher) and Y (student)."""
         if self.learned:
-            Xp = preprocess(X, "X", center=self.center, normalize=self.normalize)
-            Yp = preprocess(Y, "Y", center=self.center, normalize=self.normalize)
-            proj = self.projectors[name]
-            residual = Yp @ proj.weight.float().T - Xp
-            return (residual * residual).sum()
+            return proj_mse_learned(X, Y, self.projectors[name].weight.float(), center=self.center,
+                                    normalize=self.normalize)
         return self.spec.loss(X, Y, center=self.center, normalize=self.normalize)
 
     def forward(

@@ -1,14 +1,15 @@
 """The metrics core: pure functions of two arrays (numpy -> float64 analysis, torch -> differentiable).
 
 Conventions (preprocessing order, X = teacher, Y = student) are documented once in
-:mod:`repgeo.metrics._prep`.
+:mod:`repgeo.metrics._prep`; the statistics interface and preprocessing that other packages build on are public in
+:mod:`repgeo.metrics.stats`.
 """
 
 from .cka import cka
 from .gram import fg
 from .moments import Moments
 from .procrustes import bures, nbs, procrustes
-from .projection import proj_mse
+from .projection import proj_mse, proj_mse_learned
 from .registry import MetricSpec, available, compare, get, register
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "nbs",
     "procrustes",
     "proj_mse",
+    "proj_mse_learned",
     "register",
 ]

@@ -31,10 +31,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from repgeo._validation import NORMALIZATIONS, check_bool, check_choice
+
 from ._xp import Array, checks_deferred, col_mean, float_dtype, is_torch, namespace, require
 
 Normalize = Literal["frobenius", "rows"] | None
-NORMALIZE_CHOICES = ("frobenius", "rows", None)
 
 
 def as_matrix(a: object, name: str, *, finite: bool = True) -> Array:
@@ -112,10 +113,8 @@ def check_pair(X: object, Y: object, *, min_rows: int = 2, finite: bool = True) 
 
 
 def check_options(center: object, normalize: object) -> None:
-    if not isinstance(center, bool):
-        raise TypeError(f"center must be True or False; got {center!r}")
-    if normalize not in NORMALIZE_CHOICES:
-        raise ValueError(f"normalize must be one of 'frobenius', 'rows' or None; got {normalize!r}")
+    check_bool("center", center)
+    check_choice("normalize", normalize, NORMALIZATIONS)
 
 
 def _sum_sq(xp: Any, x: Array) -> Array:

@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from repgeo._validation import PROCRUSTES_KINDS, check_choice, check_int
+
 from ._prep import Normalize, prepare_pair
 from .cka import _hsic_unbiased_linear, cka
 
@@ -73,6 +75,7 @@ __all__ = [
     "procrustes_corrected",
     "proj_mse_heldout",
     "projection_residual",
+    "row_space",
 ]
 
 #: ridge penalties tried by the held-out projection, relative to tr(Y^T Y) of the training rows (0: pseudo-inverse)
@@ -105,8 +108,7 @@ def _fold_labels(n: int, folds: int, groups: Any, seed: int) -> np.ndarray:
         raise ValueError(f"groups must have one entry per row ({n}); got shape {groups.shape}")
     _, g = np.unique(groups, return_inverse=True)
     n_groups = int(g.max()) + 1
-    if not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds must be an integer >= 2; got {folds!r}")
+    check_int("folds", folds, 2)
     if n_groups < 2:
         raise ValueError("cross-fitting needs at least 2 stimuli (groups)")
     k = min(int(folds), n_groups)
@@ -114,12 +116,23 @@ def _fold_labels(n: int, folds: int, groups: Any, seed: int) -> np.ndarray:
     return fold_of_group[g]
 
 
-def _row_space(A: np.ndarray) -> np.ndarray:
-    """``A Q`` with Q an orthonormal basis of A's row space when n < width (norms and traces unchanged)."""
-    n, p = A.shape
+def row_space(A: Any) -> np.ndarray:
+    """``A Q`` (n x n) with Q (width x n) an orthonormal basis of the row space of A when n < width; A itself
+    (as float64) otherwise.
+
+    Every row of A lies in that row space, so ``(A Q)(A Q)^T = A A^T``: Gram matrices, row norms, column-centred
+    Gram matrices (the column means are a combination of rows) and every metric and estimator here -- all
+    functions of ``A A^T`` and of cross-products ``A^T B`` up to an orthogonal map -- are unchanged, and a row
+    permutation commutes with it (``A[perm] Q = (A Q)[perm]``). Reducing each layer once before an audit turns
+    every width x width factorisation into an n x n one.
+    """
+    a = _numpy(A)
+    if a.ndim != 2:
+        raise ValueError(f"row_space needs a 2-D array (rows x features); got shape {a.shape}")
+    n, p = a.shape
     if n >= p:
-        return A
-    return A @ np.linalg.qr(A.T).Q
+        return a
+    return a @ np.linalg.qr(a.T).Q
 
 
 def _polar(C: np.ndarray) -> np.ndarray:
@@ -135,7 +148,7 @@ def nuclear_corrected(X: np.ndarray, Y: np.ndarray, labels: np.ndarray) -> float
 
     ``(K ||C||_* + (K - 1) sum_k tr(Q_{-k}^T C_k)) / (2K - 1)``; see the module docstring.
     """
-    X, Y = _row_space(X), _row_space(Y)
+    X, Y = row_space(X), row_space(Y)
     C = X.T @ Y
     plug = float(np.sum(np.linalg.svd(C, compute_uv=False)))
     folds = np.unique(labels)
@@ -168,8 +181,7 @@ def procrustes_corrected(
 ) -> float:
     """Corrected Procrustes distance of unit-Frobenius inputs: ``sqrt(2 - 2 NBS_c)`` (``kind="euclidean"``),
     ``2 - 2 NBS_c`` (``"squared"``) or ``arccos NBS_c`` (``"angular"``), with NBS_c from :func:`nbs_corrected`."""
-    if kind not in ("euclidean", "squared", "angular"):
-        raise ValueError(f"kind must be 'euclidean', 'squared' or 'angular'; got {kind!r}")
+    check_choice("kind", kind, PROCRUSTES_KINDS)
     s = nbs_corrected(X, Y, folds=folds, groups=groups, seed=seed, center=center, normalize=normalize)
     if kind == "angular":
         return math.acos(s)

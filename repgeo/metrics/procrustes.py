@@ -30,12 +30,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+from repgeo._validation import PROCRUSTES_KINDS as KINDS
+from repgeo._validation import check_choice
+
 from ._prep import Normalize
 from ._stats import FeatureStats, pair_stats
 from ._xp import Array, full_precision, to_scalar_output
 
 Kind = Literal["euclidean", "squared", "angular"]
-KINDS = ("euclidean", "squared", "angular")
 
 
 def nuclear_cross(s: FeatureStats) -> Array:
@@ -44,8 +46,7 @@ def nuclear_cross(s: FeatureStats) -> Array:
 
 
 def procrustes_from_stats(s: FeatureStats, kind: Kind = "euclidean") -> Array:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+    check_choice("kind", kind, KINDS)
     xp = s.xp
     nuc = nuclear_cross(s)
     if kind == "angular":

@@ -12,16 +12,20 @@ while the geometries differ (see :mod:`repgeo.counterexamples`).
 
 Computed from the feature-space moments ``Y^T Y`` and ``Y^T X``; the pseudo-inverse discards eigenvalues of
 ``Y^T Y`` below ``rtol = q * eps`` times the largest, so the absolute accuracy is about ``eps * cond(Y)^2``.
-This is the analysis form; the distillation loss learns W instead (:mod:`repgeo.distill`). On the torch
-backend it is computed in float64 whatever the input dtype (float32 errors reached 1e-2 on ill-conditioned
-students) and returned in the input's dtype.
+This is the analysis form. On the torch backend it is computed in float64 whatever the input dtype (float32
+errors reached 1e-2 on ill-conditioned students) and returned in the input's dtype.
+
+The distillation loss learns W instead (FitNets / TinyBERT): :func:`proj_mse_learned` is
+``||P(Y) W^T - P(X)||_F^2`` for a given map ``W`` (p x q, the weight of ``torch.nn.Linear(q, p, bias=False)``),
+with ``P`` the same preprocessing as above, computed in the inputs' dtype and differentiable in ``Y`` and ``W``.
+At the least-squares ``W`` (ridge 0) it equals :func:`proj_mse`; any other ``W`` gives more.
 """
 
 from __future__ import annotations
 
-from ._prep import Normalize
+from ._prep import Normalize, check_options, check_pair, preprocess
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, eps, full_precision, in_float64, pinv_hermitian, solve, to_scalar_output
+from ._xp import Array, eps, full_precision, in_float64, is_torch, namespace, pinv_hermitian, solve, to_scalar_output
 
 
 def proj_mse_from_stats(s: FeatureStats, ridge: float = 0.0) -> Array:
@@ -56,3 +60,33 @@ def proj_mse(
         raise ValueError(f"ridge must be a non-negative number; got {ridge!r}")
     s = pair_stats(X, Y, center=center, normalize=normalize)
     return to_scalar_output(proj_mse_from_stats(s, float(ridge)))
+
+
+def proj_mse_learned(
+    X: object,
+    Y: object,
+    W: object,
+    *,
+    center: bool = True,
+    normalize: Normalize = "frobenius",
+) -> Array:
+    """``||P(Y) W^T - P(X)||_F^2``: the residual of the student ``Y`` (n x q) mapped onto the teacher ``X``
+    (n x p) by a given linear map ``W`` (p x q; a learned projector's weight), after the metrics' preprocessing
+    ``P`` (see :mod:`repgeo.metrics._prep`). The loss form of projection-MSE with a learned projector; equals
+    :func:`proj_mse` when ``W`` is the least-squares map of the preprocessed pair.
+
+    Same backend and dtype rules as the other metrics, except that torch inputs are not promoted to float64 (a
+    training loss runs in float32); ``W`` must be on the same backend and device as ``Y``.
+    """
+    check_options(center, normalize)
+    Xm, Ym = check_pair(X, Y, min_rows=1, finite=False)  # preprocess checks NaN/Inf from the sums it forms
+    if is_torch(W) != is_torch(Ym):
+        raise TypeError("W must use the same backend as X and Y (a torch tensor with tensors, numpy with arrays)")
+    p, q = Xm.shape[1], Ym.shape[1]
+    if tuple(W.shape) != (p, q):
+        raise ValueError(f"W must have shape (p, q) = ({p}, {q}) (teacher width x student width); "
+                         f"got {tuple(W.shape)}")
+    Xp = preprocess(Xm, "X", center=center, normalize=normalize)
+    Yp = preprocess(Ym, "Y", center=center, normalize=normalize)
+    residual = Yp @ (W.to(Yp.dtype) if is_torch(W) else W).T - Xp
+    return to_scalar_output(namespace(residual).sum(residual * residual))

@@ -11,8 +11,9 @@ Knows models, not metrics. Typical use::
     reader = collect(model, batches, layers=[3], pooling="tokens", sink=ShardSink("acts/", dtype="float16"))
 
 Conventions: layer specs and ``hidden_states`` indexing in :mod:`repgeo.probe.select`; pooling in
-:mod:`repgeo.probe.pooling`; batches and devices in :mod:`repgeo.probe.collect`; sinks, shard format,
-resume and locking in :mod:`repgeo.probe.sinks`.
+:mod:`repgeo.probe.pooling`; calling, unwrapping and devices in :mod:`repgeo.probe.model` (the bottom of the
+package); batches in :mod:`repgeo.probe.collect`; hooks and :func:`list_layers` in :mod:`repgeo.probe.hooks`; sinks,
+shard format, resume and locking in :mod:`repgeo.probe.sinks`.
 """
 
 from .collect import (
@@ -26,9 +27,10 @@ from .collect import (
     stream_pairs,
     tokenize_texts,
 )
-from .hooks import capture, first_tensor
+from .hooks import capture, list_layers
+from .model import call_model, eval_no_grad, first_tensor, model_device, unwrap_model
 from .pooling import POOLINGS, pool
-from .select import Layer, LayerSpec, glob_match, list_layers, resolve_layers, unwrap_model
+from .select import Layer, LayerSpec, glob_match, resolve_layers
 from .sinks import (
     CallbackSink,
     FolderLockedError,
@@ -60,13 +62,16 @@ __all__ = [
     "StaleCollectionError",
     "TokenizedTexts",
     "batch_fingerprint",
+    "call_model",
     "capture",
     "collect",
+    "eval_no_grad",
     "first_tensor",
     "glob_match",
     "iter_features",
     "list_layers",
     "load_shards",
+    "model_device",
     "model_identity",
     "pool",
     "read_manifest",

@@ -19,72 +19,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from repgeo._validation import POOLINGS, check_choice, check_int
+
 from .hooks import capture, run_forward
-from .pooling import POOLINGS, pool
-from .select import Layer, LayerSpec, resolve_layers, unwrap_model
+from .model import call_model, eval_mode, model_device, move_to, unwrap_model
+from .pooling import pool
+from .select import Layer, LayerSpec, resolve_layers
 from .sinks import MemorySink, PairStreamSink, Sink
 
 TOKEN_MASK_KEY = "token_mask"
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode; restore each submodule's own train/eval flag on exit."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-@contextmanager
-def eval_no_grad(model: nn.Module) -> Iterator[nn.Module]:
-    """:func:`eval_mode` under ``torch.no_grad()``."""
-    with eval_mode(model), torch.no_grad():
-        yield model
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, Mapping):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    return x
-
-
-def call_model(model: nn.Module, inputs: Any, *, output_hidden_states: bool = False) -> Any:
-    """Call ``model`` on a dict (kwargs), a tensor, or a tuple/list (positional args)."""
-    if isinstance(inputs, Mapping):
-        kwargs = dict(inputs)
-        if output_hidden_states:
-            kwargs["output_hidden_states"] = True
-        return model(**kwargs)
-    if output_hidden_states:
-        raise TypeError("hidden_states layers need dict batches (keyword inputs of a transformers model)")
-    if isinstance(inputs, torch.Tensor):
-        return model(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    raise TypeError(f"a batch must be a dict of tensors, a tensor or a tuple of tensors, not {type(inputs)}")
 
 
 def batch_fingerprint(batch: Any) -> str:
@@ -151,8 +100,7 @@ class Probe:
         stop_early: bool = True,
         device: torch.device | str | None = None,
     ) -> None:
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        check_choice("pooling", pooling, POOLINGS)
         self.model = unwrap_model(model)
         self.layers: list[Layer] = resolve_layers(self.model, layers)
         self.pooling = pooling
@@ -196,7 +144,7 @@ class Probe:
             batch = dict(batch)
             token_mask = batch.pop(TOKEN_MASK_KEY, None)
             attention_mask = batch.get("attention_mask")
-        batch = _to(batch, self.device)
+        batch = move_to(batch, self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
         if token_mask is not None:
@@ -400,8 +348,8 @@ def tokenize_texts(
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise ValueError(f"{len(empty)} empty text(s) at indices {empty[:10]}; remove them before probing")
-    if batch_size < 1 or max_length < 1:
-        raise ValueError("batch_size and max_length must be >= 1")
+    check_int("batch_size", batch_size, 1)
+    check_int("max_length", max_length, 1)
     if getattr(tokenizer, "pad_token", None) is None:
         raise ValueError(
             "the tokenizer has no pad token; set one first (e.g. tokenizer.pad_token = tokenizer.eos_token)"

@@ -1,4 +1,5 @@
-"""Forward hooks that capture module outputs, removed on exit (even on exception).
+"""Forward hooks that capture module outputs, removed on exit (even on exception), and :func:`list_layers`, which
+hooks every module for one pass to list the names and output shapes a probe can select.
 
 Conventions:
 
@@ -17,50 +18,18 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-from .select import unwrap_model
+from .model import call_model, eval_no_grad, first_tensor, unwrap_model
 
 
 class _StopForward(Exception):
     """Raised from a hook to abort the forward pass once all requested layers are captured."""
-
-
-def first_tensor(output: Any, name: str = "?", *, strict: bool = True) -> torch.Tensor | None:
-    """First tensor of a module output (tensor, tuple/list, dict or ``ModelOutput``), depth first.
-
-    With ``strict`` a missing tensor raises ``TypeError`` naming the module; otherwise ``None``.
-    """
-    found = _first(output, depth=0)
-    if found is None and strict:
-        raise TypeError(
-            f"hooked module {name!r} returned no tensor (output type {type(output).__name__}); "
-            "hook a submodule that returns a tensor"
-        )
-    return found
-
-
-def _first(obj: Any, depth: int) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if depth > 4:
-        return None
-    if isinstance(obj, Mapping):  # ModelOutput is an OrderedDict; None fields are absent
-        values: Any = obj.values()
-    elif isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        values = obj
-    else:
-        return None
-    for v in values:
-        t = _first(v, depth + 1)
-        if t is not None:
-            return t
-    return None
 
 
 class Capture:
@@ -120,3 +89,45 @@ def run_forward(fn: Callable[[], Any]) -> tuple[Any, bool]:
         return fn(), False
     except _StopForward:
         return None, True
+
+
+def list_layers(
+    model: nn.Module, example_inputs: Any, *, include_hidden_states: bool = True
+) -> list[tuple[str, tuple[int, ...] | None]]:
+    """One dummy forward pass; return ``(name, output shape)`` for every module that produced a
+    tensor, in ``named_modules()`` order (shape of the first tensor of tuple / ``ModelOutput``
+    outputs). Modules not called in the pass are omitted. With ``include_hidden_states`` and a
+    model that returns ``hidden_states`` (dict inputs), ``("hidden_states.<i>", shape)`` entries are
+    appended. ``example_inputs``: a dict of tensors (keyword arguments), a tensor, or a tuple of
+    positional arguments. The model's train/eval state is restored afterwards.
+    """
+    inner = unwrap_model(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if name not in shapes:
+                t = first_tensor(output, name, strict=False)
+                if t is not None:
+                    shapes[name] = tuple(t.shape)
+
+        return hook
+
+    for name, module in inner.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make_hook(name)))
+    want_hs = include_hidden_states and isinstance(example_inputs, dict) and hasattr(inner, "config")
+    try:
+        with eval_no_grad(inner):
+            out = call_model(inner, example_inputs, output_hidden_states=want_hs)
+    finally:
+        for h in handles:
+            h.remove()
+    result: list[tuple[str, tuple[int, ...] | None]] = [(n, shapes[n]) for n, _ in inner.named_modules() if n in shapes]
+    hs = getattr(out, "hidden_states", None) if want_hs else None
+    if isinstance(hs, (tuple, list)):
+        for i, t in enumerate(hs):
+            if isinstance(t, torch.Tensor):
+                result.append((f"hidden_states.{i}", tuple(t.shape)))
+    return result

@@ -25,8 +25,9 @@ from typing import Literal
 
 import torch
 
+from repgeo._validation import POOLINGS, check_choice
+
 Pooling = Literal["cls", "mean", "last", "tokens", "none"]
-POOLINGS: tuple[str, ...] = ("cls", "mean", "last", "tokens", "none")
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +66,7 @@ def pool(
     ``check_empty=False`` skips the check for batch rows without tokens (it reads a value back from the device,
     a host synchronisation); a training loss that validated its first batch passes it.
     """
-    if method not in POOLINGS:
-        raise ValueError(f"unknown pooling {method!r}; choose one of {POOLINGS}")
+    check_choice("pooling", method, POOLINGS)
     if method == "none":
         if hidden.ndim < 2:
             raise ValueError(f"pooling 'none' needs at least (batch, dim), got shape {tuple(hidden.shape)}")

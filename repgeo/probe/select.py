@@ -38,30 +38,16 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
 
-import torch
 from torch import nn
+
+from .model import unwrap_model
 
 LayerSpec = str | int
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _HS_RE = re.compile(r"^hidden_states\.(-?\d+)$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip ``DistributedDataParallel``/``DataParallel`` (``.module``) and ``torch.compile``
-    (``._orig_mod``) wrappers, in any nesting, and return the inner module."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while True:
-        if isinstance(model, (DataParallel, DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 @dataclass(frozen=True)
@@ -184,48 +170,3 @@ def resolve_layers(model: nn.Module, layers: LayerSpec | Iterable[LayerSpec]) ->
     if not out:
         raise ValueError("no layers requested")
     return out
-
-
-def list_layers(
-    model: nn.Module, example_inputs: Any, *, include_hidden_states: bool = True
-) -> list[tuple[str, tuple[int, ...] | None]]:
-    """One dummy forward pass; return ``(name, output shape)`` for every module that produced a
-    tensor, in ``named_modules()`` order (shape of the first tensor of tuple / ``ModelOutput``
-    outputs). Modules not called in the pass are omitted. With ``include_hidden_states`` and a
-    model that returns ``hidden_states`` (dict inputs), ``("hidden_states.<i>", shape)`` entries are
-    appended. ``example_inputs``: a dict of tensors (keyword arguments), a tensor, or a tuple of
-    positional arguments. The model's train/eval state is restored afterwards.
-    """
-    from .collect import call_model, eval_no_grad
-    from .hooks import first_tensor
-
-    inner = unwrap_model(model)
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            if name not in shapes:
-                t = first_tensor(output, name, strict=False)
-                if t is not None:
-                    shapes[name] = tuple(t.shape)
-
-        return hook
-
-    for name, module in inner.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(make_hook(name)))
-    want_hs = include_hidden_states and isinstance(example_inputs, dict) and hasattr(inner, "config")
-    try:
-        with eval_no_grad(inner):
-            out = call_model(inner, example_inputs, output_hidden_states=want_hs)
-    finally:
-        for h in handles:
-            h.remove()
-    result: list[tuple[str, tuple[int, ...] | None]] = [(n, shapes[n]) for n, _ in inner.named_modules() if n in shapes]
-    hs = getattr(out, "hidden_states", None) if want_hs else None
-    if isinstance(hs, (tuple, list)):
-        for i, t in enumerate(hs):
-            if isinstance(t, torch.Tensor):
-                result.append((f"hidden_states.{i}", tuple(t.shape)))
-    return result

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from repgeo._files import FolderLock, FolderLockedError, atomic_write_bytes, sha256_file
+from repgeo._validation import check_int
 
 __all__ = [
     "CallbackSink",
@@ -222,8 +223,7 @@ class ShardSink(Sink):
     ) -> None:
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-        if batches_per_shard < 1:
-            raise ValueError("batches_per_shard must be >= 1")
+        check_int("batches_per_shard", batches_per_shard, 1)
         self.folder = Path(folder)
         self.dtype = dtype
         self.batches_per_shard = int(batches_per_shard)

