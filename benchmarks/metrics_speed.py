@@ -151,17 +151,30 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> lis
     return rounds
 
 
-def peak_mb(fn: Callable[[], object]) -> float:
-    """Peak memory numpy allocated during ``fn()`` beyond what was live before (tracemalloc sees numpy)."""
-    import tracemalloc
+PEAK_CASES = ("cka", "cka_debiased", "procrustes_numpy")
+PEAK_CHILD = """
+import sys, tracemalloc
+sys.path.insert(0, {here!r})
+import repgeo
+from metrics_speed import realistic_pair
+case, n, p, q = sys.argv[1], *(int(a) for a in sys.argv[2:5])
+X, Y = realistic_pair(n, p, q, seed=n)
+fn = {{"cka": lambda: repgeo.cka(X, Y), "cka_debiased": lambda: repgeo.cka(X, Y, debiased=True),
+      "procrustes_numpy": lambda: repgeo.procrustes(X, Y)}}[case]
+fn()  # warm-up: imports and caches are not the metric's memory
+tracemalloc.start()
+base = tracemalloc.get_traced_memory()[0]
+fn()
+print((tracemalloc.get_traced_memory()[1] - base) / 1e6)
+"""
 
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    fn()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return (peak - base) / 1e6
+
+def peak_mb_child(case: str, n: int, p: int, q: int) -> float:
+    """Peak memory (MB) that numpy allocates during one call of ``case`` beyond its inputs, in a fresh process
+    per case (tracemalloc sees numpy's buffers), so no case inherits another's allocator state."""
+    out = subprocess.run([sys.executable, "-c", PEAK_CHILD.format(here=str(HERE)), case, str(n), str(p), str(q)],
+                         check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def plain_procrustes(X: np.ndarray, Y: np.ndarray) -> float:
@@ -199,13 +212,10 @@ def run_realistic(n: int, p: int, q: int, repeats: int = 5) -> dict:
             }
             rounds = interleaved_times(fns, repeats)
             row["times_s"] = {name: float(np.median([r[name] for r in rounds])) for name in fns}
-            mem = row["peak_mb"] = {}
-            mem["cka"] = peak_mb(lambda: repgeo.cka(X, Y))
-            mem["cka_debiased"] = peak_mb(lambda: repgeo.cka(X, Y, debiased=True))
-            mem["procrustes_numpy"] = peak_mb(lambda: repgeo.procrustes(X, Y))
-            mem["inputs"] = (X.nbytes + Y.nbytes) / 1e6
     finally:
         torch.set_num_threads(torch_threads)
+    mem = row["peak_mb"] = {case: peak_mb_child(case, n, p, q) for case in PEAK_CASES}
+    mem["inputs"] = (X.nbytes + Y.nbytes) / 1e6
     Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
     ref = np.sum(scipy.linalg.svdvals((Xc / np.linalg.norm(Xc)).T @ (Yc / np.linalg.norm(Yc))))
     ref_d = float(np.sqrt(max(0.0, 2 - 2 * ref)))

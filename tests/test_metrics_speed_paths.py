@@ -97,3 +97,83 @@ def test_debiased_cka_from_row_terms_matches_the_n_by_n_estimator(center):
     want = hsic_u(K, L) / np.sqrt(hsic_u(K, K) * hsic_u(L, L))
     got = float(repgeo.cka(X, Y, debiased=True, center=center))
     assert got == pytest.approx(want, abs=1e-12)
+
+
+def matrix_with_spectrum(p: int, q: int, sv: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((p, len(sv))))
+    V, _ = np.linalg.qr(rng.standard_normal((q, len(sv))))
+    return (U * sv) @ V.T
+
+
+SPECTRA = {
+    "decaying": lambda k: np.geomspace(1.0, 1e-6, k),
+    "rank_half": lambda k: np.concatenate([np.linspace(1.0, 0.1, k // 2), np.zeros(k - k // 2)]),
+    "repeated": lambda k: np.ones(k),
+    "one_big": lambda k: np.concatenate([[1e4], np.full(k - 1, 1e-3)]),
+}
+
+
+@pytest.mark.parametrize("shape", [(48, 32), (32, 48)])
+@pytest.mark.parametrize("spectrum", sorted(SPECTRA))
+def test_float32_nuclear_norm_eigenvalue_route_meets_its_bound(spectrum, shape):
+    torch = pytest.importorskip("torch")
+    from repgeo.metrics._xp import nuclear_norm
+
+    p, q = shape
+    k = min(p, q)
+    sv = SPECTRA[spectrum](k)
+    M32 = torch.tensor(matrix_with_spectrum(p, q, sv, seed=k), dtype=torch.float32)
+    exact = float(np.sum(scipy.linalg.svdvals(M32.double().numpy())))  # of the float32 matrix itself
+    got = float(nuclear_norm(torch, M32))
+    # the stated bound: k sqrt(c k eps64) sigma_1 (c = 16), plus the float32 rounding of the result
+    bound = k * np.sqrt(16 * k * np.finfo(np.float64).eps) * sv.max() + 4 * np.finfo(np.float32).eps * exact
+    assert abs(got - exact) <= bound
+    # and the float32 SVD (the route it replaces) is no closer to the exact value than the bound allows
+    assert abs(float(torch.linalg.svdvals(M32).sum()) - exact) <= bound
+
+
+def test_float32_nuclear_norm_gradient_is_the_polar_factor_batched():
+    torch = pytest.importorskip("torch")
+    from repgeo.metrics._xp import nuclear_norm
+
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(3, 40, 25, generator=g)  # a batch of generic (full-rank) matrices
+    M.requires_grad_(True)
+    nuc = nuclear_norm(torch, M)
+    assert nuc.shape == (3,)
+    (nuc * torch.tensor([1.0, 2.0, -0.5])).sum().backward()
+    for i, w in enumerate((1.0, 2.0, -0.5)):
+        U, S, Vh = torch.linalg.svd(M[i].detach().double(), full_matrices=False)
+        assert float(nuc[i].detach()) == pytest.approx(float(S.sum()), rel=1e-6)
+        torch.testing.assert_close(M.grad[i].double(), w * U @ Vh, atol=2e-6, rtol=0)
+
+
+def test_float32_procrustes_loss_matches_float64_value_and_gradient():
+    torch = pytest.importorskip("torch")
+    X = torch.tensor(with_means(600, 30, 5.0, seed=7))
+    Y = torch.tensor(with_means(600, 20, 5.0, seed=8)) + 0.5 * X[:, :20]
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        Yd = Y.to(dtype).detach().requires_grad_(True)
+        value = repgeo.procrustes(X.to(dtype), Yd, kind="squared")
+        value.backward()
+        grads[dtype] = (float(value.detach()), Yd.grad.double())
+    assert grads[torch.float32][0] == pytest.approx(grads[torch.float64][0], rel=1e-5)
+    scale = grads[torch.float64][1].abs().max()
+    torch.testing.assert_close(grads[torch.float32][1], grads[torch.float64][1], atol=1e-4 * float(scale), rtol=0)
+
+
+def test_gram_with_one_gemm_backward_matches_autograd():
+    torch = pytest.importorskip("torch")
+    from repgeo.metrics._xp import gram
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(30, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(7, 7, generator=g, dtype=torch.float64)  # not symmetric: both halves of the rule are used
+    (gram(A) * W).sum().backward()
+    B = A.detach().clone().requires_grad_(True)
+    ((B.T @ B) * W).sum().backward()
+    torch.testing.assert_close(A.grad, B.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gram(A).detach(), B.T.detach() @ B.detach(), atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(gram, (A.detach().clone()[:8, :4].requires_grad_(True),))

@@ -26,13 +26,14 @@ Conventions (stated once for the whole package)
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
 
 from repgeo._validation import NORMALIZATIONS, check_bool, check_choice
 
-from ._xp import Array, checks_deferred, float_dtype, is_torch, namespace, require
+from ._xp import Array, checks_deferred, col_mean, float_dtype, is_torch, namespace, require
 
 Normalize = Literal["frobenius", "rows"] | None
 
@@ -66,7 +67,8 @@ def as_matrix(a: object, name: str, *, finite: bool = True) -> Array:
         raise ValueError(f"{name} has no feature columns (shape {tuple(x.shape)})")
     xp = namespace(x)
     if checks_deferred() and is_torch(x):  # no host sync: a NaN or Inf makes the sum non-finite
-        require(xp.isfinite(xp.sum(x)), f"{name} contains NaN or Inf (or values whose sum overflows)")
+        if finite:  # (otherwise _preprocess_sync_free checks it from the range it reads anyway)
+            require(xp.isfinite(xp.sum(x)), f"{name} contains NaN or Inf (or values whose sum overflows)")
         return x
     # one cheap pass: a NaN or Inf makes the sum non-finite; only then (or on overflow) look element-wise
     if finite and not bool(xp.isfinite(xp.sum(x))):
@@ -143,7 +145,7 @@ def sphere_rows(x: Array, name: str, *, center: bool) -> Array:
     xp = namespace(x)
     if center:
         big = xp.max(xp.abs(x))
-        x = x - xp.mean(x, axis=0, keepdims=True)
+        x = x - col_mean(xp, x)
         floor = 8 * xp.finfo(x.dtype).eps * big
         x = xp.where(xp.max(xp.abs(x), axis=1, keepdims=True) <= floor, xp.zeros_like(x), x)
     return unit_rows(x, name) / (x.shape[0] ** 0.5)
@@ -217,7 +219,7 @@ def preprocess_scaled_sq(
     """
     xp = namespace(x)
     if checks_deferred() and is_torch(x):
-        return _preprocess_sync_free(xp, x, name, center=center, normalize=normalize), None, 1.0, None
+        return _preprocess_sync_free(xp, x, name, center=center, normalize=normalize)
     total = _sum_sq(xp, x)
     if not bool(xp.isfinite(total)):
         check_finite(x, name)  # NaN or Inf: raises; otherwise the squares overflowed (handled below)
@@ -225,7 +227,7 @@ def preprocess_scaled_sq(
         return sphere_rows(x, name, center=center), None, 1.0, None
     mean, sq = None, total
     if center:
-        mean = xp.mean(x, axis=0, keepdims=True)
+        mean = col_mean(xp, x)
         centred = total - x.shape[0] * _sum_sq(xp, mean) if _well_scaled(xp, x, total) else None
         if centred is None or not bool(total <= lazy_center_max_ratio(xp, x) * centred):
             x, mean = x - mean, None
@@ -246,23 +248,42 @@ def preprocess_scaled_sq(
     return x, None, 1.0, None
 
 
-def _preprocess_sync_free(xp: Any, x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:
+def _preprocess_sync_free(
+    xp: Any, x: Array, name: str, *, center: bool, normalize: Normalize
+) -> tuple[Array, None, Array | float, Array | None]:
     """The branch-free preprocessing used inside :func:`~repgeo.metrics._xp.deferred_checks` (a training loss).
 
-    Centres explicitly and, for ``"frobenius"``, divides by the largest magnitude before the norm (so no square
-    overflows or underflows whatever the scale); the conditions an eager call would test are recorded instead.
+    Returns :func:`preprocess_scaled_sq`'s ``(x', None, s, ||x'||_F^2)``. For ``"frobenius"``: ``x' = (x - 1 m^T)
+    2^-e`` in one fused pass, with ``2^e`` the power of two just above ``max |x|`` (so no square overflows or
+    underflows whatever the scale, and the scaling is exact: ``x' = fl(x - m) 2^-e``), held constant for autograd
+    (the unit-norm result does not depend on it, so the gradient is exact); the norm ``s`` is applied to the p x q
+    statistics, not to the n x p matrix. Centring is explicit (a lazy rank-one correction would need a host-side
+    test of its accuracy). The conditions an eager call would test are recorded instead.
     """
-    if center:
-        x = x - xp.mean(x, axis=0, keepdims=True)
+    if normalize != "frobenius":
+        require(xp.isfinite(xp.sum(x)), f"{name} contains NaN or Inf (or values whose sum overflows)")
+    if normalize == "rows":
+        return sphere_rows(x, name, center=center), None, 1.0, None
     if normalize == "frobenius":
-        big = xp.max(xp.abs(x))
+        import torch
+
+        lo, hi = torch.aminmax(x.detach())
+        big = torch.maximum(hi, -lo)
+        require(torch.isfinite(big), f"{name} contains NaN or Inf")
+        # 2^-e with 2^(e-1) <= big < 2^e; e is kept >= that of the smallest normal, so 2^-e stays finite for a
+        # subnormal big (the scaled values are then below 1, which is all the scaling needs)
+        e_min = math.frexp(float(xp.finfo(x.dtype).smallest_normal))[1]
+        inv = torch.ldexp(torch.ones_like(big), -torch.frexp(big).exponent.clamp(min=e_min))
+        x = torch.addcmul(col_mean(xp, x) * -inv, x, inv) if center else x * inv
+        sq = _sum_sq(xp, x)
         require(
-            big > 0,
+            sq > 0,
             f"{name} is zero after preprocessing (constant columns are zero once centred); "
             "the metric is undefined for it",
         )
-        x = x / big
-        return x / xp.sqrt(_sum_sq(xp, x))
+        return x, None, xp.sqrt(sq), sq
+    if center:
+        x = x - col_mean(xp, x)
     info = xp.finfo(x.dtype)
     sq = _sum_sq(xp, x)
     require(
@@ -270,7 +291,7 @@ def _preprocess_sync_free(xp: Any, x: Array, name: str, *, center: bool, normali
         f"{name}'s squared norm is outside the range of {x.dtype} (values too large or too small); "
         "pass float64 inputs or use normalize='frobenius'",
     )
-    return x
+    return x, None, 1.0, sq
 
 
 def preprocess(x: Array, name: str, *, center: bool, normalize: Normalize) -> Array:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import Array, is_torch, namespace, require, row_sq, svdvals
+from ._xp import Array, col_mean, gram, is_torch, namespace, nuclear_norm, require, row_sq, svdvals
 
 
 class FeatureStats:
@@ -75,9 +75,27 @@ class FeatureStats:
         kk, ll, kl = self.gram_inner()
         return self.xp.clip(kk + ll - 2 * kl, min=0.0)
 
+    #: ``||X^T Y||_*`` computed elsewhere (the feature loss batches pairs of equal shapes into one call)
+    preset_nuclear: Array | None = None
+
+    def cross_matrix(self) -> Array:
+        """A matrix with the singular values of ``X^T Y`` (here ``X^T Y`` itself)."""
+        return self.xy
+
     def cross_svdvals(self) -> Array:
         """Singular values of ``X^T Y`` (whose sum is the nuclear norm used by Procrustes)."""
-        return svdvals(self.xp, self.xy)
+        return svdvals(self.xp, self.cross_matrix())
+
+    def nuclear_norm(self) -> Array:
+        """``||X^T Y||_*``; float32 tensors through :func:`repgeo.metrics._xp.nuclear_norm`'s eigenvalue route."""
+        if self.preset_nuclear is not None:
+            return self.preset_nuclear
+        if type(self).cross_svdvals is not FeatureStats.cross_svdvals:  # a subclass supplies its own values
+            return self.xp.sum(self.cross_svdvals())
+        M = self.cross_matrix()
+        if is_torch(M) and M.dtype == self.xp.float32:
+            return nuclear_norm(self.xp, M)
+        return self.xp.sum(svdvals(self.xp, M))
 
     def check_nonzero(self, metric: str) -> None:
         """Raise if either side is zero, where ``metric`` would divide by its norm."""
@@ -127,10 +145,10 @@ class ArrayStats(FeatureStats):
 
     def _cross(self, A: Array, B: Array, ma: Array | None, mb: Array | None) -> Array:
         """``(A - 1 ma^T)^T (B - 1 mb^T)`` without forming the centred copies."""
-        out = A.T @ B
+        out = gram(A) if A is B else A.T @ B
         if ma is not None or mb is not None:
-            ma = self.xp.mean(A, axis=0, keepdims=True) if ma is None else ma
-            mb = self.xp.mean(B, axis=0, keepdims=True) if mb is None else mb
+            ma = col_mean(self.xp, A) if ma is None else ma
+            mb = col_mean(self.xp, B) if mb is None else mb
             out = out - self.n * (ma.T @ mb)
         return out
 
@@ -197,8 +215,8 @@ class ArrayStats(FeatureStats):
         X, Y = self.data
         return X @ X.T, Y @ Y.T
 
-    def cross_svdvals(self) -> Array:
-        """Singular values of ``X^T Y``; through n x n factors when n < min(p, q).
+    def cross_matrix(self) -> Array:
+        """A matrix with the singular values of ``X^T Y``; n x n factors when n < min(p, q).
 
         With orthonormal bases ``Q_x`` (p x n) and ``Q_y`` (q x n) of the row spaces of X and Y (from QR of
         X^T and Y^T, which span them whatever the rank), ``X^T Y = Q_x (X Q_x)^T (Y Q_y) Q_y^T``, so the
@@ -208,7 +226,7 @@ class ArrayStats(FeatureStats):
         """
         n, p, q = self.n, self.p, self.q
         if n >= min(p, q):
-            return super().cross_svdvals()
+            return self.xy
         X, Y = self.data
         if is_torch(X):
             import torch
@@ -217,7 +235,7 @@ class ArrayStats(FeatureStats):
                 Qx, Qy = torch.linalg.qr(X.T).Q, torch.linalg.qr(Y.T).Q
         else:
             Qx, Qy = np.linalg.qr(X.T).Q, np.linalg.qr(Y.T).Q
-        return svdvals(self.xp, (X @ Qx).T @ (Y @ Qy))
+        return (X @ Qx).T @ (Y @ Qy)
 
     def gram_inner(self) -> tuple[Array, Array, Array]:
         if not self.sample_space:

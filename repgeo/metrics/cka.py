@@ -24,7 +24,8 @@ inputs, by construction. It needs the rows themselves (not only second moments),
 ``kernel="rbf"``: K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)). Bandwidth rule for ``sigma=None``:
 ``sigma^2 = median`` of the squared pairwise distances (i != j), chosen separately for X and Y (the median
 heuristic, as in Kornblith et al. 2019 with threshold 1); a float ``sigma`` is used for both sides. The RBF
-kernel forms n x n matrices (O(n^2) memory).
+kernel forms n x n matrices (O(n^2) memory, and an O(n^2 log n) sort for the median), so the distillation loss
+refuses more than ``repgeo.distill.feature_loss.RBF_MAX_ROWS`` (1,024) rows per pair.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from ._prep import (
     unit_rows,
 )
 from ._stats import FeatureStats
-from ._xp import Array, is_torch, namespace
+from ._xp import Array, col_mean, is_torch, namespace
 
 
 @dataclass
@@ -67,7 +67,7 @@ class _CoMoments:
         """
         xp = namespace(X, Y)
         n = X.shape[0]
-        mx, my = xp.mean(X, axis=0), xp.mean(Y, axis=0)
+        mx, my = xp.reshape(col_mean(xp, X), (-1,)), xp.reshape(col_mean(xp, Y), (-1,))
         (A, ma, tx), (B, mb, ty) = _lazy_centred(xp, X, mx, "X"), _lazy_centred(xp, Y, my, "Y")
         cxy = A.T @ B
         if ma is not None and mb is not None:

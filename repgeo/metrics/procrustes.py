@@ -11,9 +11,19 @@ Harvey, Larsen & Williams 2023). The Bures distance between the n x n Gram matri
 ``B(K, L)^2 = tr K + tr L - 2 tr (K^1/2 L K^1/2)^1/2``, equals d_P because the fidelity term
 ``tr (K^1/2 L K^1/2)^1/2 = ||X^T Y||_*``.
 
+Column means without a centred copy: ``X_c^T Y_c = X^T Y - n m_x m_y^T`` and ``||X_c||_F^2 = ||X||_F^2 - n ||m_x||^2``
+while the means carry ``r = ||X||_F^2 / ||X_c||_F^2 <= 100`` (8 in float32). Accuracy bound: the normalised
+cross-product's rounding error is at most ``g_n sqrt(r_x r_y)`` in Frobenius norm (``g_n = n eps / (1 - n eps)``,
+the GEMM's bound), so ``|NBS - NBS_exact| <= sqrt(min(p, q)) g_n sqrt(r_x r_y)``: the centred copy's bound times
+``sqrt(r_x r_y) <= 100``. Larger means are removed from a copy. Observed errors are ~1e-14 at n = 50,000
+(``benchmarks/results/metrics_speed_realistic.json``); ``tests/test_metrics_speed_paths.py`` checks the bound with
+means up to 90x the centred energy and the copy beyond it.
+
 Smoothness: ``kind="squared"`` is the loss form. ``sqrt`` (euclidean) and ``arccos`` (angular) have infinite
 slopes where the distance is 0, so they are not differentiable at identical inputs. Nuclear norms are taken
-with ``linalg.svdvals``, whose gradient U V^T stays finite at repeated singular values.
+with ``linalg.svdvals`` (float64 and numpy), whose gradient U V^T stays finite at repeated singular values; float32
+tensors (training losses) take a float64 symmetric-eigenvalue route with the same gradient, whose error bound
+(within the float32 rounding of X^T Y itself) is stated in :func:`repgeo.metrics._xp._nuclear_eigh`.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ Kind = Literal["euclidean", "squared", "angular"]
 
 def nuclear_cross(s: FeatureStats) -> Array:
     """``||X^T Y||_*``, the fidelity between the Gram matrices."""
-    return s.xp.sum(s.cross_svdvals())
+    return s.nuclear_norm()
 
 
 def procrustes_from_stats(s: FeatureStats, kind: Kind = "euclidean") -> Array:

@@ -16,11 +16,14 @@ behind it, which may change shape with the speed work.
   combines the collected :data:`Check` s on the device, :func:`raise_failed` evaluates them with one
   synchronisation and raises the first failure's error.
 * :func:`namespace` -- the array-API namespace of numpy arrays or torch tensors (``Array`` is either).
+* :func:`nuclear_norm` -- ``||A||_*`` over the last two axes (batched; float32 tensors through a float64
+  eigenvalue route, whose bound is stated there), and :func:`to_scalar_output` -- a metric's 0-d result, refusing
+  NaN/Inf (deferred inside :func:`deferred_checks`): for callers that batch a metric's parts.
 """
 
 from ._prep import Normalize, prepare_pair, preprocess, unit_rows
 from ._stats import ArrayStats, FeatureStats, pair_stats
-from ._xp import Array, Check, all_passed, deferred_checks, namespace, raise_failed
+from ._xp import Array, Check, all_passed, deferred_checks, namespace, nuclear_norm, raise_failed, to_scalar_output
 
 __all__ = [
     "Array",
@@ -31,9 +34,11 @@ __all__ = [
     "all_passed",
     "deferred_checks",
     "namespace",
+    "nuclear_norm",
     "pair_stats",
     "prepare_pair",
     "preprocess",
     "raise_failed",
+    "to_scalar_output",
     "unit_rows",
 ]
