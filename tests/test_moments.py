@@ -226,3 +226,51 @@ def test_lean_moments_survive_the_all_reduce_packing():
     for name in ("procrustes", "nbs"):
         assert float(get(name)(back)) == pytest.approx(float(get(name)(X, Y)), abs=1e-12)
         assert float(get(name)(back, **SPHERE)) == pytest.approx(float(get(name)(X, Y, **SPHERE)), abs=1e-12)
+
+
+@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("metrics", [None, ["procrustes"]])
+def test_state_dict_round_trip_and_reset(rows, metrics, tmp_path):
+    import torch
+
+    from repgeo.metrics import Moments, compare
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(90, 7)) + 2.0, rng.normal(size=(90, 5))
+    names = metrics or ["procrustes", "cka", "fg"]
+    m = Moments(rows=rows, metrics=metrics).update(X[:40], Y[:40])
+    path = tmp_path / "m.pt"
+    torch.save(m.state_dict(), path)
+    restored = Moments().load_state_dict(torch.load(path, weights_only=False))
+    assert (restored.rows, restored.metrics, restored.n, restored.shape) == (rows, metrics, 40, (7, 5))
+    for mom in (m, restored):  # both continue the stream to the same in-memory answer
+        mom.update(X[40:], Y[40:])
+    norm, center = ("rows", False) if rows else ("frobenius", True)
+    ref = compare(X, Y, names, normalize=norm, center=center)
+    for mom in (m, restored):
+        got = mom.compute(names, normalize=norm, center=center)
+        for k in names:
+            assert float(got[k]) == pytest.approx(float(ref[k]), abs=1e-12)
+    state = m.state_dict()
+    state["plain"]["cxy"][0, 0] += 1.0  # a copy: editing it leaves the source alone
+    first = float(m.compute(names[:1], normalize=norm, center=center)[names[0]])
+    assert first == pytest.approx(float(ref[names[0]]), abs=1e-12)
+    assert m.reset().n == 0 and m.shape is None and m.rows == rows
+    with pytest.raises(ValueError, match="missing"):
+        Moments().load_state_dict({"rows": False})
+    broken = restored.state_dict()
+    del broken["plain"]["cxy"]
+    with pytest.raises(ValueError, match="lacks 'cxy'"):
+        Moments().load_state_dict(broken)
+
+
+def test_compare_returns_plain_floats_for_numpy_and_tensors_for_torch():
+    from repgeo.metrics import compare
+
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(30, 6)), rng.normal(size=(30, 4))
+    out = compare(X, Y, ["procrustes", "cka", "cka_debiased", "proj_mse"])
+    assert all(type(v) is float for v in out.values()), {k: type(v) for k, v in out.items()}
+    assert repr(out["cka"]) == repr(float(out["cka"]))  # prints as 0.123..., not np.float64(0.123...)
+    t = compare(torch.from_numpy(X), torch.from_numpy(Y), ["procrustes", "cka"])
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in t.values())

@@ -27,6 +27,7 @@ forms one p x q product per chunk instead of three; any other metric keeps the f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +179,45 @@ class Moments:
                 setattr(self, attr, chunk)
             else:
                 current.merge(chunk)
+
+    def reset(self) -> Moments:
+        """Forget every row (settings kept). Returns ``self``."""
+        self._plain = self._sphere = None
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The settings and statistics as plain values and arrays (numpy, or float64 tensors on the chunks'
+        device), for ``torch.save`` or a checkpoint; :meth:`load_state_dict` restores them exactly."""
+        state: dict[str, Any] = {"rows": self.rows, "metrics": self.metrics}
+        for attr in ("_plain", "_sphere"):
+            cm = getattr(self, attr)
+            state[attr.lstrip("_")] = None if cm is None else {
+                "n": cm.n, **dict(zip(("mx", "my", "cxx", "cyy", "cxy"), cm.copy().arrays(), strict=True))}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Moments:
+        """Replace settings and statistics by those of :meth:`state_dict` (a ``ValueError`` names what is
+        missing or inconsistent). Returns ``self``."""
+        missing = sorted({"rows", "metrics", "plain", "sphere"} - set(state))
+        if missing:
+            raise ValueError(f"state is missing {', '.join(missing)} (not a Moments.state_dict())")
+        fresh = Moments(rows=state["rows"], metrics=state["metrics"])
+        for key in ("plain", "sphere"):
+            part = state[key]
+            if part is None:
+                continue
+            try:
+                cm = _CoMoments(int(part["n"]), *(part[k] for k in ("mx", "my", "cxx", "cyy", "cxy")))
+            except KeyError as e:
+                raise ValueError(f"state[{key!r}] lacks {e.args[0]!r}") from None
+            if cm.full != fresh.full:
+                raise ValueError(f"state[{key!r}] does not match metrics={state['metrics']!r}")
+            setattr(fresh, "_" + key, cm.copy())
+        if fresh.rows and (fresh._plain is None) != (fresh._sphere is None):
+            raise ValueError("state has rows=True but only one of its two streams")
+        self.rows, self.metrics, self.full = fresh.rows, fresh.metrics, fresh.full
+        self._plain, self._sphere = fresh._plain, fresh._sphere
+        return self
 
     def merge(self, other: Moments) -> Moments:
         """Add all rows of ``other`` (in place; ``other`` is unchanged). Returns ``self``."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
 
+import numpy as np
+
 from ._xp import full_precision
 from .cka import cka, cka_from_stats
 from .gram import fg, fg_from_stats
@@ -155,7 +157,8 @@ def compare(
     """Several metrics of one pair at once, sharing the cross-products they need.
 
     ``metrics``: registered names (default: all; from a :class:`~repgeo.metrics.Moments`, all streamable
-    ones). Returns ``{name: value}`` (numpy float64 or 0-d tensors, as the metric functions do).
+    ones). Returns ``{name: value}``: Python floats for numpy input (they print as numbers in a notebook), 0-d
+    tensors for torch input (differentiable, on the inputs' device).
     """
     from ._stats import pair_stats
     from ._xp import to_scalar_output
@@ -175,7 +178,7 @@ def compare(
             out[spec.name] = to_scalar_output(spec.from_stats(s))
         else:
             out[spec.name] = spec.fn(X, Y, center=center, normalize=normalize)
-    return out
+    return {k: float(v) if isinstance(v, (np.floating, np.ndarray, float)) else v for k, v in out.items()}
 
 
 __all__ = ["MetricSpec", "available", "compare", "get", "register", "replace"]
