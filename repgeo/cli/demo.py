@@ -62,7 +62,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--student-steps", type=int, help="distillation steps per student")
     o.add_argument("--student-lr", type=float, help="peak learning rate of the students")
     o.add_argument("--methods", type=_methods, help="comma-separated subset of {methods} (default: "
-                   "kd,proj_mse,procrustes,fg; --full and --fast: all)")
+                   "proj_mse,procrustes; --full and --fast: all)")
     o.add_argument("--keep-every", type=int, help="student = teacher blocks 0, k, 2k, ... (default 3)")
     o.add_argument("--narrow-width", type=int, help="also distil a freshly initialised student this wide")
     o.add_argument("--alpha", type=float, help="feature-loss weight relative to its initial value (default 1)")

@@ -78,7 +78,8 @@ def _with_floor(value: float, floor: float) -> str:
 
 
 def format_table(result: Any) -> str:
-    """The printed summary: accuracy per method and the final geometry of the last mapped layer pair, each value
+    """The printed summary: accuracy per method, its gain over the student's initialisation (± paired SE), and
+    the final geometry of the last mapped layer pair, each value
     with its null floor in brackets (the same estimator with the texts shuffled between teacher and student)."""
     acc = accuracy_table(result)
     geo = mapped_geometry(result)
@@ -86,11 +87,11 @@ def format_table(result: Any) -> str:
     present = set(result.audit["metric"]) if result.audit is not None else set()
     metrics = [m for m in TABLE_METRICS if m in present]
     w = 17
-    head = f"{'model':22s} {'test acc':>8s} {'±SE':>6s} {'Δ vs kd':>14s}" + "".join(f" {m:>{w}s}" for m in metrics)
+    head = f"{'model':22s} {'test acc':>8s} {'±SE':>6s} {'Δ vs init':>14s}" + "".join(f" {m:>{w}s}" for m in metrics)
     lines = [head, "-" * len(head)]
+    gains = {} if result.vs_init is None else {r.model: (r.delta, r.se) for r in result.vs_init.itertuples()}
     for r in acc.itertuples():
-        delta = (f"{r.delta_vs_kd:+.3f}±{r.delta_se:.3f}" if hasattr(r, "delta_vs_kd")
-                 and isinstance(r.delta_vs_kd, float) and not math.isnan(r.delta_vs_kd) else "")
+        delta = f"{gains[r.model][0]:+.3f}±{gains[r.model][1]:.3f}" if r.model in gains else ""
         cells = [_with_floor(*(_geometry_lookup(geo, r.model, pair, m, c) for c in ("value", "floor")))
                  if r.model != "teacher" else "" for m in metrics]
         vals = "".join(f" {c:>{w}s}" for c in cells)
@@ -130,17 +131,20 @@ def notes(result: Any) -> list[str]:
                    f"paired difference SE ≈ {se:.3f}; {verdict}")
     geo = mapped_geometry(result)
     pair = _last_pair(result)
-    if len(geo) and "kd" in set(geo["student"]):
+    students = set(geo["student"]) if len(geo) else set()
+    if students & {"kd", "init"}:
         parts = []
         for m in ("cka", "procrustes"):
             if m not in set(geo["metric"]):
                 continue
-            kd_v = _geometry_lookup(geo, "kd", pair, m)
             best = {r.name: _geometry_lookup(geo, r.name, pair, m) for r in result.runs if r.student == "wide"}
             floor = _geometry_lookup(geo, "init", pair, m, "floor")
-            parts.append(f"{m} at {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()) + f" (kd {kd_v:.3f}"
-                         + (f"; init {_geometry_lookup(geo, 'init', pair, m):.3f}, its floor {floor:.3f}"
-                            if math.isfinite(floor) else "") + ")")
+            ref = [f"kd {_geometry_lookup(geo, 'kd', pair, m):.3f}"] if "kd" in students else []
+            if "init" in students:
+                ref.append(f"init {_geometry_lookup(geo, 'init', pair, m):.3f}"
+                           + (f", its floor {floor:.3f}" if math.isfinite(floor) else ""))
+            parts.append(f"{m} at {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items())
+                         + f" ({'; '.join(ref)})")
         out.append("geometry of the last mapped pair on held-out texts — " + "; ".join(parts))
     if result.certificates is not None:
         c = result.certificates
