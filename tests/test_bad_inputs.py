@@ -290,7 +290,9 @@ def test_audit_layer_out_of_range_on_the_command_line(setup, tmp_path, capsys):
     code, err = run_cli(["audit", "--teacher", str(setup["teacher"]), "--student", str(setup["teacher"]),
                          "--data", str(data), "--teacher-layers", "2,9", "--out", str(tmp_path / "out")], capsys)
     assert code == 2
-    assert "repgeo audit: hidden_states index 9 out of range: this model returns 5 hidden states" in err
+    assert ("repgeo audit: --teacher-layers: hidden_states index 9 out of range: this model returns 5 hidden states "
+            "(valid indices -5..4; 0 = embeddings, 4 = last)") in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_distill_layer_map_out_of_range(setup, tmp_path):

@@ -1,0 +1,106 @@
+"""What every subcommand shares: the global flags (``-v``, ``-q``, ``--debug``), argument types that refuse bad
+numbers by the argument's name, the help formatter that shows defaults, and the one-line error report.
+
+Errors: a command raises; :func:`report` turns the exception into one line on stderr (``repgeo CMD: message``,
+newlines folded) and the exit status 2, unless ``--debug`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after every option that has a default and does not show it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
+class RawFormatter(Formatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`Formatter` that prints the description as written (for module docstrings with examples)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (status 2), naming the command."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class CommandError(Exception):
+    """A refused command: ``message`` is printed as one line, the process exits with ``status``."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def add_global_flags(parser: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
+    """``-v``, ``-q`` and ``--debug``; on a subcommand they default to "unset", so ``repgeo -v audit`` and
+    ``repgeo audit -v`` both count."""
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if on_subcommand else {}
+    g = parser.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="count", help="more detail, and the libraries' own messages and bars",
+                   **(default or {"default": 0}))
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars",
+                   **default)
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error", **default)
+
+
+def count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum`` (argparse names the argument in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def one_line(message: str) -> str:
+    """``message`` with its lines joined by ``"; "`` (a multi-line library message stays one line)."""
+    parts = [p.strip() for p in str(message).splitlines() if p.strip()]
+    return "; ".join(parts)
+
+
+def describe(exc: BaseException) -> str:
+    """The user-facing text of an exception: its message, prefixed where the kind matters."""
+    name = type(exc).__name__
+    text = str(exc) or name
+    if name == "ConfigError":
+        return f"configuration error: {text}"
+    if isinstance(exc, (KeyError, AssertionError, AttributeError, IndexError, RuntimeError)) and \
+            name not in ("FolderLockedError",):
+        return f"{name}: {text}"
+    return text
+
+
+def report(command: str, exc: BaseException) -> int:
+    """Print ``exc`` as one line on stderr for ``repgeo COMMAND``; returns the exit status."""
+    status = exc.status if isinstance(exc, CommandError) else 2
+    hint = "" if isinstance(exc, (CommandError, OSError, ValueError)) else " (rerun with --debug for the traceback)"
+    print(one_line(f"repgeo {command}: {describe(exc)}{hint}"), file=sys.stderr)
+    return status
