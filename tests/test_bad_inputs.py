@@ -286,7 +286,7 @@ def test_probe_module_name_typo():
 
 def test_audit_layer_out_of_range_on_the_command_line(setup, tmp_path, capsys):
     data = tmp_path / "texts.txt"
-    data.write_text("the film\nthe plot\nthe actor\n")
+    data.write_text("the film\nthe plot\nthe actor\nthe scene\n")
     code, err = run_cli(["audit", "--teacher", str(setup["teacher"]), "--student", str(setup["teacher"]),
                          "--data", str(data), "--teacher-layers", "2,9", "--out", str(tmp_path / "out")], capsys)
     assert code == 2

@@ -69,17 +69,6 @@ def count(minimum: int) -> Any:
     return parse
 
 
-def positive_number(text: str) -> float:
-    """An argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def one_line(message: str) -> str:
     """``message`` with its lines joined by ``"; "`` (a multi-line library message stays one line)."""
     parts = [p.strip() for p in str(message).splitlines() if p.strip()]

@@ -106,9 +106,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
         check_output_folder(args.out, "--out")
     except NotADirectoryError as exc:
         raise CommandError(str(exc)) from None
-    read_texts(args.data, args.text_column)
-    configs = {flag: _config(check_model(name, flag)) for flag, name in (("--teacher", args.teacher),
-                                                                         ("--student", args.student))}
+    sources = {flag: check_model(name, flag) for flag, name in (("--teacher", args.teacher),
+                                                               ("--student", args.student))}
+    _check_data(args.data, args.text_column, args.pooling, read_texts)
+    configs = {flag: _config(name) for flag, name in sources.items()}
     for flag, layers in (("--teacher-layers", args.teacher_layers), ("--student-layers", args.student_layers)):
         _check_layer_indices(flag, _layers(layers), configs[flag.removesuffix("-layers")])
     limits = {flag: _max_positions(config) for flag, config in configs.items()}
@@ -119,6 +120,21 @@ def _check_inputs(args: argparse.Namespace) -> None:
             raise CommandError(f"--max-length {args.max_length} exceeds the {limit} positions of {flag} "
                                f"{getattr(args, flag[2:])!r} (its config's max_position_embeddings); use "
                                f"--max-length {limit} or less")
+
+
+def _check_data(path: str, text_column: str | None, pooling: str, read: Any) -> None:
+    """``--data`` exists, ``--text-column`` applies to its kind, and (pooled) it holds the 4 texts the metrics
+    need at least."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise CommandError(f"--data {path!r}: no such file")
+    if text_column is not None and Path(path).suffix.lower() == ".txt":
+        raise CommandError(f"--text-column {text_column!r} applies to .csv and .jsonl files; {path!r} is a .txt file "
+                           "(one text per line)")
+    n = len(read(path, text_column))
+    if pooling != "tokens" and n < 4:
+        raise CommandError(f"--data {path!r} holds {n} text(s); the metrics need at least 4 (one row per text)")
 
 
 def _names(text: str) -> list[str]:

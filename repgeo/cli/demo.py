@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import RawFormatter, count, positive_number
+from ._common import RawFormatter
 from ._help import lazy_help
 
 
@@ -52,21 +52,21 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", default="label", help="label column / field (default: label)")
     o = p.add_argument_group("settings (defaults come from the preset)")
     o.add_argument("--seed", type=int, help="seed of the data split, the initialisations and the training")
-    o.add_argument("--threads", type=count(1), help="torch threads (default: the CPUs this process may use)")
-    o.add_argument("--n-train", type=count(1), help="training examples")
-    o.add_argument("--n-test", type=count(1), help="held-out test examples")
-    o.add_argument("--max-length", type=count(4), help="tokens per text")
-    o.add_argument("--teacher-steps", type=count(0), help="fine-tuning steps of the teacher (0: use it as it is)")
-    o.add_argument("--teacher-lr", type=positive_number, help="peak learning rate of the teacher's fine-tuning")
+    o.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
+    o.add_argument("--n-train", type=int, help="training examples")
+    o.add_argument("--n-test", type=int, help="held-out test examples")
+    o.add_argument("--max-length", type=int, help="tokens per text")
+    o.add_argument("--teacher-steps", type=int, help="fine-tuning steps of the teacher (0: use it as it is)")
+    o.add_argument("--teacher-lr", type=float, help="peak learning rate of the teacher's fine-tuning")
     o.add_argument("--teacher-train", choices=["all", "head"], help="fine-tune the whole teacher or its head only")
-    o.add_argument("--student-steps", type=count(0), help="distillation steps per student")
-    o.add_argument("--student-lr", type=positive_number, help="peak learning rate of the students")
+    o.add_argument("--student-steps", type=int, help="distillation steps per student")
+    o.add_argument("--student-lr", type=float, help="peak learning rate of the students")
     o.add_argument("--methods", type=_methods, help="comma-separated subset of {methods} (default: "
                    "kd,proj_mse,procrustes,fg; --full and --fast: all)")
-    o.add_argument("--keep-every", type=count(1), help="student = teacher blocks 0, k, 2k, ... (default 3)")
-    o.add_argument("--narrow-width", type=count(1), help="also distill a freshly initialised student this wide")
+    o.add_argument("--keep-every", type=int, help="student = teacher blocks 0, k, 2k, ... (default 3)")
+    o.add_argument("--narrow-width", type=int, help="also distill a freshly initialised student this wide")
     o.add_argument("--alpha", type=float, help="feature-loss weight relative to its initial value (default 1)")
-    o.add_argument("--audit-size", type=count(3), help="held-out texts of the audit")
+    o.add_argument("--audit-size", type=int, help="held-out texts of the audit")
     o.add_argument("--cache-dir", help="where fine-tuned teachers are cached (default: ~/.cache/repgeo/demo)")
     o.add_argument("--no-cache", action="store_true", help="neither reuse nor store a fine-tuned teacher")
     o.add_argument("--no-progress", action="store_true", help="no progress bars (also implied by -q)")

@@ -26,6 +26,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".parquet", ".arrow")
+
+
+def _check_config_path(path: str) -> None:
+    """A data file given as ``--config`` is refused by its name (instead of parsing it as YAML)."""
+    from pathlib import Path
+
+    from ._common import CommandError
+
+    if Path(path).suffix.lower() in DATA_SUFFIXES:
+        raise CommandError(f"--config {path!r} looks like a data file; give the YAML run configuration (.yaml), "
+                           "which names the data files under data.train / data.eval")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; returns the exit status. Every error raises and becomes one line on stderr with status
     2 (:func:`repgeo.cli._common.report`): a configuration or data error, a damaged checkpoint with no intact one
@@ -40,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     def one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
         logger.warning(f"repgeo distill: warning: {message}")
 
+    _check_config_path(args.config)
     with warnings.catch_warnings():
         warnings.showwarning = one_line
         cfg = load_config(args.config, list(args.overrides))
