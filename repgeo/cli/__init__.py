@@ -11,7 +11,7 @@
 Building the parser imports no heavy module (torch, transformers, pandas, the metrics): every subcommand module
 imports what it needs inside its command function, so ``repgeo --help`` starts at once.
 
-Every subcommand takes ``-v`` / ``-q`` (log level of the ``repgeo`` logger, see :mod:`repgeo._logging`) and
+Every subcommand takes ``-v`` / ``-q`` (log level of the ``repgeo`` logger, see :mod:`repgeo.log`) and
 ``--debug``; an error is one line on stderr with exit status 2 (a traceback only with ``--debug``), a failed claim
 exits with 1.
 """
@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from repgeo._logging import configure
+    from repgeo.log import configure, quiet_libraries
 
     configure(args.verbose or 0, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        with quiet_libraries(not args.verbose):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"repgeo {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     2). Progress of the downloads is shown unless ``-q``."""
     from tqdm.auto import tqdm
 
-    from repgeo._logging import logger
     from repgeo.assets import ASSETS, DEMO_ASSETS, STUDY_ASSETS, fetch_all
+    from repgeo.log import logger
 
     names = list(getattr(args, "names", None) or [])
     if getattr(args, "study", False):

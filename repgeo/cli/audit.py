@@ -204,9 +204,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace, rank: int) -> int:
-    from repgeo._logging import logger
     from repgeo.audit import audit, write_report
     from repgeo.audit.diagnostics import warning_line
+    from repgeo.log import logger
 
     metrics = _names(args.metrics)
     df = audit(

@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; print the summary table; return the exit status (1 when a counterexample claim fails; errors
     raise and become one line with status 2)."""
     from repgeo._files import locked_output
-    from repgeo._logging import logger
     from repgeo.demo import print_summary, run_demo
+    from repgeo.log import logger
 
     from ._common import CommandError
 

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     ``repgeo`` logger."""
     import warnings
 
-    from repgeo._logging import logger
     from repgeo.distill import load_config, run_distillation
+    from repgeo.log import logger
 
     def one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
         logger.warning(f"repgeo distill: warning: {message}")
