@@ -99,6 +99,10 @@ def _reset_new(loaded_before: set[str]) -> None:
         tlog.set_verbosity_warning()
         tlog.enable_progress_bar()
     if "huggingface_hub" in sys.modules and "huggingface_hub" not in loaded_before:
+        import warnings
+
         from huggingface_hub.utils import enable_progress_bars
 
-        enable_progress_bars()
+        with warnings.catch_warnings():  # the hub keeps the import-time variable's choice, and says so
+            warnings.simplefilter("ignore")
+            enable_progress_bars()
