@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 
 logger = logging.getLogger("repgeo")
@@ -67,8 +68,10 @@ def quiet_libraries(quiet: bool = True) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        restore()
-        _reset_new(loaded)
+        with warnings.catch_warnings():  # the hub keeps its import-time choice of bars, and would say so
+            warnings.simplefilter("ignore")
+            restore()
+            _reset_new(loaded)
 
 
 def _switch_loaded() -> Callable[[], None]:
@@ -99,10 +102,6 @@ def _reset_new(loaded_before: set[str]) -> None:
         tlog.set_verbosity_warning()
         tlog.enable_progress_bar()
     if "huggingface_hub" in sys.modules and "huggingface_hub" not in loaded_before:
-        import warnings
-
         from huggingface_hub.utils import enable_progress_bars
 
-        with warnings.catch_warnings():  # the hub keeps the import-time variable's choice, and says so
-            warnings.simplefilter("ignore")
-            enable_progress_bars()
+        enable_progress_bars()
