@@ -5,6 +5,7 @@ The start-up checks run in a fresh interpreter and read ``sys.modules`` (what wa
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -155,3 +156,111 @@ def test_import_repgeo_is_light_and_every_public_name_resolves():
     assert set(repgeo.__all__) <= set(dir(repgeo))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         repgeo.nope  # noqa: B018
+
+
+# -------------------------------------------------------------------------------------- one vocabulary, every flag
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_option_has_help_and_shows_its_default():
+    parser = build_parser()
+    subs = _subparsers(parser)
+    assert set(subs) == set(COMMANDS)
+    for name, sub in subs.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and action.help.strip(), f"{name} {action.dest}: no help"
+            if action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0 and action.option_strings:
+                shown = sub._get_formatter()._get_help_string(action) or ""
+                assert "default" in shown, f"{name} {action.option_strings[0]}: default {action.default!r} not shown"
+        for flag in ("-v, --verbose", "-q, --quiet", "--debug"):
+            assert flag in text, f"{name}: {flag} missing"
+        if any("--out" in a.option_strings for a in sub._actions) or name == "audit":
+            out = next(a for a in sub._actions if "--out" in a.option_strings)
+            assert out.default and not out.required, f"{name}: --out must have a default"
+
+
+def test_help_lists_every_command_with_its_one_line_help():
+    parser = build_parser()
+    flat = " ".join(parser.format_help().split())
+    listed = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))._choices_actions
+    assert [a.dest for a in listed] == list(COMMANDS)
+    for action in listed:
+        assert action.help and "\n" not in action.help and len(action.help) <= 80, action.dest
+        assert f"{action.dest} {action.help}" in flat, action.dest
+
+
+def test_user_facing_text_spells_distill_one_way():
+    texts = [build_parser().format_help()] + [sub.format_help() for sub in _subparsers(build_parser()).values()]
+    for text in texts:
+        assert not re.search(r"\bdistil\b", text), text
+
+
+def test_metrics_takes_teacher_and_student_as_options_too(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((30, 5)), rng.standard_normal((30, 3))
+    np.save(tmp_path / "t.npy", X)
+    np.save(tmp_path / "s.npy", Y)
+    assert main(["metrics", str(tmp_path / "t.npy"), str(tmp_path / "s.npy"), "--metrics", "cka"]) == 0
+    positional = capsys.readouterr().out
+    assert main(["metrics", "--teacher", str(tmp_path / "t.npy"), "--student", str(tmp_path / "s.npy"),
+                 "--metrics", "cka"]) == 0
+    assert capsys.readouterr().out == positional
+    assert float(positional.split()[1]) == pytest.approx(float(compare(X, Y, ["cka"])["cka"]), abs=5e-7)
+
+
+# -------------------------------------------------------------------------------------- logging and progress
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory):
+    from repgeo.distill.toy import make_toy_setup
+
+    return make_toy_setup(tmp_path_factory.mktemp("cli_log"), "classification", n_train=8, n_eval=4)["teacher"]
+
+
+def _repgeo(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "repgeo", *argv], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=env)
+
+
+def test_transformers_bars_and_reports_are_silenced_unless_verbose(tiny_model_folder, tmp_path):
+    quiet = _repgeo("layers", str(tiny_model_folder), cwd=tmp_path)
+    assert quiet.returncode == 0 and "hidden_states" in quiet.stdout
+    assert quiet.stderr == "", quiet.stderr
+    loud = _repgeo("layers", str(tiny_model_folder), "-v", cwd=tmp_path)
+    assert loud.returncode == 0 and loud.stdout == quiet.stdout
+    assert "Loading weights" in loud.stderr  # transformers' own bar, shown with -v
+
+
+def test_audit_progress_and_info_on_stderr_and_none_with_quiet(tiny_model_folder, tmp_path):
+    (tmp_path / "t.txt").write_text("the film\nthe plot\nthe actor\nthe scene\nthe end\n")
+    argv = ["audit", "--teacher", str(tiny_model_folder), "--student", str(tiny_model_folder), "--data", "t.txt",
+            "--n-perm", "0", "--n-folds", "0", "--metrics", "cka"]
+    default = _repgeo(*argv, "--out", "a", cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    assert "collect: 100%" in default.stderr and "5 stimuli, 5 teacher × 5 student layers" in default.stderr
+    assert "wrote a/audit.csv" in default.stdout
+    quiet = _repgeo(*argv, "--out", "b", "-q", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout.replace("b/", "a/") == default.stdout
+    assert "collect:" not in quiet.stderr and "5 stimuli," not in quiet.stderr
+    assert len(quiet.stderr.splitlines()) == 1 and quiet.stderr.startswith("warning: ")  # warnings stay (n < width)
+    assert (tmp_path / "a" / "audit.csv").read_text() == (tmp_path / "b" / "audit.csv").read_text()
+
+
+def test_audit_out_has_a_default(tiny_model_folder, tmp_path):
+    (tmp_path / "t.txt").write_text("the film\nthe plot\nthe actor\nthe scene\n")
+    done = _repgeo("audit", "--teacher", str(tiny_model_folder), "--student", str(tiny_model_folder), "--data",
+                   "t.txt", "--n-perm", "0", "--n-folds", "0", "--metrics", "cka", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "repgeo-audit" / "audit.csv").is_file()
