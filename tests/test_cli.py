@@ -264,3 +264,39 @@ def test_audit_out_has_a_default(tiny_model_folder, tmp_path):
                    "t.txt", "--n-perm", "0", "--n-folds", "0", "--metrics", "cka", "-q", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "repgeo-audit" / "audit.csv").is_file()
+
+
+# -------------------------------------------------------------------------------------- several processes
+
+
+def test_torchrun_audit_in_two_gloo_processes_writes_the_single_process_table(tiny_model_folder, tmp_path):
+    """The documented recipe ``python -m torch.distributed.run --nproc_per_node 2 -m repgeo audit … --mode stream``
+    (2 CPU processes, gloo) gives, byte for byte, the table of one process; rank 0 alone writes the report."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from repgeo.distill.toy import tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder)
+    student = tiny_model("bert", len(tokenizer), hidden_size=16, num_layers=2, tokenizer=tokenizer, seed=3)
+    student.save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
+    rng = np.random.default_rng(0)
+    words = "the a film plot actor scene good bad fine awful movie story".split()
+    (tmp_path / "t.txt").write_text("\n".join(" ".join(rng.choice(words, rng.integers(2, 9))) for _ in range(22)))
+    argv = ["audit", "--teacher", str(tiny_model_folder), "--student", "student", "--data", "t.txt", "--mode",
+            "stream", "--batch-size", "4", "--metrics", "procrustes,cka,fg"]
+    single = _repgeo(*argv, "--out", "single", "-q", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "repgeo", *argv, "--out", "two"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote two/audit.csv") == 1  # rank 0 only
+    assert "22 stimuli, 5 teacher × 3 student layers" in two.stderr and "mode stream" in two.stderr
+    assert (tmp_path / "two" / "audit.csv").read_text() == (tmp_path / "single" / "audit.csv").read_text()
+    names = [sorted(p.name for p in (tmp_path / run).iterdir()) for run in ("two", "single")]
+    assert names[0] == names[1]
