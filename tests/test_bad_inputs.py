@@ -422,6 +422,10 @@ CLI_ROWS = [
     ("column-missing", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/reviews.csv",
                         "--text-column", "body", "--out", "{D}/o7"], 2,
      "repgeo audit: {D}/reviews.csv has no column 'body'; columns: ['review', 'stars']"),
+    ("column-ambiguous", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/two_columns.csv",
+                          "--out", "{D}/o16"], 2,
+     "repgeo audit: {D}/two_columns.csv: cannot tell which column holds the text among ['review', 'summary']; pass "
+     "--text-column"),
     ("column-on-txt", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--text-column",
                        "text", "--out", "{D}/o8"], 2,
      "repgeo audit: --text-column 'text' applies to .csv and .jsonl files; '{D}/t4.txt' is a .txt file"),
@@ -459,6 +463,8 @@ CLI_ROWS = [
      "repgeo metrics: the student matrix file is missing (give TEACHER STUDENT or --teacher F --student F)"),
     ("distill-data-as-config", ["distill", "--config", "{D}/reviews.csv"], 2,
      "repgeo distill: --config '{D}/reviews.csv' looks like a data file; give the YAML run configuration (.yaml)"),
+    ("distill-train-missing", ["distill", "--config", "{D}/missing_train.yaml"], 2,
+     "repgeo distill: data file '{D}/nope.csv' not found"),
     ("demo-data-missing", ["demo", "--fast", "--data", "{D}/nope.csv", "--out", "{D}/o14"], 2,
      "repgeo demo: --data '{D}/nope.csv': no such file"),
     ("demo-teacher-missing", ["demo", "--fast", "--teacher", "./nope_dir", "--out", "{D}/o15"], 2,
@@ -500,7 +506,9 @@ def cli_rows(setup, tmp_path_factory):
     (d / "t3.txt").write_text("the film\nthe plot\nthe actor\n")
     (d / "latin1.txt").write_bytes("caf\u00e9 film\nthe plot\nthe actor\nthe scene\n".encode("latin-1"))
     (d / "reviews.csv").write_text("review,stars\ngood film,5\nbad film,1\nfine film,3\nthe plot,2\n")
+    (d / "two_columns.csv").write_text("review,summary\ngood film,good\nbad film,bad\nfine,ok\nthe plot,plot\n")
     (d / "models").mkdir()
+    write_yaml(d / "missing_train.yaml", _config(setup, d / "o17", data={"train": str(d / "nope.csv")}))
     np.save(d / "x.npy", X)
     folders = {"T": str(setup["teacher"]), "D": str(d)}
     rows = [(rid, [_fill(a, folders) for a in argv]) for rid, argv, _, _ in CLI_ROWS]
@@ -526,6 +534,8 @@ def test_command_line_row(cli_rows, rid, status, message):
     argv = dict((r, a) for r, a, _, _ in CLI_ROWS)[rid]
     if "--out" in argv and argv[argv.index("--out") + 1].startswith("{D}/o"):
         assert not Path(_fill(argv[argv.index("--out") + 1], folders)).exists()
+    if rid == "distill-train-missing":  # its output_dir, o17, named in the YAML
+        assert not (Path(folders["D"]) / "o17").exists()
 
 
 def test_every_command_line_row_is_in_the_docs():

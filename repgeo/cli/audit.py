@@ -132,7 +132,10 @@ def _check_data(path: str, text_column: str | None, pooling: str, read: Any) -> 
     if text_column is not None and Path(path).suffix.lower() == ".txt":
         raise CommandError(f"--text-column {text_column!r} applies to .csv and .jsonl files; {path!r} is a .txt file "
                            "(one text per line)")
-    n = len(read(path, text_column))
+    try:
+        n = len(read(path, text_column))
+    except ValueError as exc:  # the reader names the API's argument; here it is the flag
+        raise CommandError(str(exc).replace("pass text_column", "pass --text-column")) from None
     if pooling != "tokens" and n < 4:
         raise CommandError(f"--data {path!r} holds {n} text(s); the metrics need at least 4 (one row per text)")
 
