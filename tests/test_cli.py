@@ -241,6 +241,8 @@ def test_transformers_bars_and_reports_are_silenced_unless_verbose(tiny_model_fo
     loud = _repgeo("layers", str(tiny_model_folder), "-v", cwd=tmp_path)
     assert loud.returncode == 0 and loud.stdout == quiet.stdout
     assert "Loading weights" in loud.stderr  # transformers' own bar, shown with -v
+    before = _repgeo("-v", "layers", str(tiny_model_folder), cwd=tmp_path)  # a global flag before the command too
+    assert before.returncode == 0 and "Loading weights" in before.stderr
 
 
 def test_audit_progress_and_info_on_stderr_and_none_with_quiet(tiny_model_folder, tmp_path):
