@@ -465,6 +465,7 @@ CLI_ROWS = [
      "repgeo distill: --config '{D}/reviews.csv' looks like a data file; give the YAML run configuration (.yaml)"),
     ("distill-train-missing", ["distill", "--config", "{D}/missing_train.yaml"], 2,
      "repgeo distill: data file '{D}/nope.csv' not found"),
+    ("unknown-asset", ["fetch-assets", "nope"], 2, "repgeo fetch-assets: unknown asset 'nope'; available: minilm, "),
     ("demo-data-missing", ["demo", "--fast", "--data", "{D}/nope.csv", "--out", "{D}/o14"], 2,
      "repgeo demo: --data '{D}/nope.csv': no such file"),
     ("demo-teacher-missing", ["demo", "--fast", "--teacher", "./nope_dir", "--out", "{D}/o15"], 2,
