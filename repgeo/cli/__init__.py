@@ -22,7 +22,7 @@ import argparse
 import sys
 
 from . import assets, audit, counterexamples, demo, distill, metrics
-from ._common import Formatter, Parser, add_global_flags, report
+from ._common import CommandListFormatter, Parser, add_global_flags, report
 
 # The functions that register the subparsers, in the order ``repgeo --help`` lists them.
 SUBCOMMANDS = (
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="repgeo", description="Representational geometry for distillation.",
                     epilog="repgeo COMMAND --help shows a command's options.",
-                    formatter_class=lambda prog: Formatter(prog, max_help_position=26, width=100))
+                    formatter_class=CommandListFormatter)
     parser.add_argument("--version", action="version", version=f"repgeo {__version__}")
     add_global_flags(parser, on_subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

@@ -22,6 +22,19 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandListFormatter(Formatter):
+    """The top-level help: each command and its one-line help on one line (argparse measures the listed commands
+    two columns short of where it prints them)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=26, width=100)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 2
+
+
 class RawFormatter(Formatter, argparse.RawDescriptionHelpFormatter):
     """:class:`Formatter` that prints the description as written (for module docstrings with examples)."""
 
