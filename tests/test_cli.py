@@ -302,3 +302,19 @@ def test_torchrun_audit_in_two_gloo_processes_writes_the_single_process_table(ti
     assert (tmp_path / "two" / "audit.csv").read_text() == (tmp_path / "single" / "audit.csv").read_text()
     names = [sorted(p.name for p in (tmp_path / run).iterdir()) for run in ("two", "single")]
     assert names[0] == names[1]
+
+
+def test_errors_are_one_line_and_unexpected_ones_point_at_debug(capsys):
+    from repgeo.assets import AssetError
+    from repgeo.cli._common import CommandError, report
+
+    assert report("demo", CommandError("a claim FAILED", status=1)) == 1
+    assert capsys.readouterr().err == "repgeo demo: a claim FAILED\n"
+    assert report("fetch-assets", AssetError("could not download\nrun `x` where the registry is reachable")) == 2
+    assert capsys.readouterr().err == ("repgeo fetch-assets: could not download; run `x` where the registry is "
+                                       "reachable\n")
+    assert report("audit", ValueError("first line\n    4 |  detail")) == 2
+    assert capsys.readouterr().err == "repgeo audit: first line; 4 |  detail\n"
+    assert report("audit", KeyError("hidden_states.9")) == 2
+    assert capsys.readouterr().err == ("repgeo audit: KeyError: 'hidden_states.9' (rerun with --debug for the "
+                                       "traceback)\n")

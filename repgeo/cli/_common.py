@@ -88,21 +88,26 @@ def one_line(message: str) -> str:
     return "; ".join(parts)
 
 
+def _expected(exc: BaseException) -> bool:
+    """Whether ``exc`` reports bad input: one of repgeo's own errors, or an ``OSError`` / ``ValueError`` /
+    ``TypeError`` (the types bad data, files and arguments raise)."""
+    return type(exc).__module__.startswith("repgeo") or isinstance(exc, (OSError, ValueError, TypeError))
+
+
 def describe(exc: BaseException) -> str:
-    """The user-facing text of an exception: its message, prefixed where the kind matters."""
-    name = type(exc).__name__
-    text = str(exc) or name
-    if name == "ConfigError":
+    """The user-facing text of an exception: its message; a configuration error says so; an unexpected kind of
+    error carries its type name and points at ``--debug``."""
+    text = str(exc) or type(exc).__name__
+    if type(exc).__name__ == "ConfigError":
         return f"configuration error: {text}"
-    if isinstance(exc, (KeyError, AssertionError, AttributeError, IndexError, RuntimeError)) and \
-            name not in ("FolderLockedError",):
-        return f"{name}: {text}"
+    if not _expected(exc):
+        return f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)"
     return text
 
 
 def report(command: str, exc: BaseException) -> int:
-    """Print ``exc`` as one line on stderr for ``repgeo COMMAND``; returns the exit status."""
+    """Print ``exc`` as one line on stderr for ``repgeo COMMAND``; returns the exit status (that of a
+    :class:`CommandError`, else 2)."""
     status = exc.status if isinstance(exc, CommandError) else 2
-    hint = "" if isinstance(exc, (CommandError, OSError, ValueError)) else " (rerun with --debug for the traceback)"
-    print(one_line(f"repgeo {command}: {describe(exc)}{hint}"), file=sys.stderr)
+    print(one_line(f"repgeo {command}: {describe(exc)}"), file=sys.stderr)
     return status
