@@ -318,3 +318,16 @@ def test_errors_are_one_line_and_unexpected_ones_point_at_debug(capsys):
     assert report("audit", KeyError("hidden_states.9")) == 2
     assert capsys.readouterr().err == ("repgeo audit: KeyError: 'hidden_states.9' (rerun with --debug for the "
                                        "traceback)\n")
+
+
+def test_fetch_assets_shows_a_bar_over_the_assets_unless_quiet(monkeypatch, capsys):
+    from repgeo import assets
+
+    fetched = []
+    monkeypatch.setattr(assets, "fetch", lambda name, download=False: fetched.append(name) or Path("/x") / name)
+    assert main(["fetch-assets", "trec", "banking77"]) == 0
+    err = capsys.readouterr().err
+    assert "fetch-assets: 100%" in err and "2/2" in err and fetched == ["trec", "banking77"]
+    assert main(["fetch-assets", "trec", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "trec" in captured.out
