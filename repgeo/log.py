@@ -15,6 +15,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 logger = logging.getLogger("repgeo")
 
@@ -28,12 +29,25 @@ def level_for(verbose: int, quiet: bool) -> int:
     return logging.DEBUG if verbose > 0 else logging.INFO
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler that writes to whatever ``sys.stderr`` is at the time of each record (a test's capture, a
+    redirect), never to a stream that was replaced or closed since."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure(verbose: int = 0, quiet: bool = False) -> logging.Logger:
     """Route the ``repgeo`` logger to stderr at the level of ``-v`` / ``-q`` (idempotent: one handler). Returns
     the logger."""
     for handler in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)

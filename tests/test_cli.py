@@ -331,3 +331,19 @@ def test_fetch_assets_shows_a_bar_over_the_assets_unless_quiet(monkeypatch, caps
     assert main(["fetch-assets", "trec", "-q"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "trec" in captured.out
+
+
+def test_repgeo_logger_levels_follow_v_and_q(capsys):
+    import logging
+
+    from repgeo.log import configure, logger
+
+    for verbose, quiet, level in ((0, False, logging.INFO), (1, False, logging.DEBUG), (0, True, logging.WARNING)):
+        configure(verbose, quiet)
+        logger.debug("d")
+        logger.info("i")
+        logger.warning("w")
+        shown = capsys.readouterr().err.split()
+        assert shown == [x for x, lv in (("d", 10), ("i", 20), ("w", 30)) if lv >= level]
+    assert len([h for h in logger.handlers if h.get_name() == "repgeo-cli"]) == 1  # one handler, however often
+    configure()
