@@ -436,7 +436,7 @@ CLI_ROWS = [
      "repgeo audit: data file '{D}/latin1.txt' is not UTF-8 text: byte 0xe9 at offset 3 (line 1) cannot be decoded"),
     ("unknown-metric", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--metrics",
                         "cka,cca", "--out", "{D}/o11"], 2,
-     "repgeo audit: unknown metric 'cca'; available: procrustes,"),
+     "repgeo audit: --metrics: unknown metric 'cca'; available: procrustes,"),
     ("layer-index", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--student-layers",
                      "1,7", "--out", "{D}/o12"], 2,
      "repgeo audit: --student-layers: hidden_states index 7 out of range: this model returns 5 hidden states "

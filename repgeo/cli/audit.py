@@ -99,7 +99,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise CommandError("--n-folds must be 0 (no intervals) or >= 2 (the jackknife leaves out one of several "
                            "folds), got 1")
     for name in _names(args.metrics):
-        get(name)
+        try:
+            get(name)
+        except ValueError as exc:
+            raise CommandError(f"--metrics: {exc}") from None
     if not _names(args.metrics):
         raise CommandError(f"--metrics: no metric name in {args.metrics!r}")
     try:
