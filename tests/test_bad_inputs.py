@@ -583,3 +583,16 @@ def test_a_value_error_during_training_is_one_line_and_a_traceback_with_debug(se
                                "centred)")
     with pytest.raises(ValueError, match="zero after preprocessing"):
         main(["distill", "--config", str(path), "-q", "--debug", "output_dir=" + str(tmp_path / "run2")])
+
+
+def test_an_audit_that_fails_after_loading_the_models_leaves_no_folder(setup, tmp_path, capsys):
+    """A module-name typo is only found in the model itself: the run fails after ``--out`` was created and locked,
+    in one line, and removes the empty folder (and the parents it created)."""
+    data = tmp_path / "texts.txt"
+    data.write_text("the film\nthe plot\nthe actor\nthe scene\n")
+    out = tmp_path / "new" / "out"
+    code, err = run_cli(["audit", "--teacher", str(setup["teacher"]), "--student", str(setup["teacher"]), "--data",
+                         str(data), "--teacher-layers", "encoder.layers.0", "--out", str(out), "-q"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("repgeo audit: module name 'encoder.layers.0' matches no module of BertModel")
+    assert not (tmp_path / "new").exists()
