@@ -347,3 +347,35 @@ def test_repgeo_logger_levels_follow_v_and_q(capsys):
         assert shown == [x for x, lv in (("d", 10), ("i", 20), ("w", 30)) if lv >= level]
     assert len([h for h in logger.handlers if h.get_name() == "repgeo-cli"]) == 1  # one handler, however often
     configure()
+
+
+def test_torchrun_distill_command_in_two_gloo_processes(tmp_path):
+    """The README's launcher line, ``torchrun … -m repgeo distill --config run.yaml``, on 2 CPU processes: status
+    0, one run folder, one summary (rank 0), one epoch in 2 steps of the global batch. (That 2 processes train as 1
+    on the global batch is tests/test_distill_ddp.py.)"""
+    import os
+
+    import yaml
+
+    from repgeo.distill.toy import make_toy_setup
+
+    setup = make_toy_setup(tmp_path / "setup", "classification", n_train=16, n_eval=4)
+    config = {"task": "classification", "output_dir": str(tmp_path / "run"),
+              "teacher": {"path": str(setup["teacher"])}, "student": {"keep_every": 2},
+              "data": {"train": str(setup["train"])}, "loss": {"metric": "procrustes", "pooling": "tokens"},
+              "geometry": {"enabled": False},
+              "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "save_strategy": "no",
+                          "disable_tqdm": True, "use_cpu": True, "report_to": "none", "ddp_backend": "gloo",
+                          "dataloader_pin_memory": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "repgeo", "distill", "--config", "run.yaml", "-q"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    summary = [line for line in done.stdout.splitlines() if "'train_loss'" in line]
+    assert len(summary) == 1  # rank 0 reports
+    # 2 steps of 2 x 4 rows cover the 16 training rows once: both processes trained, each on its share
+    assert re.search(r"'epoch': '1(\.0)?'", summary[0]), summary[0]
