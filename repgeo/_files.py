@@ -152,7 +152,7 @@ def model_source_problem(name_or_path: str) -> str:
                 "(config.json, weights and tokenizer files are needed)")
     return (f"{name_or_path!r} is not a local folder (resolved: {Path(name_or_path).resolve()}), so it was looked "
             "up on the Hugging Face hub, which failed (offline, or the name does not exist). Download it where the "
-            f"hub is reachable (`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR instead")
+            f"hub is reachable (`hf download {name_or_path} --local-dir DIR`) and pass DIR instead")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -496,7 +496,7 @@ def test_cli_offline_hub_name_says_what_to_do(tmp_path, capsys, monkeypatch):
                str(tmp_path / "d.txt"), "--out", str(tmp_path / "o")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "not a local folder" in err and "huggingface-cli download" in err
+    assert "not a local folder" in err and "`hf download no-such-org/no-such-model --local-dir DIR`" in err
 
 
 # -------------------------------------------------------------------------------------- real weights

@@ -1,9 +1,9 @@
-"""Bad configuration and data: one test per row of the README table "Bad input: what repgeo says".
+"""Bad input: one test per row of the tables in docs/bad-inputs.md ("Bad input: what repgeo says").
 
 Each test feeds a realistic mistake through a public entry point (the ``repgeo`` command, ``load_config`` /
 ``config_from_dict``, ``build_trainer`` / ``run_distillation``, ``audit``, ``collect``, the metric functions) and
 checks the exception type and the message: it must name the file / key / argument and say what is wrong. Command
-line errors must exit with status 2 and print the message on stderr, without a traceback.
+line errors must exit with status 2 and print the message as one line on stderr, without a traceback.
 """
 
 from __future__ import annotations
@@ -286,11 +286,13 @@ def test_probe_module_name_typo():
 
 def test_audit_layer_out_of_range_on_the_command_line(setup, tmp_path, capsys):
     data = tmp_path / "texts.txt"
-    data.write_text("the film\nthe plot\nthe actor\n")
+    data.write_text("the film\nthe plot\nthe actor\nthe scene\n")
     code, err = run_cli(["audit", "--teacher", str(setup["teacher"]), "--student", str(setup["teacher"]),
                          "--data", str(data), "--teacher-layers", "2,9", "--out", str(tmp_path / "out")], capsys)
     assert code == 2
-    assert "repgeo audit: hidden_states index 9 out of range: this model returns 5 hidden states" in err
+    assert ("repgeo audit: --teacher-layers: hidden_states index 9 out of range: this model returns 5 hidden states "
+            "(valid indices -5..4; 0 = embeddings, 4 = last)") in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_distill_layer_map_out_of_range(setup, tmp_path):
@@ -387,3 +389,210 @@ def test_resume_with_a_different_config_is_refused(setup, tmp_path, capsys):
     ok = load_config(path, ["trainer.logging_steps=5", "geometry.enabled=true", "trainer.weight_decay=0.0"])
     result = run_distillation(ok, resume=True, verbose=False)
     assert result.trainer.state.global_step == 2 and (out / "final" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------- the command line
+# One row per bad invocation of docs/bad-inputs.md ("The command line"): (id, argv, exit status, message). ``{T}`` is
+# a real tiny model folder, ``{D}`` a folder of prepared files. All rows run in ONE fresh interpreter (the fixture
+# below), which also records whether a model class was imported by the row: none may be, every check runs first.
+
+CLI_ROWS = [
+    ("hub-offline", ["audit", "--teacher", "no-such-org/no-such-model", "--student", "{T}", "--data", "{D}/t4.txt",
+                     "--out", "{D}/o1"], 2,
+     "repgeo audit: --teacher 'no-such-org/no-such-model' is not a local folder and not in the Hugging Face cache, "
+     "and the hub is offline (HF_HUB_OFFLINE); download it where the hub is reachable (`hf download "
+     "no-such-org/no-such-model --local-dir DIR`) and pass --teacher DIR"),
+    ("hub-unreachable", ["audit", "--teacher", "{T}", "--student", "no-such-org/no-such-model", "--data",
+                         "{D}/t4.txt", "--out", "{D}/o2"], 2,
+     "repgeo audit: --student 'no-such-org/no-such-model' is not a local folder and the Hugging Face hub cannot be "
+     "reached ("),
+    ("local-missing", ["audit", "--teacher", "./nope_dir", "--student", "{T}", "--data", "{D}/t4.txt", "--out",
+                       "{D}/o3"], 2,
+     "repgeo audit: --teacher './nope_dir': no such local folder (resolved: "),
+    ("local-typo", ["audit", "--teacher", "{D}/models/bert-techer", "--student", "{T}", "--data", "{D}/t4.txt",
+                    "--out", "{D}/o4"], 2,
+     "repgeo audit: --teacher '{D}/models/bert-techer': no such local folder"),
+    ("empty-model-folder", ["audit", "--teacher", "{D}/models", "--student", "{T}", "--data", "{D}/t4.txt", "--out",
+                            "{D}/o5"], 2,
+     "repgeo audit: --teacher '{D}/models': the folder has no config.json, so it is not a transformers model folder"),
+    ("model-is-a-file", ["layers", "{D}/t4.txt"], 2, "repgeo layers: model '{D}/t4.txt' is a file"),
+    ("layers-missing", ["layers", "./nope_dir"], 2, "repgeo layers: model './nope_dir': no such local folder"),
+    ("data-missing", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/nope.txt", "--out", "{D}/o6"],
+     2, "repgeo audit: --data '{D}/nope.txt': no such file"),
+    ("column-missing", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/reviews.csv",
+                        "--text-column", "body", "--out", "{D}/o7"], 2,
+     "repgeo audit: {D}/reviews.csv has no column 'body'; columns: ['review', 'stars']"),
+    ("column-ambiguous", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/two_columns.csv",
+                          "--out", "{D}/o16"], 2,
+     "repgeo audit: {D}/two_columns.csv: cannot tell which column holds the text among ['review', 'summary']; pass "
+     "--text-column"),
+    ("column-on-txt", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--text-column",
+                       "text", "--out", "{D}/o8"], 2,
+     "repgeo audit: --text-column 'text' applies to .csv and .jsonl files; '{D}/t4.txt' is a .txt file"),
+    ("too-few-texts", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t3.txt", "--out", "{D}/o9"],
+     2, "repgeo audit: --data '{D}/t3.txt' holds 3 text(s); the metrics need at least 4 (one row per text)"),
+    ("latin1-data", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/latin1.txt", "--out",
+                     "{D}/o10"], 2,
+     "repgeo audit: data file '{D}/latin1.txt' is not UTF-8 text: byte 0xe9 at offset 3 (line 1) cannot be decoded"),
+    ("unknown-metric", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--metrics",
+                        "cka,cca", "--out", "{D}/o11"], 2,
+     "repgeo audit: --metrics: unknown metric 'cca'; available: procrustes,"),
+    ("layer-index", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--student-layers",
+                     "1,7", "--out", "{D}/o12"], 2,
+     "repgeo audit: --student-layers: hidden_states index 7 out of range: this model returns 5 hidden states "
+     "(valid indices -5..4; 0 = embeddings, 4 = last)"),
+    ("n-perm-negative", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--n-perm", "-3"],
+     2, "repgeo audit: argument --n-perm: must be >= 0, got -3 (see repgeo audit --help)"),
+    ("batch-size-zero", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--batch-size",
+                         "0"], 2, "repgeo audit: argument --batch-size: must be >= 1, got 0"),
+    ("n-folds-one", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--n-folds", "1",
+                     "--out", "{D}/o13"], 2, "repgeo audit: --n-folds must be 0 (no intervals) or >= 2"),
+    ("not-a-number", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--n-perm", "many"],
+     2, "repgeo audit: argument --n-perm: expected an integer, got 'many'"),
+    ("out-is-a-file", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/t4.txt", "--out",
+                       "{D}/t4.txt"], 2, "repgeo audit: --out '{D}/t4.txt': '{D}/t4.txt' is an existing file"),
+    ("steps-negative", ["counterexamples", "--steps", "-1"], 2,
+     "repgeo counterexamples: argument --steps: must be >= 0, got -1"),
+    ("unknown-option", ["metrics", "{D}/x.npy", "{D}/x.npy", "--normalise", "rows"], 2,
+     "repgeo: unrecognized arguments: --normalise rows (see repgeo --help)"),
+    ("missing-option", ["audit", "--teacher", "{T}"], 2,
+     "repgeo audit: the following arguments are required: --student, --data (see repgeo audit --help)"),
+    ("metrics-twice", ["metrics", "{D}/x.npy", "{D}/y.npy", "--teacher", "{D}/x.npy"], 2,
+     "repgeo metrics: the teacher file is given twice ('{D}/x.npy' and --teacher '{D}/x.npy')"),
+    ("metrics-missing", ["metrics", "--teacher", "{D}/x.npy"], 2,
+     "repgeo metrics: the student matrix file is missing (give TEACHER STUDENT or --teacher F --student F)"),
+    ("distill-data-as-config", ["distill", "--config", "{D}/reviews.csv"], 2,
+     "repgeo distill: --config '{D}/reviews.csv' looks like a data file; give the YAML run configuration (.yaml)"),
+    ("distill-train-missing", ["distill", "--config", "{D}/missing_train.yaml"], 2,
+     "repgeo distill: data file '{D}/nope.csv' not found"),
+    ("unknown-asset", ["fetch-assets", "nope"], 2, "repgeo fetch-assets: unknown asset 'nope'; available: minilm, "),
+    ("demo-data-missing", ["demo", "--fast", "--data", "{D}/nope.csv", "--out", "{D}/o14"], 2,
+     "repgeo demo: --data '{D}/nope.csv': no such file"),
+    ("demo-teacher-missing", ["demo", "--fast", "--teacher", "./nope_dir", "--out", "{D}/o15"], 2,
+     "repgeo demo: --teacher './nope_dir': no such local folder"),
+]
+
+_ROWS_SCRIPT = """\
+import contextlib, io, json, os, sys
+sys.path.insert(0, {root!r})
+from repgeo.cli import main
+out = {{}}
+for rid, argv in json.loads(sys.stdin.read()):
+    if rid == "hub-offline":
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    models = sorted(m for m in sys.modules if m.startswith("transformers.models.") and ".modeling_" in m
+                    and not m.startswith("transformers.models.auto."))  # a model class: a model was built
+    out[rid] = {{"code": code, "err": err.getvalue(), "models": models}}
+print(json.dumps(out))
+"""
+
+
+def _fill(text: str, folders: dict[str, str]) -> str:
+    return text.replace("{T}", folders["T"]).replace("{D}", folders["D"])
+
+
+@pytest.fixture(scope="module")
+def cli_rows(setup, tmp_path_factory):
+    """Every row of CLI_ROWS run in one fresh interpreter, from a folder without ``nope_dir``; the hub is an address
+    where nothing listens (an unreachable hub, without network access)."""
+    d = tmp_path_factory.mktemp("cli_rows")
+    (d / "t4.txt").write_text("the film\nthe plot\nthe actor\nthe scene\n")
+    (d / "t3.txt").write_text("the film\nthe plot\nthe actor\n")
+    (d / "latin1.txt").write_bytes("caf\u00e9 film\nthe plot\nthe actor\nthe scene\n".encode("latin-1"))
+    (d / "reviews.csv").write_text("review,stars\ngood film,5\nbad film,1\nfine film,3\nthe plot,2\n")
+    (d / "two_columns.csv").write_text("review,summary\ngood film,good\nbad film,bad\nfine,ok\nthe plot,plot\n")
+    (d / "models").mkdir()
+    write_yaml(d / "missing_train.yaml", _config(setup, d / "o17", data={"train": str(d / "nope.csv")}))
+    np.save(d / "x.npy", X)
+    folders = {"T": str(setup["teacher"]), "D": str(d)}
+    rows = [(rid, [_fill(a, folders) for a in argv]) for rid, argv, _, _ in CLI_ROWS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", _ROWS_SCRIPT.format(root=str(REPO))], input=json.dumps(rows),
+                          capture_output=True, text=True, timeout=600, cwd=d, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), folders
+
+
+@pytest.mark.parametrize(("rid", "status", "message"), [(r, s, m) for r, _, s, m in CLI_ROWS],
+                         ids=[r for r, *_ in CLI_ROWS])
+def test_command_line_row(cli_rows, rid, status, message):
+    """One line on stderr, the status, the message naming the argument; no model loaded; no output folder made."""
+    results, folders = cli_rows
+    result = results[rid]
+    lines = result["err"].splitlines()
+    assert result["code"] == status, result["err"]
+    assert len(lines) == 1 and "Traceback" not in result["err"], result["err"]
+    assert lines[0].startswith(_fill(message, folders)), lines[0]
+    assert result["models"] == [], f"a model was loaded before the error: {result['models']}"
+    argv = dict((r, a) for r, a, _, _ in CLI_ROWS)[rid]
+    if "--out" in argv and argv[argv.index("--out") + 1].startswith("{D}/o"):
+        assert not Path(_fill(argv[argv.index("--out") + 1], folders)).exists()
+    if rid == "distill-train-missing":  # its output_dir, o17, named in the YAML
+        assert not (Path(folders["D"]) / "o17").exists()
+
+
+def test_every_command_line_row_is_in_the_docs():
+    table = (REPO / "docs" / "bad-inputs.md").read_text()
+    for rid, *_ in CLI_ROWS:
+        assert f"`{rid}`" in table, rid
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    """``--debug`` (before or after the command) lets the exception through, with its traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for argv in (["--debug", "layers", "./nope_dir"], ["layers", "./nope_dir", "--debug"]):
+        done = subprocess.run([sys.executable, "-m", "repgeo", *argv], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path, env=env)
+        assert done.returncode == 1
+        assert "Traceback (most recent call last)" in done.stderr
+        assert "CommandError: model './nope_dir': no such local folder" in done.stderr
+
+
+def test_a_value_error_during_training_is_one_line_and_a_traceback_with_debug(setup, tmp_path, capsys):
+    """A real run whose student's hidden states are all zero (its LayerNorms zeroed): the feature loss refuses the
+    first batch inside ``Trainer.train``; the command says so in one line with status 2 (a traceback with
+    --debug)."""
+    from transformers import AutoModelForSequenceClassification
+
+    student = AutoModelForSequenceClassification.from_pretrained(setup["teacher"])
+    with torch.no_grad():
+        for layer in student.base_model.encoder.layer:
+            layer.output.LayerNorm.weight.zero_()
+            layer.output.LayerNorm.bias.zero_()
+    folder = tmp_path / "student"
+    student.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(setup["teacher"]).save_pretrained(folder)
+    data = _config(setup, tmp_path / "run", student={"keep_every": None, "path": str(folder)},
+                   loss={"metric": "procrustes"}, trainer={"max_steps": 2, "eval_strategy": "no",
+                                                           "save_strategy": "no"})
+    path = write_yaml(tmp_path / "run.yaml", data)
+    capsys.readouterr()
+    code, err = run_cli(["distill", "--config", str(path), "-q"], capsys)
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("repgeo distill: Y is zero after preprocessing (constant columns are zero once "
+                               "centred)")
+    with pytest.raises(ValueError, match="zero after preprocessing"):
+        main(["distill", "--config", str(path), "-q", "--debug", "output_dir=" + str(tmp_path / "run2")])
+
+
+def test_an_audit_that_fails_after_loading_the_models_leaves_no_folder(setup, tmp_path, capsys):
+    """A module-name typo is only found in the model itself: the run fails after ``--out`` was created and locked,
+    in one line, and removes the empty folder (and the parents it created)."""
+    data = tmp_path / "texts.txt"
+    data.write_text("the film\nthe plot\nthe actor\nthe scene\n")
+    out = tmp_path / "new" / "out"
+    code, err = run_cli(["audit", "--teacher", str(setup["teacher"]), "--student", str(setup["teacher"]), "--data",
+                         str(data), "--teacher-layers", "encoder.layers.0", "--out", str(out), "-q"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("repgeo audit: module name 'encoder.layers.0' matches no module of BertModel")
+    assert not (tmp_path / "new").exists()

