@@ -321,10 +321,10 @@ def test_errors_are_one_line_and_unexpected_ones_point_at_debug(capsys):
 
 
 def test_fetch_assets_shows_a_bar_over_the_assets_unless_quiet(monkeypatch, capsys):
-    from repgeo import assets
+    from repgeo.assets import registry
 
     fetched = []
-    monkeypatch.setattr(assets, "fetch", lambda name, download=False: fetched.append(name) or Path("/x") / name)
+    monkeypatch.setattr(registry, "fetch", lambda name, **_: fetched.append(name) or Path("/x") / name)
     assert main(["fetch-assets", "trec", "banking77"]) == 0
     err = capsys.readouterr().err
     assert "fetch-assets: 100%" in err and "2/2" in err and fetched == ["trec", "banking77"]
