@@ -130,6 +130,32 @@ def test_teacher_cache_skips_the_teacher_and_matches(cls_setup, tmp_path):
     assert moved > 10
 
 
+def test_each_input_is_hashed_once_per_run(cls_setup, tmp_path, monkeypatch):
+    """The teacher's files and the training data are read for their sha256 once per run (not once for
+    ``inputs.json``, again for the teacher cache's key and a third time for the resume check), and the hash
+    recorded in ``inputs.json`` is the one the teacher cache is keyed by."""
+    from collections import Counter
+
+    from repgeo import _files
+    from repgeo.distill import TeacherCache, run_distillation
+
+    real, seen = _files.sha256_file, []
+    monkeypatch.setattr(_files, "sha256_file", lambda path: seen.append(Path(path).resolve()) or real(path))
+    teacher, data = Path(cls_setup["teacher"]).resolve(), Path(cls_setup["train"]).resolve()
+    expected = Counter([*(f.resolve() for f in teacher.rglob("*") if f.is_file()), data])
+    out = tmp_path / "run"
+    cfg = config_from_dict(_config(cls_setup, out, cache={"enabled": True}, loss={"metric": "cka"},
+                                   trainer={"max_steps": 2, "save_steps": 2, "eval_strategy": "no"}))
+    for resume in (False, True):
+        seen.clear()
+        run_distillation(cfg, resume=resume, verbose=False)
+        assert Counter(p for p in seen if p == data or teacher in p.parents) == expected, resume
+    recorded = json.loads((out / "inputs.json").read_text())
+    cache = TeacherCache.load(out / "teacher_cache.pt")
+    assert recorded["teacher.path"] == cache.meta["teacher_sha256"] == _files.content_sha256(teacher)
+    assert recorded["data.train"] == cache.meta["data_sha256"] == _files.content_sha256(data)
+
+
 _DRIVER = textwrap.dedent("""
     import os, signal, sys
     import transformers
