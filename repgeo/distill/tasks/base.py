@@ -168,6 +168,10 @@ class Task:
         """Token mask for the feature loss (None: every unpadded token)."""
         return None
 
+    def kd_counts(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        """How many of the :meth:`kd_logits` rows of ``batch`` belong to each example (one by default)."""
+        return [1] * int(batch["input_ids"].shape[0])
+
     @classmethod
     def model_class(cls) -> Any:
         """The ``transformers`` auto class (``from_pretrained``) of this task's models."""

@@ -68,6 +68,10 @@ class InstructionTask(Task):
         target = batch["labels"][:, 1:] != IGNORE
         return logits[:, :-1][target]
 
+    def kd_counts(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        """Response tokens per example: the positions :meth:`kd_logits` keeps."""
+        return (batch["labels"][:, 1:] != IGNORE).sum(1).tolist()
+
     def feature_mask(self, batch: dict[str, torch.Tensor], which: str) -> torch.Tensor | None:
         return batch["labels"] != IGNORE if which == "response" else None
 
