@@ -104,9 +104,10 @@ def test_geometry_probe_takes_evaluation_texts_first_until_it_has_enough_token_r
     assert len(short.ids) == 170 and short.splits == ["dev", "test", "train"]
 
 
-def test_geometry_probe_reads_a_student_equal_to_its_teacher_as_identical(tmp_path):
+def test_geometry_probe_reads_a_student_equal_to_its_teacher_as_identical():
     """Real tiny models, token rows grouped by text: the teacher against itself is at distance 0, CKA 1, and its
-    layer is predicted on held-out texts; an independently initialised student is far from it. Widths and row count are reported."""
+    layer is predicted on held-out texts; an independently initialised student is far from it. Widths and row
+    count are reported."""
     from repgeo.distill.toy import tiny_model
 
     rng = np.random.default_rng(0)

@@ -31,6 +31,9 @@ class RunSpec:
 
 
 def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Path) -> dict[str, Any]:
+    """The ``repgeo distill`` configuration (a dict) of run ``spec``."""
+    from repgeo.recipes.student import short_run_trainer
+
     r = p.regime
     metric = spec.method.split("+", 1)[1] if "+" in spec.method else None
     data: dict[str, Any] = {"train": str(p.files["train"]), "eval": str(p.files["dev"]), "max_length": r.max_length}
@@ -44,11 +47,8 @@ def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Pat
                  "alpha_schedule": spec.schedule, "w_task": 1.0,
                  "w_kd": 0.0 if spec.method == "ft" else 1.0, "temperature": preset.temperature,
                  "pooling": spec.pooling, "layer_map": "uniform"},
-        "trainer": {"max_steps": r.student_steps, "learning_rate": preset.lr,
-                    "per_device_train_batch_size": r.batch or preset.batch, "per_device_eval_batch_size": 64,
-                    "warmup_steps": max(1, r.student_steps // 10), "weight_decay": 0.01,
-                    "logging_steps": max(1, r.student_steps // 5), "save_strategy": "no", "disable_tqdm": True,
-                    "dataloader_pin_memory": False, "report_to": "none", "train_sampling_strategy": "group_by_length"},
+        "trainer": short_run_trainer(r.student_steps, preset.lr, r.batch or preset.batch,
+                                     logging_steps=max(1, r.student_steps // 5)),
         "geometry": {"enabled": False},  # measured once at the end by the regime's probe (.geometry)
         "cache": {"enabled": spec.method != "ft", "path": str(cache)},
     }

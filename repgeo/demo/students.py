@@ -22,7 +22,7 @@ import transformers
 from transformers.trainer_callback import TrainerCallback
 
 from repgeo.recipes.classifier import encode, label_ids, linear_probe_init, predict
-from repgeo.recipes.student import distill_student
+from repgeo.recipes.student import distill_student, short_run_trainer
 
 from .settings import FEATURE_METHODS
 
@@ -109,12 +109,8 @@ def run_config(settings: Any, method: str, *, teacher_path: Path, student_path: 
                  "alpha_relative": True,
                  "w_task": 1.0, "w_kd": 1.0, "temperature": settings.temperature, "pooling": settings.pooling,
                  "layer_map": "uniform"},
-        "trainer": {"max_steps": settings.student_steps, "learning_rate": settings.student_lr,
-                    "per_device_train_batch_size": settings.student_batch, "per_device_eval_batch_size": 64,
-                    "warmup_steps": max(1, settings.student_steps // 10), "weight_decay": 0.01,
-                    "logging_steps": max(1, min(10, settings.student_steps // 10)), "save_strategy": "no",
-                    "disable_tqdm": True, "dataloader_pin_memory": False, "report_to": "none",
-                    "train_sampling_strategy": "group_by_length"},
+        "trainer": short_run_trainer(settings.student_steps, settings.student_lr, settings.student_batch,
+                                     logging_steps=max(1, min(10, settings.student_steps // 10))),
         "geometry": {"enabled": True, "metrics": list(settings.audit_metrics), "probe_size": settings.probe_size},
         "cache": {"enabled": True, "path": str(cache_path)},
     }
