@@ -246,6 +246,25 @@ def test_instruction_loss_masks_prompt_tokens(tmp_path, family):
     assert Path(cfg.output_dir).is_dir()
 
 
+def test_instruction_teacher_cache_holds_each_examples_response_logits(tmp_path):
+    """The cache splits the teacher's KD rows by example with the task's own count (response tokens for the
+    instruction task): a batch looked up in another order equals the live teacher's rows for that batch."""
+    setup = make_toy_setup(tmp_path / "setup", "instruction", family="opt", n_train=12, n_eval=4)
+    cfg = config_from_dict(_config(setup, tmp_path / "run", task="instruction", cache={"enabled": True},
+                                   loss={"metric": "cka", "pooling": "mean", "feature_tokens": "response"},
+                                   trainer={"max_steps": 1, "eval_strategy": "no", "save_strategy": "no"}))
+    trainer, _ = build_trainer(cfg, verbose=False)
+    batch = trainer.task.collate([trainer.train_dataset[i] for i in (5, 0, 9, 2)])
+    counts = trainer.task.kd_counts(batch)
+    assert counts == [sum(1 for x in trainer.train_dataset[i]["labels"][1:] if x != -100) for i in (5, 0, 9, 2)]
+    logits, _ = trainer.teacher_cache.lookup(batch["example_index"])
+    with torch.no_grad():
+        out = trainer.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    live = trainer.task.kd_logits(out.logits, batch)
+    assert logits.shape == live.shape and sum(counts) == live.shape[0]
+    assert torch.allclose(logits, live.float(), atol=1e-5)
+
+
 _FORK_DRIVER = textwrap.dedent("""
     import json, os, signal, sys, traceback
     import torch, transformers
