@@ -125,6 +125,18 @@ def test_geometry_probe_reads_a_student_equal_to_its_teacher_as_identical():
     assert unrelated["proj_mse_heldout/s2_t2"] > 0.2
 
 
+def test_the_stored_results_render_to_the_stored_report():
+    """``--report`` keeps the results format: the committed JSON renders to the committed markdown, byte for byte."""
+    from pathlib import Path
+
+    from benchmarks.quality_study.report import markdown
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    res = json.loads((results / "distill_quality.json").read_text())
+    assert markdown(res, "python benchmarks/distill_quality.py --preset cpu") == (
+        results / "distill_quality.md").read_text()
+
+
 def _assets_ready() -> bool:
     from repgeo import assets
 

@@ -63,9 +63,11 @@ def markdown(res: dict[str, Any], command: str) -> str:
 def _cost_and_geometry(res: dict[str, Any], regimes: list[str]) -> list[str]:
     """Per regime: seconds per step and the final geometry at the last mapped pair, with the probe it was measured
     on (rows, texts, widths: results written before the bias-aware probe have no such line)."""
+    probed = any(res["summary"][g].get("geometry_probe") for g in regimes)
+    how = ("(mean over seeds; bias-aware estimators on token rows grouped by text, "
+           "`benchmarks/quality_study/geometry.py`)" if probed else "on the dev probe set (mean over seeds)")
     lines = ["", "Cost (median seconds per training step, teacher cached) and final geometry between the last mapped "
-             "layers (mean over seeds; bias-aware estimators on token rows grouped by text, "
-             "`benchmarks/quality_study/geometry.py`):", ""]
+             f"layers {how}:", ""]
     for g in regimes:
         if " · " in g:  # a score view of a causal regime: same runs, same cost and geometry
             continue
