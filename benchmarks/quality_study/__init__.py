@@ -35,6 +35,8 @@ Protocol (one *regime* = one task + one student + a training length):
    non-geometric method of the regime (by mean test score), and with projection-MSE and CKA: mean difference
    with a 95 % t-interval, paired t-test and Wilcoxon signed-rank p-values, Cohen's d_z.
 6. Ablations on the first regime: token-level instead of pooled features, and a linearly decaying α.
+7. Final geometry of every run between mapped teacher and student layers: the audit's bias-aware estimators on
+   at least ``max(4 × width, 1000)`` token rows grouped by text, with rows and widths reported (:mod:`.geometry`).
 
 Every finished run is appended to ``<work>/runs.jsonl`` (keyed by its settings), so an interrupted study resumes
 where it stopped, with the teacher its recorded runs used (pinned in ``<work>/<regime>/teacher.json``).
