@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     from repgeo.demo.data import load_data, split
     from repgeo.demo.settings import settings_for
     from repgeo.demo.students import init_student, run_student, silence_transformers
-    from repgeo.demo.teacher import encode, label_ids, paired_difference, predict, prepare_teacher
+    from repgeo.demo.teacher import prepare_teacher
+    from repgeo.recipes.classifier import encode, label_ids, predict
+    from repgeo.recipes.scoring import paired_difference
 
     silence_transformers()
     frame = rotten_tomatoes()

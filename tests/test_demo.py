@@ -197,7 +197,7 @@ def test_fast_demo_compares_every_student_with_its_initialisation(fast_run):
 def test_paired_difference_matches_the_count_formula_and_a_paired_t_test():
     from scipy import stats
 
-    from repgeo.demo.teacher import paired_difference
+    from repgeo.recipes.scoring import paired_difference
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 500)

@@ -130,6 +130,32 @@ def test_teacher_cache_skips_the_teacher_and_matches(cls_setup, tmp_path):
     assert moved > 10
 
 
+def test_each_input_is_hashed_once_per_run(cls_setup, tmp_path, monkeypatch):
+    """The teacher's files and the training data are read for their sha256 once per run (not once for
+    ``inputs.json``, again for the teacher cache's key and a third time for the resume check), and the hash
+    recorded in ``inputs.json`` is the one the teacher cache is keyed by."""
+    from collections import Counter
+
+    from repgeo import _files
+    from repgeo.distill import TeacherCache, run_distillation
+
+    real, seen = _files.sha256_file, []
+    monkeypatch.setattr(_files, "sha256_file", lambda path: seen.append(Path(path).resolve()) or real(path))
+    teacher, data = Path(cls_setup["teacher"]).resolve(), Path(cls_setup["train"]).resolve()
+    expected = Counter([*(f.resolve() for f in teacher.rglob("*") if f.is_file()), data])
+    out = tmp_path / "run"
+    cfg = config_from_dict(_config(cls_setup, out, cache={"enabled": True}, loss={"metric": "cka"},
+                                   trainer={"max_steps": 2, "save_steps": 2, "eval_strategy": "no"}))
+    for resume in (False, True):
+        seen.clear()
+        run_distillation(cfg, resume=resume, verbose=False)
+        assert Counter(p for p in seen if p == data or teacher in p.parents) == expected, resume
+    recorded = json.loads((out / "inputs.json").read_text())
+    cache = TeacherCache.load(out / "teacher_cache.pt")
+    assert recorded["teacher.path"] == cache.meta["teacher_sha256"] == _files.content_sha256(teacher)
+    assert recorded["data.train"] == cache.meta["data_sha256"] == _files.content_sha256(data)
+
+
 _DRIVER = textwrap.dedent("""
     import os, signal, sys
     import transformers
@@ -218,6 +244,25 @@ def test_instruction_loss_masks_prompt_tokens(tmp_path, family):
     scores = trainer.evaluate()
     assert 0.0 <= scores["eval_rougeL"] <= 100.0 and "eval_exact_match" in scores
     assert Path(cfg.output_dir).is_dir()
+
+
+def test_instruction_teacher_cache_holds_each_examples_response_logits(tmp_path):
+    """The cache splits the teacher's KD rows by example with the task's own count (response tokens for the
+    instruction task): a batch looked up in another order equals the live teacher's rows for that batch."""
+    setup = make_toy_setup(tmp_path / "setup", "instruction", family="opt", n_train=12, n_eval=4)
+    cfg = config_from_dict(_config(setup, tmp_path / "run", task="instruction", cache={"enabled": True},
+                                   loss={"metric": "cka", "pooling": "mean", "feature_tokens": "response"},
+                                   trainer={"max_steps": 1, "eval_strategy": "no", "save_strategy": "no"}))
+    trainer, _ = build_trainer(cfg, verbose=False)
+    batch = trainer.task.collate([trainer.train_dataset[i] for i in (5, 0, 9, 2)])
+    counts = trainer.task.kd_counts(batch)
+    assert counts == [sum(1 for x in trainer.train_dataset[i]["labels"][1:] if x != -100) for i in (5, 0, 9, 2)]
+    logits, _ = trainer.teacher_cache.lookup(batch["example_index"])
+    with torch.no_grad():
+        out = trainer.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    live = trainer.task.kd_logits(out.logits, batch)
+    assert logits.shape == live.shape and sum(counts) == live.shape[0]
+    assert torch.allclose(logits, live.float(), atol=1e-5)
 
 
 _FORK_DRIVER = textwrap.dedent("""

@@ -17,10 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from repgeo.recipes.classifier import encode, label_ids, predict
+from repgeo.recipes.scoring import paired_difference
+
 from .data import DemoData, load_data
 from .settings import DemoSettings
 from .students import StudentRun, init_student, run_student, silence_transformers
-from .teacher import TeacherResult, encode, label_ids, paired_difference, predict, prepare_teacher
+from .teacher import TeacherResult, prepare_teacher
 
 
 @dataclass

@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from .teacher import accuracy_se, label_ids, paired_difference
+from repgeo.recipes.classifier import label_ids
+from repgeo.recipes.scoring import accuracy_se, paired_difference
 
 TABLE_METRICS = ("procrustes", "cka", "fg", "proj_mse")
 

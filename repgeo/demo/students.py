@@ -1,5 +1,5 @@
 """The demo's students: one distillation run per method on the same data, split, seed and student
-initialisation, through :func:`repgeo.distill.build_trainer` (the ``repgeo distill`` engine).
+initialisation, through :func:`repgeo.recipes.student.distill_student` (the ``repgeo distill`` engine).
 
 Methods: ``kd`` (task cross-entropy + logit KD, no feature loss) and ``proj_mse``, ``cka``, ``procrustes``,
 ``fg`` (the same + ``alpha_eff`` × feature loss on mean-pooled mapped layers). Equal α is not equal weight
@@ -11,7 +11,6 @@ once (the runner's teacher cache) and shared by every run.
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import transformers
-from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+from transformers.trainer_callback import TrainerCallback
+
+from repgeo.recipes.classifier import encode, label_ids, linear_probe_init, predict
+from repgeo.recipes.student import distill_student, short_run_trainer
 
 from .settings import FEATURE_METHODS
-from .teacher import label_ids, predict
 
 
 @dataclass
@@ -108,12 +109,8 @@ def run_config(settings: Any, method: str, *, teacher_path: Path, student_path: 
                  "alpha_relative": True,
                  "w_task": 1.0, "w_kd": 1.0, "temperature": settings.temperature, "pooling": settings.pooling,
                  "layer_map": "uniform"},
-        "trainer": {"max_steps": settings.student_steps, "learning_rate": settings.student_lr,
-                    "per_device_train_batch_size": settings.student_batch, "per_device_eval_batch_size": 64,
-                    "warmup_steps": max(1, settings.student_steps // 10), "weight_decay": 0.01,
-                    "logging_steps": max(1, min(10, settings.student_steps // 10)), "save_strategy": "no",
-                    "disable_tqdm": True, "dataloader_pin_memory": False, "report_to": "none",
-                    "train_sampling_strategy": "group_by_length"},
+        "trainer": short_run_trainer(settings.student_steps, settings.student_lr, settings.student_batch,
+                                     logging_steps=max(1, min(10, settings.student_steps // 10))),
         "geometry": {"enabled": True, "metrics": list(settings.audit_metrics), "probe_size": settings.probe_size},
         "cache": {"enabled": True, "path": str(cache_path)},
     }
@@ -138,9 +135,8 @@ def run_student(settings: Any, method: str, *, narrow: bool, teacher_path: Path,
                 train_path: Path, test_path: Path,
                 labels: list[Any], test_ids: list[list[int]], test_labels: Any, runs_dir: Path, cache_dir: Path,
                 progress: bool = True, log: Any = print) -> StudentRun:
-    """Distil one student with ``method``; evaluate it on the test set; return it with its histories."""
-    from repgeo.distill import build_trainer, config_from_dict, save_config
-
+    """Distil one student with ``method`` (:func:`repgeo.recipes.student.distill_student`); evaluate it on the
+    test set; return it with its histories."""
     t0 = time.perf_counter()
     suffix = "narrow" if narrow else "wide"
     name = f"{method} (narrow)" if narrow else method
@@ -151,35 +147,19 @@ def run_student(settings: Any, method: str, *, narrow: bool, teacher_path: Path,
         derive_kd_cache(cache_dir / "teacher_features.pt", cache_path)
     if feature and not cache_path.is_file():
         log("teacher cache: running the teacher once over the training set (logits + mapped-layer features)")
-    cfg = config_from_dict(run_config(settings, method, teacher_path=teacher_path, student_path=student_path,
-                                      train_path=train_path, test_path=test_path, labels=labels, out_dir=out,
-                                      cache_path=cache_path))
+    config = run_config(settings, method, teacher_path=teacher_path, student_path=student_path,
+                        train_path=train_path, test_path=test_path, labels=labels, out_dir=out, cache_path=cache_path)
     geo = _GeometryEvery(settings.geometry_every)
-    bar = _Progress(f"student {name}", progress)
-    trainer, layer_map = build_trainer(cfg, callbacks=[geo, bar], verbose=False)
-    for cb in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(cb)
-    geo.trainer = trainer
-    save_config(cfg, out / "config.yaml")
-    alpha_eff, l0 = 0.0, float("nan")
-    if trainer.feature_loss is not None:  # calibrated by the runner (loss.alpha_relative)
-        alpha_eff, l0 = trainer.alpha_info["alpha_eff"], trainer.alpha_info["feature_loss_init"]
-    trainer.train()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    pad_id = trainer.processing_class.pad_token_id
-    pred = predict(model, test_ids, pad_id, batch_size=64)
+    done = distill_student(config, callbacks=[geo, _Progress(f"student {name}", progress)],
+                           on_built=lambda trainer: setattr(geo, "trainer", trainer))
+    geo.trainer = None
+    pred = predict(done.model, test_ids, done.tokenizer.pad_token_id, batch_size=64)
     acc = float((pred == label_ids(test_labels, labels)).mean())
-    geometry = pd.DataFrame(trainer.geometry.history) if trainer.geometry is not None else None
-    if trainer.geometry is not None:
-        trainer.geometry.write(out)
-    history = list(trainer.state.log_history)
-    model.eval()
-    run = StudentRun(name, method, suffix, model, acc, pred, dict(layer_map), 0.0, alpha_eff, l0, history,
-                     geometry, out)
-    del trainer
-    gc.collect()
-    run.seconds = time.perf_counter() - t0
-    return run
+    geometry = pd.DataFrame(done.geometry.history) if done.geometry is not None else None
+    if done.geometry is not None:
+        done.geometry.write(out)
+    return StudentRun(name, method, suffix, done.model, acc, pred, done.layer_map, time.perf_counter() - t0,
+                      done.alpha_eff, done.feature_loss_init, done.history, geometry, out)
 
 
 def init_student(teacher: Any, data: Any, settings: Any, folder: Path, *, narrow: bool = False) -> tuple[Any, Path]:
@@ -188,8 +168,6 @@ def init_student(teacher: Any, data: Any, settings: Any, folder: Path, *, narrow
     re-fitted by a linear probe on its own features (the teacher's head reads another layer), so every method
     starts from the same, sensible student."""
     from repgeo.distill import derive_student
-
-    from .teacher import encode, linear_probe_init
 
     model = derive_student(teacher.model, keep_every=settings.keep_every,
                            hidden_size=settings.narrow_width if narrow else None, seed=settings.seed)

@@ -61,7 +61,7 @@ class TeacherCache:
             b = batch["input_ids"].shape[0]
             if with_logits:
                 rows = task.kd_logits(out.logits, batch).float().cpu()
-                for i, r in zip(rows_idx, rows.split(_kd_counts(task, batch, b)), strict=True):
+                for i, r in zip(rows_idx, rows.split(task.kd_counts(batch)), strict=True):
                     logits[i] = r
             if feature_loss is not None:
                 tmask = task.feature_mask(batch, feature_tokens)
@@ -127,8 +127,3 @@ class TeacherCache:
 def _record_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
-
-def _kd_counts(task: Any, batch: dict[str, torch.Tensor], b: int) -> list[int]:
-    if task.name == "instruction":
-        return (batch["labels"][:, 1:] != -100).sum(1).tolist()
-    return [1] * b

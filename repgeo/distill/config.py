@@ -1,28 +1,6 @@
-"""Run configuration: one YAML file validated into dataclasses, with ``section.key=value`` overrides.
-
-Example (every section but ``task``, ``output_dir``, ``teacher.path`` and ``data.train`` is optional)::
-
-    task: classification            # or: instruction
-    output_dir: runs/bert-procrustes
-    seed: 0
-    teacher: {path: models/bert-teacher}
-    student: {keep_every: 2}        # or {path: models/student}, or {num_layers: 2, hidden_size: 192}
-    data: {train: data/train.csv, eval: data/dev.csv, text_field: text, label_field: label, max_length: 128}
-    loss:
-      metric: procrustes            # any name in repgeo.metrics.available()
-      alpha: 1.0                    # weight of the feature loss
-      alpha_relative: false         # true: alpha / (feature loss at initialisation), so every loss starts at alpha
-      alpha_schedule: constant      # constant | linear (decays to 0) | cosine
-      w_task: 1.0
-      w_kd: 1.0
-      temperature: 2.0
-      pooling: mean                 # cls | mean | last | tokens
-      layer_map: uniform            # uniform | last | skip | {student_layer: teacher_layer}
-    trainer:                        # any transformers.TrainingArguments field
-      learning_rate: 5.0e-5
-      max_steps: 200
-    geometry: {metrics: [procrustes, cka, fg], probe_size: 64}
-    cache: {enabled: true}
+"""Run configuration loader: YAML (or a dict) and ``section.key=value`` overrides, type-checked and validated into
+the dataclasses of :mod:`repgeo.distill.schema` (see its docstring for an example file); and the Trainer's
+``TrainingArguments`` built from a configuration.
 
 Errors raise :class:`ConfigError` naming the key (``loss.temperature: must be > 0, got -1``).
 """
@@ -34,103 +12,33 @@ import difflib
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-TASKS = ("classification", "instruction")
-RESERVED_TRAINER_KEYS = ("output_dir", "remove_unused_columns")
+from .schema import (
+    RESERVED_TRAINER_KEYS,
+    TASKS,
+    TRAINER_RANGES,
+    CacheConfig,
+    ConfigError,
+    DataConfig,
+    GenerationConfig,
+    GeometryConfig,
+    LossConfig,
+    RunConfig,
+    StudentConfig,
+    TeacherConfig,
+    runner_trainer_defaults,
+)
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the dotted key."""
-
-
-@dataclass
-class TeacherConfig:
-    path: str
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
-
-
-@dataclass
-class StudentConfig:
-    path: str | None = None
-    keep_every: int | None = None
-    num_layers: int | None = None
-    hidden_size: int | None = None
-
-
-@dataclass
-class DataConfig:
-    train: str
-    eval: str | None = None
-    text_field: str = "text"
-    label_field: str = "label"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    labels: list[Any] | None = None
-    max_length: int = 128
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-
-
-@dataclass
-class LossConfig:
-    metric: str = "procrustes"
-    alpha: float = 1.0
-    alpha_relative: bool = False  # alpha / (feature loss of the untrained student): see repgeo.distill.alpha
-    alpha_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    w_task: float = 1.0
-    w_kd: float = 1.0
-    temperature: float = 2.0
-    pooling: Literal["cls", "mean", "last", "tokens"] = "mean"
-    layer_map: str | dict[Any, Any] = "uniform"
-    layer_weights: list[float] | dict[Any, float] | None = None
-    center: bool = True
-    normalize: Literal["frobenius", "rows"] | None = "frobenius"
-    projector: Literal["learned", "closed_form"] = "learned"
-    projector_lr: float | None = None
-    feature_tokens: Literal["all", "response"] = "all"
-
-
-@dataclass
-class GeometryConfig:
-    enabled: bool = True
-    metrics: list[str] = field(default_factory=lambda: ["procrustes", "cka", "fg", "proj_mse"])
-    probe_size: int = 64
-
-
-@dataclass
-class CacheConfig:
-    enabled: bool = False
-    path: str | None = None
-
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 32
-    num_samples: int | None = 64
-
-
-@dataclass
-class RunConfig:
-    task: Literal["classification", "instruction"]
-    output_dir: str
-    teacher: TeacherConfig
-    data: DataConfig
-    seed: int = 0
-    student: StudentConfig = field(default_factory=StudentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    trainer: dict[str, Any] = field(default_factory=dict)
-    geometry: GeometryConfig = field(default_factory=GeometryConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+__all__ = [
+    "RESERVED_TRAINER_KEYS", "TASKS", "TRAINER_RANGES", "CacheConfig", "ConfigError", "DataConfig",
+    "GenerationConfig", "GeometryConfig", "LossConfig", "RunConfig", "StudentConfig", "TeacherConfig",
+    "config_from_dict", "load_config", "parse_overrides", "parse_saved", "save_config", "trainer_keywords",
+    "training_arguments",
+]
 
 # --------------------------------------------------------------------------- type checking
 
@@ -269,29 +177,6 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.max_length: must be >= 2, got {cfg.data.max_length}")
     _validate_trainer(cfg.trainer)
 
-
-#: Ranges of the numeric ``trainer:`` keys (checked with the key's ``TrainingArguments`` type before any work).
-TRAINER_RANGES: dict[str, tuple[Any, str]] = {
-    "learning_rate": (lambda v: v > 0, "> 0"),
-    "num_train_epochs": (lambda v: v > 0, "> 0"),
-    "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
-    "per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
-    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
-    "eval_accumulation_steps": (lambda v: v >= 1, ">= 1"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "max_grad_norm": (lambda v: v >= 0, ">= 0"),
-    "warmup_steps": (lambda v: v >= 0, ">= 0"),
-    "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "adam_epsilon": (lambda v: v > 0, "> 0"),
-    "logging_steps": (lambda v: v > 0, "> 0"),
-    "save_steps": (lambda v: v > 0, "> 0"),
-    "eval_steps": (lambda v: v > 0, "> 0"),
-    "save_total_limit": (lambda v: v >= 0, ">= 0"),
-    "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
-    "seed": (lambda v: v >= 0, ">= 0"),
-}
 
 
 def _choices(tp: Any) -> list[str]:
@@ -460,74 +345,31 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-# --------------------------------------------------------------------------- resuming
+def parse_saved(data: dict[str, Any]) -> RunConfig:
+    """A configuration as saved in a run folder's ``config.yaml``, type-checked but not re-validated (the metric
+    names, ranges and trainer keys it was run with are not checked again)."""
+    return _build(RunConfig, _fix_floats(data or {}), "")
 
 
-#: Sections and keys that may differ between a run and its ``--resume``: where files go, what is logged, saved
-#: or evaluated, and the teacher cache (same teacher outputs up to float rounding). Everything else changes the
-#: trained weights and is refused.
-RESUME_SAFE_KEYS = ("output_dir", "data.eval", "data.max_eval_samples", "geometry", "generation", "cache")
-RESUME_SAFE_TRAINER_KEYS = frozenset({
-    "logging_dir", "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
-    "log_level", "log_level_replica", "log_on_each_node", "report_to", "run_name", "project", "trackio_space_id",
-    "disable_tqdm", "save_strategy", "save_steps", "save_total_limit", "save_safetensors", "save_on_each_node",
-    "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "per_device_eval_batch_size",
-    "eval_accumulation_steps", "eval_do_concat_batches", "prediction_loss_only", "include_for_metrics",
-    "batch_eval_metrics", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "skip_memory_metrics", "include_num_input_tokens_seen", "push_to_hub",
-    "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
-    "overwrite_output_dir",
-})
-_PATH_KEYS = ("teacher.path", "student.path", "data.train")
+# --------------------------------------------------------------------------- TrainingArguments
 
 
-def _trainer_defaults(seed: Any) -> dict[str, Any]:
+def trainer_keywords(cfg: RunConfig, *, evaluate: bool) -> dict[str, Any]:
+    """The ``TrainingArguments`` keywords of a run: :func:`~repgeo.distill.schema.runner_trainer_defaults`, then
+    the ``trainer:`` block, then what the runner owns (``output_dir``, ``remove_unused_columns=False``, and
+    ``eval_strategy="no"`` when there is nothing to ``evaluate``)."""
+    out = {**runner_trainer_defaults(cfg.seed), **cfg.trainer}
+    if not evaluate:
+        out["eval_strategy"] = "no"
+    return {**out, "output_dir": str(cfg.output_dir), "remove_unused_columns": False}
+
+
+def training_arguments(cfg: RunConfig, *, evaluate: bool) -> Any:
+    """``transformers.TrainingArguments`` of a run (:func:`trainer_keywords`); a value the Trainer refuses raises
+    :class:`ConfigError` (``trainer: ...``)."""
     import transformers
 
-    out = {f.name: f.default for f in dataclasses.fields(transformers.TrainingArguments)
-           if f.init and f.default is not dataclasses.MISSING}
-    out.update({"report_to": "none", "seed": seed, "save_strategy": "steps"})  # as build_trainer sets them
-    return out
-
-
-def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    else:
-        out[prefix] = value
-    return out
-
-
-def _resume_safe(key: str) -> bool:
-    if key.startswith("trainer."):
-        return key.split(".")[1] in RESUME_SAFE_TRAINER_KEYS
-    return any(key == k or key.startswith(k + ".") for k in RESUME_SAFE_KEYS)
-
-
-def resume_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (saved value, current value)}`` for the keys that differ between ``saved`` (the run folder's
-    ``config.yaml``) and ``cfg`` and that change the trained weights (every key but :data:`RESUME_SAFE_KEYS` and
-    :data:`RESUME_SAFE_TRAINER_KEYS`). Trainer keys left unset count as their ``TrainingArguments`` default and
-    paths are compared resolved, so spelling a value differently is not a change."""
     try:
-        old_cfg: Any = _build(RunConfig, _fix_floats(saved or {}), "").to_dict()
-    except ConfigError:  # written by another repgeo version: compare what is there
-        old_cfg = saved or {}
-    both = [yaml.safe_load(yaml.safe_dump(d, sort_keys=False)) for d in (old_cfg, cfg.to_dict())]
-    flat = []
-    for d in both:
-        trainer = {**_trainer_defaults(d.get("seed", 0)), **(d.get("trainer") or {})}
-        flat.append(_flatten({**d, "trainer": trainer}, "", {}))
-    old, new = flat
-    changes = {}
-    for key in dict.fromkeys([*old, *new]):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
-        if key in _PATH_KEYS and isinstance(a, str) and isinstance(b, str):
-            same = Path(a).resolve() == Path(b).resolve()
-        else:
-            same = a == b
-        if not same and not _resume_safe(key):
-            changes[key] = (a, b)
-    return changes
-
+        return transformers.TrainingArguments(**trainer_keywords(cfg, evaluate=evaluate))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None

@@ -119,6 +119,7 @@ class DistillationTrainer(transformers.Trainer):
             raise ValueError(f"temperature must be > 0; got {temperature}")
         kwargs.setdefault("data_collator", task.collate)
         kwargs.setdefault("processing_class", task.tokenizer)
+        kwargs.setdefault("compute_metrics", task.compute_metrics)
         super().__init__(model=model, **kwargs)
         self.teacher = teacher
         self.task = task
@@ -221,7 +222,7 @@ class DistillationTrainer(transformers.Trainer):
         return total
 
     def prediction_step(self, model: Any, inputs: Any, prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
-        if self.task.name == "instruction":  # scored by generation, not by stored logits
+        if self.task.scored_by_generation:  # not by stored logits
             prediction_loss_only = True
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
@@ -249,14 +250,11 @@ class DistillationTrainer(transformers.Trainer):
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         self._check_feature_inputs()
         extra = self._eval_terms.pop(prefix=f"{metric_key_prefix}_")
-        if self.task.name == "instruction" and self.generation.get("max_new_tokens", 0) > 0:
-            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-            scores = self.task.generate_scores(
-                self.accelerator.unwrap_model(self.model), dataset,
-                max_new_tokens=self.generation["max_new_tokens"], num_samples=self.generation.get("num_samples"),
-                batch_size=self.args.per_device_eval_batch_size,
-            )
-            extra.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
+        scores = self.task.eval_scores(
+            self.accelerator.unwrap_model(self.model), eval_dataset if eval_dataset is not None else self.eval_dataset,
+            generation=self.generation, batch_size=self.args.per_device_eval_batch_size,
+        )
+        extra.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
         if self.geometry is not None:
             extra.update(self.geometry.measure(self.teacher, self.accelerator.unwrap_model(self.model),
                                                step=self.state.global_step))

@@ -1,5 +1,9 @@
 """Tasks: how records are read, tokenised, batched, which logits the KD term compares, and how runs are scored.
 
+A :class:`Task` object carries everything that differs between tasks -- its models' ``transformers`` class, the
+teacher check, the student's label names, the Trainer's metric function, evaluation by generation -- so the
+runner and the trainer ask the object and never compare task names.
+
 * ``classification`` — sequence classification (BERT family): CSV or JSONL with a text and a label column;
   accuracy, F1 (binary, or macro for more classes) and Matthews correlation.
 * ``instruction`` — instruction following (OPT / Llama causal LMs): JSONL with prompt and response; the task and

@@ -89,9 +89,20 @@ def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch
 
 
 class Task:
-    """Interface of a task (see the package docstring)."""
+    """Interface of a task (see the package docstring): what the runner and the trainer ask of it instead of
+    comparing task names.
+
+    ``model_class_name``: the ``transformers`` auto class its teacher and student load with; ``labels``: the class
+    labels (None when the task has none); ``compute_metrics``: the Trainer's metric function over stored
+    predictions (None: nothing is scored from logits); ``scored_by_generation``: evaluation keeps no logits, the
+    task scores generated text instead (:meth:`eval_scores`).
+    """
 
     name: ClassVar[str] = ""
+    model_class_name: ClassVar[str] = ""
+    scored_by_generation: ClassVar[bool] = False
+    compute_metrics: Any = None
+    labels: list[Any] | None = None
 
     def __init__(self, tokenizer: Any, data_cfg: Any) -> None:
         self.tokenizer = tokenizer
@@ -112,3 +123,29 @@ class Task:
     def feature_mask(self, batch: dict[str, torch.Tensor], which: str) -> torch.Tensor | None:
         """Token mask for the feature loss (None: every unpadded token)."""
         return None
+
+    def kd_counts(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        """How many of the :meth:`kd_logits` rows of ``batch`` belong to each example (one by default)."""
+        return [1] * int(batch["input_ids"].shape[0])
+
+    @classmethod
+    def model_class(cls) -> Any:
+        """The ``transformers`` auto class (``from_pretrained``) of this task's models."""
+        import transformers
+
+        return getattr(transformers, cls.model_class_name)
+
+    def student_kwargs(self, teacher: Any) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments of a student loaded from a folder, matched to ``teacher``."""
+        return {}
+
+    def check_teacher(self, teacher: Any, teacher_path: str) -> None:
+        """Raise :class:`~repgeo._files.DataError` when ``teacher`` cannot serve this task's data."""
+
+    def prepare_student(self, student: Any) -> None:
+        """Record in the student's config what the task knows about its outputs (e.g. the label names)."""
+
+    def eval_scores(self, model: Any, dataset: Any, *, generation: dict[str, Any], batch_size: int
+                    ) -> dict[str, float]:
+        """Scores computed at evaluation beside ``compute_metrics`` (none by default)."""
+        return {}

@@ -17,6 +17,7 @@ class ClassificationTask(Task):
     ``data.labels`` order when given)."""
 
     name = "classification"
+    model_class_name = "AutoModelForSequenceClassification"
 
     def __init__(self, tokenizer: Any, data_cfg: Any, labels: list[Any] | None = None) -> None:
         super().__init__(tokenizer, data_cfg)
@@ -70,6 +71,22 @@ class ClassificationTask(Task):
 
     def kd_logits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return logits
+
+    def student_kwargs(self, teacher: Any) -> dict[str, Any]:
+        return {"num_labels": teacher.config.num_labels}
+
+    def check_teacher(self, teacher: Any, teacher_path: str) -> None:
+        """The teacher's head must have one output per label of the data."""
+        if teacher.config.num_labels != self.num_labels:
+            raise DataError(f"data file {self.data_cfg.train!r} has {self.num_labels} labels ({self.labels}) but the "
+                            f"teacher {teacher_path!r} has {teacher.config.num_labels} (config.num_labels); use the "
+                            "data the teacher was trained on, or list its classes in data.labels")
+
+    def prepare_student(self, student: Any) -> None:
+        """The label names in ``id2label`` / ``label2id`` (saved with the student)."""
+        labels = [str(x) for x in self.labels or []]
+        student.config.id2label = dict(enumerate(labels))
+        student.config.label2id = {lab: i for i, lab in enumerate(labels)}
 
     @staticmethod
     def compute_metrics(eval_pred: Any) -> dict[str, float]:

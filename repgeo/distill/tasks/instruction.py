@@ -21,6 +21,8 @@ class InstructionTask(Task):
     """Records ``{prompt_field: str, response_field: str}`` (JSONL)."""
 
     name = "instruction"
+    model_class_name = "AutoModelForCausalLM"
+    scored_by_generation = True
 
     def __init__(self, tokenizer: Any, data_cfg: Any) -> None:
         super().__init__(tokenizer, data_cfg)
@@ -66,8 +68,21 @@ class InstructionTask(Task):
         target = batch["labels"][:, 1:] != IGNORE
         return logits[:, :-1][target]
 
+    def kd_counts(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        """Response tokens per example: the positions :meth:`kd_logits` keeps."""
+        return (batch["labels"][:, 1:] != IGNORE).sum(1).tolist()
+
     def feature_mask(self, batch: dict[str, torch.Tensor], which: str) -> torch.Tensor | None:
         return batch["labels"] != IGNORE if which == "response" else None
+
+    def eval_scores(self, model: Any, dataset: Any, *, generation: dict[str, Any], batch_size: int
+                    ) -> dict[str, float]:
+        """:meth:`generate_scores` with ``generation`` (``max_new_tokens``, ``num_samples``); none when
+        ``max_new_tokens`` is 0."""
+        if generation.get("max_new_tokens", 0) <= 0:
+            return {}
+        return self.generate_scores(model, dataset, max_new_tokens=generation["max_new_tokens"],
+                                    num_samples=generation.get("num_samples"), batch_size=batch_size)
 
     @torch.no_grad()
     def generate_scores(

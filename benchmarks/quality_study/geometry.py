@@ -1,0 +1,116 @@
+"""The final geometry of a run: bias-aware estimators between the mapped teacher and student layers, on enough rows.
+
+Plug-in metrics on a few rows against wide features are biased (at n = 60 rows and 576 features an unrelated pair
+reads as alike; ``benchmarks/results/estimator_bias.md``). So the probe uses **token rows grouped by text**: the
+hidden state of every unpadded token of the probe texts, ``groups`` = the text each row came from, so that the
+cross-fitting folds keep a text's tokens together. Texts are taken in a fixed order -- the evaluation splits
+(dev, test, the held-out task), then training texts only if those hold too few tokens -- until there are at least
+``max(4 × width, 1000)`` rows, ``width`` the widest mapped layer of teacher and student. The same texts serve every
+run of a regime; the teacher's rows are computed once.
+
+Estimators (:mod:`repgeo.metrics.estimators`, the audit's): corrected Procrustes distance
+(``procrustes_corrected``), corrected FG distance (``fg_corrected``), debiased CKA (``cka_debiased``) and the
+held-out projection-MSE (``proj_mse_heldout``: 0 = the student predicts the teacher on unseen texts, ~1 = not at
+all). The cross-fitted two (SVDs per fold: ~20-30 s a pair at 2,300 rows x 576 features on a busy 2-core CPU)
+are measured at the last mapped pair, the one the report shows; the U-statistic two (under a second) at every
+pair. Each run records the values as ``"<estimator>/<pair>"`` and, beside them, the probe: rows, texts, splits and
+the widths of every pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+MIN_ROWS = 1000
+ROWS_PER_WIDTH = 4
+
+
+#: estimator name -> (plug-in metric it corrects, measured at every pair (True) or at the last pair only)
+ESTIMATORS = {"procrustes_corrected": ("procrustes", False), "fg_corrected": ("fg", True),
+              "cka_debiased": ("cka", True), "proj_mse_heldout": ("proj_mse", False)}
+
+
+def _estimators(every_pair_only: bool) -> dict[str, Callable[..., float]]:
+    from repgeo.metrics.estimators import corrected
+
+    return {name: corrected(metric) for name, (metric, cheap) in ESTIMATORS.items() if cheap or not every_pair_only}
+
+
+def required_rows(width: int) -> int:
+    """Rows the probe needs against features of ``width``: ``max(4 × width, 1000)``."""
+    return max(ROWS_PER_WIDTH * width, MIN_ROWS)
+
+
+@dataclass
+class GeometryProbe:
+    """Probe texts (token ids, in order) and the splits they came from; see the module docstring."""
+
+    ids: list[list[int]]
+    pad_id: int
+    splits: list[str]
+    width: int
+    _teacher: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def take(cls, ids_by_split: dict[str, list[list[int]]], order: list[str], pad_id: int, width: int
+             ) -> GeometryProbe:
+        """Texts of the splits in ``order`` until their tokens reach :func:`required_rows` of ``width`` (every text
+        of those splits when they hold fewer)."""
+        need, ids, splits = required_rows(width), [], []
+        for split in order:
+            for seq in ids_by_split.get(split, []):
+                if sum(map(len, ids)) >= need:
+                    return cls(ids, pad_id, splits, width)
+                ids.append(list(seq))
+                if split not in splits:
+                    splits.append(split)
+        return cls(ids, pad_id, splits, width)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The text index of every token row."""
+        return np.repeat(np.arange(len(self.ids)), [len(s) for s in self.ids])
+
+    @torch.no_grad()
+    def rows(self, model: Any, layers: list[int], batch_size: int = 32) -> dict[int, np.ndarray]:
+        """Hidden states of every probe token at ``layers`` (``hidden_states`` indices): (tokens, width) float64."""
+        from repgeo.recipes.classifier import pad_batch
+
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out: dict[int, list[np.ndarray]] = {i: [] for i in layers}
+        for start in range(0, len(self.ids), batch_size):
+            batch = pad_batch(self.ids[start : start + batch_size], self.pad_id, device)
+            hidden = model(**batch, output_hidden_states=True).hidden_states
+            mask = batch["attention_mask"].bool()
+            for i in layers:
+                out[i].append(hidden[i][mask].double().cpu().numpy())
+        model.train(was_training)
+        return {i: np.concatenate(r) for i, r in out.items()}
+
+    def measure(self, teacher: Any, student: Any, layer_map: dict[int, int]) -> tuple[dict[str, float],
+                                                                                        dict[str, Any]]:
+        """``{"<estimator>/<pair>": value}`` (see the module docstring for which pairs), and the probe's
+        description (rows, texts, splits, widths per pair, rows needed)."""
+        from repgeo.distill.feature_loss import pair_name
+
+        missing = sorted(set(layer_map.values()) - set(self._teacher))
+        if missing:
+            self._teacher.update(self.rows(teacher, missing))
+        student_rows = self.rows(student, sorted(layer_map))
+        groups = self.groups
+        values, widths = {}, {}
+        for s, t in layer_map.items():
+            X, Y, pair = self._teacher[t], student_rows[s], pair_name(s, t)
+            widths[pair] = [int(X.shape[1]), int(Y.shape[1])]
+            for name, fn in _estimators(every_pair_only=s != max(layer_map)).items():
+                values[f"{name}/{pair}"] = float(fn(X, Y, groups=groups, seed=0))
+        info = {"rows": len(groups), "texts": len(self.ids), "splits": self.splits, "widths": widths,
+                "rows_needed": required_rows(self.width)}
+        return values, info
