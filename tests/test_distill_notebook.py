@@ -1,22 +1,20 @@
-"""The distillation walkthrough notebook executes end to end (a short real CPU run)."""
+"""The distillation walkthrough notebook executes end to end (a short real CPU run), and the committed copy
+carries its outputs."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from tests.notebook_checks import NOTEBOOKS, assert_saved_with_outputs, code_outputs, errors, execute, pngs
 
-import nbformat
-from nbclient import NotebookClient
+NOTEBOOK = NOTEBOOKS / "03_distill.ipynb"
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "03_distill.ipynb"
+
+def test_distill_notebook_saved_with_outputs():
+    assert_saved_with_outputs(NOTEBOOK)  # the geometry curves
 
 
 def test_distill_notebook_executes():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "the geometry curves are not displayed inline"
-    text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
+    nb = execute(NOTEBOOK, NOTEBOOK.parent)
+    assert not errors(nb)
+    assert pngs(nb), "the geometry curves are not displayed inline"
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in code_outputs(nb))
     assert "geometry.csv" in text and "loss_feature" in text
