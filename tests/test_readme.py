@@ -21,7 +21,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```(\w*)\s*$")
 
 
-def code_blocks(text: str, languages: tuple[str, ...] = ("bash", "sh", "shell", "")) -> list[list[str]]:
+def code_blocks(text: str, languages: tuple[str, ...] = ("bash", "sh", "shell")) -> list[list[str]]:
     """The lines of each fenced code block whose language is one of ``languages``, with backslash continuations
     joined."""
     blocks, current, lang = [], None, ""
@@ -118,6 +118,12 @@ def test_readme_is_a_landing_page_of_at_most_200_lines():
 @pytest.mark.parametrize("md", [README, *DOCS], ids=lambda p: p.name)
 def test_every_relative_link_points_to_an_existing_file(md):
     assert broken_links(md) == []
+
+
+def test_every_code_block_in_the_readme_names_its_language():
+    # an unlabelled block would escape the command check below (which reads the bash blocks)
+    blocks = README.read_text(encoding="utf-8").split("```")[1::2]  # each starts with its language, if any
+    assert blocks and [b[:40] for b in blocks if not re.match(r"\w+\n", b)] == []
 
 
 def test_every_repgeo_command_in_the_readme_parses():
