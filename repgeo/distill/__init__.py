@@ -6,31 +6,40 @@ Built on the Hugging Face ``Trainer``; see :class:`DistillationTrainer` for the 
 
 from repgeo._files import DataError, FolderLockedError, IntegrityError
 
+from .arguments import DistillationArguments
 from .cache import TeacherCache
-from .config import ConfigError, RunConfig, config_from_dict, load_config, save_config
+from .config import ConfigError, DataConfig, RunConfig, config_from_dict, config_yaml, load_config, save_config
 from .feature_loss import FeatureLoss, FeatureLossOutput
 from .geometry import GeometryProbe, plot_geometry
 from .mapping import format_layer_map, load_layer_map, resolve_layer_map, save_layer_map
 from .run import DistillResult, build_trainer, run_distillation
 from .students import derive_student
+from .tasks import ClassificationTask, InstructionTask, Task, get_task
 from .trainer import DistillationTrainer, kd_loss
 
 __all__ = [
+    "ClassificationTask",
     "ConfigError",
+    "DataConfig",
     "DataError",
     "DistillResult",
+    "DistillationArguments",
     "DistillationTrainer",
     "FeatureLoss",
     "FeatureLossOutput",
     "FolderLockedError",
     "GeometryProbe",
+    "InstructionTask",
     "IntegrityError",
     "RunConfig",
+    "Task",
     "TeacherCache",
     "build_trainer",
     "config_from_dict",
+    "config_yaml",
     "derive_student",
     "format_layer_map",
+    "get_task",
     "kd_loss",
     "load_config",
     "load_layer_map",
