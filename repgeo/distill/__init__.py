@@ -2,6 +2,17 @@
 
 Built on the Hugging Face ``Trainer``; see :class:`DistillationTrainer` for the loss
 ``w_task * CE + w_kd * T^2 * KL(teacher_T || student_T) + alpha * sum_k w_k D(teacher_k, student_k)``.
+
+Two ways in: a YAML run configuration (:func:`load_config` + :func:`run_distillation`, or ``repgeo distill``;
+``data.dataset`` names a Hugging Face dataset), or the trainer itself, as with TRL::
+
+    from repgeo.distill import ClassificationTask, DataConfig, DistillationArguments, DistillationTrainer
+
+    args = DistillationArguments(output_dir="runs/x", max_steps=200, metric="procrustes", alpha=1.0)
+    task = ClassificationTask(tokenizer, DataConfig(text_field="sentence", label_field="label"))
+    trainer = DistillationTrainer(student, teacher, task=task, args=args,
+                                  train_dataset=dataset_dict, eval_dataset=dataset_dict)  # splits train / validation
+    trainer.train()
 """
 
 from repgeo._files import DataError, FolderLockedError, IntegrityError
