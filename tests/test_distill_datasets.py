@@ -3,6 +3,7 @@ trainer, ``DistillationArguments``, ``--print-config``. Real tiny models, real T
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pandas as pd
@@ -115,8 +116,22 @@ def test_distillation_arguments_are_training_arguments_and_keywords_win(setup, t
     trainer = DistillationTrainer(student, teacher, task=task, args=args, temperature=1.5,
                                   train_dataset=setup["dd"]["train"])
     assert (trainer.temperature, trainer.w_kd, trainer.feature_loss) == (1.5, 0.5, None)
-    with pytest.raises(ValueError, match="temperature: must be > 0"):
-        DistillationArguments(output_dir=str(tmp_path), temperature=0.0)
+    for bad, message in (({"temperature": 0.0}, "temperature: must be > 0"),
+                         ({"metric": "procrustez"}, "metric: unknown metric 'procrustez'.*did you mean 'procrustes'"),
+                         ({"pooling": "max"}, "pooling: must be one of cls, mean, last, tokens, got 'max'")):
+        with pytest.raises(ValueError, match=message):
+            DistillationArguments(output_dir=str(tmp_path), **bad)
+
+
+def test_instruction_rows_from_a_dataset_are_the_jsonl_rows(tmp_path):
+    s = make_toy_setup(tmp_path, "instruction", n_train=8, n_eval=4)
+    records = [json.loads(line) for line in s["train"].read_text().splitlines()]
+    tok = transformers.AutoTokenizer.from_pretrained(s["teacher"])
+    task = InstructionTask(tok, DataConfig())
+    from_file = task.dataset(str(s["train"]))
+    from_ds = task.dataset(datasets.Dataset.from_list(records))
+    assert from_ds.items == from_file.items and len(from_ds) == 8
+    assert task.dataset(datasets.Dataset.from_list(records), 3).items == from_file.items[:3]
 
 
 def test_dataset_dict_splits_are_picked_by_name(setup, tmp_path):

@@ -53,6 +53,16 @@ class DistillationArguments(transformers.TrainingArguments):
         for name in ("alpha", "w_task", "w_kd"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        from repgeo.metrics import get
+
+        try:
+            get(self.metric)
+        except ValueError as exc:  # "unknown metric 'x'; available: ...; did you mean 'y'?"
+            raise ValueError(f"metric: {exc}") from None
+        for name, allowed in (("pooling", ("cls", "mean", "last", "tokens")), ("feature_tokens", ("all", "response")),
+                              ("projector", ("learned", "closed_form"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 #: the settings the trainer reads from ``DistillationArguments`` (and their defaults for plain ``TrainingArguments``)
