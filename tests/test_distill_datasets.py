@@ -132,6 +132,8 @@ def test_instruction_rows_from_a_dataset_are_the_jsonl_rows(tmp_path):
     from_ds = task.dataset(datasets.Dataset.from_list(records))
     assert from_ds.items == from_file.items and len(from_ds) == 8
     assert task.dataset(datasets.Dataset.from_list(records), 3).items == from_file.items[:3]
+    with pytest.raises(TypeError, match=r"IterableDataset .*not supported"):
+        task.dataset(datasets.Dataset.from_list(records).to_iterable_dataset())
 
 
 def test_dataset_dict_splits_are_picked_by_name(setup, tmp_path):

@@ -79,6 +79,9 @@ def read_source(source: Any, fields: Sequence[str], max_samples: int | None, nam
     if is_dataset_dict(source):
         raise TypeError(f"give one split of the DatasetDict (splits: {sorted(source)}), e.g. dataset['train']")
     if is_hf_dataset(source):
+        if not hasattr(source, "__len__"):
+            raise TypeError(f"{type(source).__name__} (a streamed dataset) is not supported: load it without "
+                            "streaming=True, or take rows with .take(n) and Dataset.from_list")
         name, what = name or "<in memory>", "dataset"
         records = dataset_records(source, fields, max_samples, name, FIELDS_HINT)
     else:
