@@ -1,6 +1,6 @@
 """``repgeo distill``: train a student from a YAML run configuration.
 
-    repgeo distill --config run.yaml trainer.learning_rate=3e-5 loss.metric=procrustes [--resume]
+    repgeo distill --config run.yaml trainer.learning_rate=3e-5 loss.metric=procrustes [--resume | --print-config]
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="YAML run configuration")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (YAML, overrides and defaults applied) and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides")
     p.set_defaults(func=run)
     return p
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     ``repgeo`` logger."""
     import warnings
 
-    from repgeo.distill import load_config, run_distillation
+    from repgeo.distill import config_yaml, load_config, run_distillation
     from repgeo.log import logger
 
     def one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
@@ -58,5 +60,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = one_line
         cfg = load_config(args.config, list(args.overrides))
+        if args.print_config:
+            print(config_yaml(cfg), end="")
+            return 0
         run_distillation(cfg, resume=args.resume, verbose=logger.isEnabledFor(20))
     return 0

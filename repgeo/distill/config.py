@@ -36,8 +36,8 @@ from .schema import (
 __all__ = [
     "RESERVED_TRAINER_KEYS", "TASKS", "TRAINER_RANGES", "CacheConfig", "ConfigError", "DataConfig",
     "GenerationConfig", "GeometryConfig", "LossConfig", "RunConfig", "StudentConfig", "TeacherConfig",
-    "config_from_dict", "load_config", "parse_overrides", "parse_saved", "save_config", "trainer_keywords",
-    "training_arguments",
+    "config_from_dict", "config_yaml", "load_config", "parse_overrides", "parse_saved", "save_config",
+    "trainer_keywords", "training_arguments",
 ]
 
 # --------------------------------------------------------------------------- type checking
@@ -173,6 +173,16 @@ def _validate(cfg: RunConfig) -> None:
         v = getattr(st, name)
         if v is not None and v < 1:
             raise ConfigError(f"student.{name}: must be >= 1, got {v}")
+    data = cfg.data
+    if (data.train is None) == (data.dataset is None):
+        raise ConfigError("data.train: give data files (data.train, data.eval) or a Hugging Face dataset "
+                          "(data.dataset), " + ("not both" if data.train is not None else "one is required"))
+    if data.dataset is None:
+        for name in ("dataset_config", "eval_split"):
+            if getattr(data, name) is not None:
+                raise ConfigError(f"data.{name}: only applies with data.dataset")
+    elif data.eval is not None:
+        raise ConfigError("data.eval: with data.dataset, name the evaluation split in data.eval_split")
     if cfg.data.max_length < 2:
         raise ConfigError(f"data.max_length: must be >= 2, got {cfg.data.max_length}")
     _validate_trainer(cfg.trainer)
@@ -338,11 +348,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return config_from_dict(data, overrides)
 
 
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved configuration as YAML text (every key, defaults included); :func:`config_from_dict` of its
+    ``yaml.safe_load`` gives ``cfg`` back."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved configuration as YAML (atomically)."""
+    """Write the resolved configuration as YAML (:func:`config_yaml`, atomically)."""
     from repgeo._files import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, config_yaml(cfg))
 
 
 def parse_saved(data: dict[str, Any]) -> RunConfig:
@@ -365,11 +381,15 @@ def trainer_keywords(cfg: RunConfig, *, evaluate: bool) -> dict[str, Any]:
 
 
 def training_arguments(cfg: RunConfig, *, evaluate: bool) -> Any:
-    """``transformers.TrainingArguments`` of a run (:func:`trainer_keywords`); a value the Trainer refuses raises
+    """The :class:`~repgeo.distill.arguments.DistillationArguments` of a run: the ``TrainingArguments`` of
+    :func:`trainer_keywords` with the ``loss:`` settings it shares; a value the Trainer refuses raises
     :class:`ConfigError` (``trainer: ...``)."""
-    import transformers
+    from .arguments import DistillationArguments
 
+    shared = {f.name for f in dataclasses.fields(DistillationArguments)} & {f.name for f in dataclasses.fields(
+        cfg.loss)}
+    loss = {name: getattr(cfg.loss, name) for name in sorted(shared)}
     try:
-        return transformers.TrainingArguments(**trainer_keywords(cfg, evaluate=evaluate))
+        return DistillationArguments(**trainer_keywords(cfg, evaluate=evaluate), **loss)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None

@@ -36,7 +36,7 @@ RESUME_SAFE_TRAINER_KEYS = frozenset({
     "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
     "overwrite_output_dir",
 })
-_PATH_KEYS = ("teacher.path", "student.path", "data.train")
+_PATH_KEYS = ("teacher.path", "student.path", "data.train", "data.dataset")
 
 
 def _trainer_defaults(seed: Any) -> dict[str, Any]:

@@ -37,15 +37,16 @@ from .checks import check_tokenizers, hidden_sizes
 from .config import ConfigError, RunConfig, save_config, training_arguments
 from .feature_loss import FeatureLoss
 from .geometry import GeometryProbe
+from .hfdata import load_hf_dataset, pick_split
 from .mapping import format_layer_map, resolve_layer_map, save_layer_map
 from .resume import INPUTS_FILE, check_resumable, input_hashes, resume_point
 from .students import derive_student
 from .tasks import Task, get_task
-from .trainer import DistillationTrainer
+from .trainer import DistillationTrainer, build_feature_loss
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: the inputs the teacher cache is keyed by (see :func:`~repgeo.distill.resume.input_hashes`)
-CACHE_INPUTS = ("teacher.path", "data.train")
+CACHE_INPUTS = ("teacher.path", "data.train", "data.dataset")
 
 
 @dataclass
@@ -84,6 +85,23 @@ def build_student(cfg: RunConfig, task: Task, teacher: transformers.PreTrainedMo
                           hidden_size=st.hidden_size, seed=cfg.seed), None
 
 
+def _data_sources(cfg: RunConfig) -> tuple[Any, Any | None]:
+    """The training and evaluation sources: ``data.train`` / ``data.eval`` (files), or the ``data.train_split`` /
+    ``data.eval_split`` of ``data.dataset`` (:func:`~repgeo.distill.hfdata.load_hf_dataset`)."""
+    d = cfg.data
+    if d.dataset is None:
+        return d.train, d.eval
+    try:
+        data = load_hf_dataset(d.dataset, d.dataset_config)
+        train = pick_split(data, d.train_split, "data.train_split")
+        evals = pick_split(data, d.eval_split, "data.eval_split") if d.eval_split is not None else None
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data.dataset: {d.dataset!r} could not be loaded: {exc}") from None
+    return train, evals
+
+
 def _task_and_data(cfg: RunConfig) -> tuple[Task, Any, Any | None]:
     """The task (with the teacher's tokenizer), its training set and its evaluation set (None without one)."""
     try:
@@ -91,8 +109,11 @@ def _task_and_data(cfg: RunConfig) -> tuple[Task, Any, Any | None]:
     except (OSError, ValueError) as exc:
         raise _load_error("teacher.path", cfg.teacher.path, exc) from exc
     task = get_task(cfg.task)(tokenizer, cfg.data)
-    train = task.dataset(cfg.data.train, cfg.data.max_train_samples)
-    evals = task.dataset(cfg.data.eval, cfg.data.max_eval_samples) if cfg.data.eval else None
+    d = cfg.data
+    train_src, eval_src = _data_sources(cfg)
+    train = task.dataset(train_src, d.max_train_samples, name=f"{d.dataset}[{d.train_split}]")
+    evals = (task.dataset(eval_src, d.max_eval_samples, name=f"{d.dataset}[{d.eval_split}]")
+             if eval_src is not None else None)
     for name, ds in (("training", train), ("evaluation", evals)):
         if ds is not None and ds.n_truncated:
             warnings.warn(f"{ds.n_truncated} of {len(ds)} {name} texts were cut to data.max_length="
@@ -123,11 +144,7 @@ def _feature_loss(cfg: RunConfig, layer_map: dict[int, int], s_dims: list[int], 
     lw = cfg.loss.layer_weights
     if isinstance(lw, dict):
         lw = {int(k): v for k, v in lw.items()}
-    return FeatureLoss(
-        cfg.loss.metric, layer_map, student_dims=dict(enumerate(s_dims)), teacher_dims=dict(enumerate(t_dims)),
-        pooling=cfg.loss.pooling, weights=lw, center=cfg.loss.center, normalize=cfg.loss.normalize,
-        projector=cfg.loss.projector,
-    )
+    return build_feature_loss(cfg.loss, layer_map, s_dims, t_dims, lw)
 
 
 def _geometry(cfg: RunConfig, task: Task, probe_src: Any, layer_map: dict[int, int], batch_size: int
@@ -211,7 +228,9 @@ def _teacher_cache(cfg: RunConfig, trainer: DistillationTrainer, train: Any, lay
     task, feature_loss = trainer.task, trainer.feature_loss
     meta = {
         "teacher": str(Path(cfg.teacher.path).resolve()), "teacher_dtype": cfg.teacher.dtype,
-        "teacher_sha256": hashes["teacher.path"], "data_sha256": hashes["data.train"], "n": len(train),
+        "teacher_sha256": hashes["teacher.path"], "n": len(train),
+        "data_sha256": hashes["data.train"] or hashes.get("data.dataset"),
+        "dataset": cfg.data.dataset, "dataset_config": cfg.data.dataset_config, "train_split": cfg.data.train_split,
         "max_train_samples": cfg.data.max_train_samples, "text_field": cfg.data.text_field,
         "label_field": cfg.data.label_field, "prompt_field": cfg.data.prompt_field,
         "response_field": cfg.data.response_field, "labels": [str(x) for x in task.labels or []],

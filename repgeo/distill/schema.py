@@ -1,6 +1,7 @@
 """Run configuration schema: the dataclasses a YAML file is validated into (by :mod:`repgeo.distill.config`).
 
-Example (every section but ``task``, ``output_dir``, ``teacher.path`` and ``data.train`` is optional)::
+Example (every section but ``task``, ``output_dir``, ``teacher.path`` and ``data.train`` -- or ``data.dataset`` --
+is optional)::
 
     task: classification            # or: instruction
     output_dir: runs/bert-procrustes
@@ -8,6 +9,8 @@ Example (every section but ``task``, ``output_dir``, ``teacher.path`` and ``data
     teacher: {path: models/bert-teacher}
     student: {keep_every: 2}        # or {path: models/student}, or {num_layers: 2, hidden_size: 192}
     data: {train: data/train.csv, eval: data/dev.csv, text_field: text, label_field: label, max_length: 128}
+    # or a Hugging Face dataset (a hub name, or a folder written by save_to_disk), split by name:
+    # data: {dataset: imdb, dataset_config: null, train_split: train, eval_split: test}
     loss:
       metric: procrustes            # any name in repgeo.metrics.available()
       alpha: 1.0                    # weight of the feature loss
@@ -57,8 +60,17 @@ class StudentConfig:
 
 @dataclass
 class DataConfig:
-    train: str
+    """Where the records come from -- files (``train`` / ``eval``) or a Hugging Face dataset (``dataset``, loaded by
+    :func:`repgeo.distill.hfdata.load_hf_dataset`, with its ``train_split`` / ``eval_split``) -- and how they are
+    read. Exactly one of ``train`` and ``dataset`` is given in a run configuration; a task built by hand
+    (``ClassificationTask(tokenizer, DataConfig(text_field="sentence"))``) needs neither."""
+
+    train: str | None = None
     eval: str | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = None
     text_field: str = "text"
     label_field: str = "label"
     prompt_field: str = "prompt"

@@ -36,9 +36,12 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from repgeo._files import IntegrityError, atomic_path, verify_folder, write_manifest
 
+from .arguments import TRAINER_SETTINGS, DistillationArguments, setting
 from .checks import check_layer_map, check_logits, check_projectors, check_tokenizers, check_vocab_covers, hidden_sizes
 from .feature_loss import FeatureLoss
 from .gather import all_reduce_mean
+from .hfdata import is_dataset_dict, is_hf_dataset, pick_split
+from .mapping import resolve_layer_map
 
 FEATURE_LOSS_FILE = "feature_loss.pt"
 CHECKPOINT_MANIFEST = "repgeo_checkpoint.json"
@@ -85,6 +88,25 @@ class _ZeroFeatureGrads(TrainerCallback):
         self.feature_loss.zero_grad(set_to_none=True)
 
 
+def build_feature_loss(settings: Any, layer_map: dict[int, int], student_dims: list[int], teacher_dims: list[int],
+                       weights: Any = None) -> FeatureLoss:
+    """The :class:`FeatureLoss` of ``settings`` (anything with ``metric``, ``pooling``, ``center``, ``normalize`` and
+    ``projector``: a run configuration's ``loss`` section or :class:`DistillationArguments`) between hidden states
+    of the given widths (index 0: embeddings)."""
+    return FeatureLoss(
+        settings.metric, layer_map, student_dims=dict(enumerate(student_dims)),
+        teacher_dims=dict(enumerate(teacher_dims)), pooling=settings.pooling, weights=weights,
+        center=settings.center, normalize=settings.normalize, projector=settings.projector,
+    )
+
+
+def feature_loss_from_args(args: DistillationArguments, student: Any, teacher: Any) -> FeatureLoss:
+    """:func:`build_feature_loss` of ``args`` with ``args.layer_map`` resolved between ``student`` and ``teacher``."""
+    s_dims, t_dims = hidden_sizes(student), hidden_sizes(teacher)
+    layer_map = resolve_layer_map(args.layer_map, len(s_dims) - 1, len(t_dims) - 1)
+    return build_feature_loss(args, layer_map, s_dims, t_dims)
+
+
 class DistillationTrainer(transformers.Trainer):
     """Trainer for teacher -> student distillation (see the module docstring for the loss).
 
@@ -94,6 +116,15 @@ class DistillationTrainer(transformers.Trainer):
     student's learning rate); ``teacher_cache``; ``student_tokenizer`` (checked against ``processing_class``,
     the teacher's tokenizer); ``geometry`` (a :class:`~repgeo.distill.geometry.GeometryProbe`, run at every
     evaluation); ``generation`` (``{"max_new_tokens", "num_samples"}``, instruction task only).
+
+    ``args`` may be a :class:`~repgeo.distill.arguments.DistillationArguments`: the loss settings left unset here
+    are read from it, and without a ``feature_loss`` one is built from it (when ``alpha > 0``). With plain
+    ``TrainingArguments`` the unset settings take :class:`DistillationArguments`' defaults and there is no feature
+    loss unless one is given.
+
+    ``train_dataset`` / ``eval_dataset`` may be a ``datasets.Dataset`` (its rows go through the task's
+    tokenisation, :meth:`Task.dataset <repgeo.distill.tasks.Task.dataset>`, with the column names of
+    ``task.data_cfg``) or a ``DatasetDict``, whose ``train_split`` / ``eval_split`` is used.
     """
 
     def __init__(
@@ -103,26 +134,38 @@ class DistillationTrainer(transformers.Trainer):
         *,
         task: Any,
         feature_loss: FeatureLoss | None = None,
-        alpha: float = 1.0,
-        w_task: float = 1.0,
-        w_kd: float = 1.0,
-        temperature: float = 2.0,
-        feature_tokens: str = "all",
+        alpha: float | None = None,
+        w_task: float | None = None,
+        w_kd: float | None = None,
+        temperature: float | None = None,
+        feature_tokens: str | None = None,
         projector_lr: float | None = None,
         teacher_cache: Any | None = None,
         student_tokenizer: Any | None = None,
         geometry: Any | None = None,
         generation: dict[str, Any] | None = None,
+        train_split: str = "train",
+        eval_split: str = "validation",
         **kwargs: Any,
     ) -> None:
+        args = kwargs.get("args")
+        alpha, w_task, w_kd, temperature, feature_tokens, projector_lr = (
+            setting(args, name, value) for name, value in zip(TRAINER_SETTINGS, (
+                alpha, w_task, w_kd, temperature, feature_tokens, projector_lr), strict=True))
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
+        for key, split in (("train_dataset", train_split), ("eval_dataset", eval_split)):  # train first: labels
+            if is_hf_dataset(kwargs.get(key)):
+                named = f"{key}[{split}]" if is_dataset_dict(kwargs[key]) else key
+                kwargs[key] = task.dataset(pick_split(kwargs[key], split, key.replace("dataset", "split")), name=named)
         kwargs.setdefault("data_collator", task.collate)
         kwargs.setdefault("processing_class", task.tokenizer)
         kwargs.setdefault("compute_metrics", task.compute_metrics)
         super().__init__(model=model, **kwargs)
         self.teacher = teacher
         self.task = task
+        if feature_loss is None and alpha > 0 and isinstance(self.args, DistillationArguments):
+            feature_loss = feature_loss_from_args(self.args, model, teacher)
         self.feature_loss = feature_loss if alpha > 0 else None
         self.alpha, self.w_task, self.w_kd, self.temperature = alpha, w_task, w_kd, temperature
         self.alpha_info: dict[str, Any] = {}  # how build_trainer set alpha (the content of alpha.json)

@@ -49,20 +49,46 @@ def _missing(value: Any) -> bool:
         isinstance(value, str) and not value.strip())
 
 
-def require_fields(records: list[dict[str, Any]], fields: Sequence[str], path: str) -> None:
-    """Raise :class:`~repgeo._files.DataError` naming the file, the missing column, or the first record (and line)
-    whose value is absent or empty."""
+FIELDS_HINT = "set data.text_field / data.label_field (or prompt_field / response_field)"
+
+
+def require_fields(records: list[dict[str, Any]], fields: Sequence[str], path: str, what: str = "data file"
+                   ) -> None:
+    """Raise :class:`~repgeo._files.DataError` naming the file (or ``what`` and ``path``: ``dataset split
+    'train'``), the missing column, or the first record (and its line in a file) whose value is absent or empty."""
     if not records:
-        raise DataError(f"data file {path!r} has no records")
-    require_columns(records[:1], fields, path,
-                    "set data.text_field / data.label_field (or prompt_field / response_field)")
+        raise DataError(f"{what} {path!r} has no records")
+    require_columns(records[:1], fields, path, FIELDS_HINT, what)
     for i, r in enumerate(records):
+        where = record_where(path, i) if what == "data file" else f"record {i}"
         for f in fields:
             if f not in r:
-                raise DataError(f"data file {path!r}, {record_where(path, i)}: no field {f!r} "
-                                f"(fields: {sorted(r)})")
+                raise DataError(f"{what} {path!r}, {where}: no field {f!r} (fields: {sorted(r)})")
             if _missing(r[f]):
-                raise DataError(f"data file {path!r}, {record_where(path, i)}: field {f!r} is empty")
+                raise DataError(f"{what} {path!r}, {where}: field {f!r} is empty")
+
+
+def read_source(source: Any, fields: Sequence[str], max_samples: int | None, name: str | None = None
+                ) -> tuple[list[dict[str, Any]], str, str]:
+    """The first ``max_samples`` records of ``source`` -- a data file's path (:func:`load_records`) or a
+    ``datasets.Dataset`` (:func:`~repgeo.distill.hfdata.dataset_records`) -- checked by :func:`require_fields`,
+    with the source's name (``name``, or the path; ``"<in memory>"`` for an unnamed dataset) and kind (``"data
+    file"`` or ``"dataset"``) for error messages."""
+    from repgeo.distill.hfdata import dataset_records, is_dataset_dict, is_hf_dataset
+
+    if is_dataset_dict(source):
+        raise TypeError(f"give one split of the DatasetDict (splits: {sorted(source)}), e.g. dataset['train']")
+    if is_hf_dataset(source):
+        if not hasattr(source, "__len__"):
+            raise TypeError(f"{type(source).__name__} (a streamed dataset) is not supported: load it without "
+                            "streaming=True, or take rows with .take(n) and Dataset.from_list")
+        name, what = name or "<in memory>", "dataset"
+        records = dataset_records(source, fields, max_samples, name, FIELDS_HINT)
+    else:
+        name, what = str(source), "data file"
+        records = load_records(source)[:max_samples]
+    require_fields(records, fields, name, what)
+    return records, name, what
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -110,7 +136,10 @@ class Task:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = eos_token)")
 
-    def dataset(self, path: str, max_samples: int | None = None) -> ListDataset:
+    def dataset(self, source: Any, max_samples: int | None = None, *, name: str | None = None) -> ListDataset:
+        """The tokenised examples of ``source``: a data file's path or a ``datasets.Dataset`` (its rows read by
+        :func:`read_source`, the columns named by the task's ``data_cfg``), the first ``max_samples`` of them;
+        ``name`` names a dataset in error messages."""
         raise NotImplementedError
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 
 from repgeo._files import DataError
 
-from .base import ListDataset, Task, load_records, pad, record_where, require_fields
+from .base import ListDataset, Task, read_source, record_where
 
 
 class ClassificationTask(Task):
@@ -22,26 +23,27 @@ class ClassificationTask(Task):
     def __init__(self, tokenizer: Any, data_cfg: Any, labels: list[Any] | None = None) -> None:
         super().__init__(tokenizer, data_cfg)
         self.labels: list[Any] | None = list(labels) if labels is not None else data_cfg.labels
+        self._collator: Any = None
         self._labels_source = ("the labels given" if labels is not None
                                else "data.labels" if data_cfg.labels is not None else None)
 
-    def dataset(self, path: str, max_samples: int | None = None) -> ListDataset:
-        """Tokenised examples of ``path``. The first file read (the training set) fixes the label set unless
-        ``data.labels`` lists it; a later file (eval) with a label outside it raises
-        :class:`~repgeo._files.DataError` naming the file, record, line and label."""
+    def dataset(self, source: Any, max_samples: int | None = None, *, name: str | None = None) -> ListDataset:
+        """Tokenised examples of ``source`` (a data file's path or a ``datasets.Dataset``). The first source read
+        (the training set) fixes the label set unless ``data.labels`` lists it; a later one (eval) with a label
+        outside it raises :class:`~repgeo._files.DataError` naming the file (or split), record, line and label."""
         cfg = self.data_cfg
-        records = load_records(path)[:max_samples]
-        require_fields(records, [cfg.text_field, cfg.label_field], path)
+        records, name, what = read_source(source, [cfg.text_field, cfg.label_field], max_samples, name)
         if self.labels is None:
             self.labels = sorted({r[cfg.label_field] for r in records}, key=str)
-            self._labels_source = f"the training data {path!r}"
+            self._labels_source = f"the training data {name!r}"
         index = {str(lab): i for i, lab in enumerate(self.labels)}
         items, cut = [], 0
         for i, r in enumerate(records):
             key = str(r[cfg.label_field])
             if key not in index:
+                where = record_where(name, i) if what == "data file" else f"record {i}"
                 raise DataError(
-                    f"data file {path!r}, {record_where(path, i)}: label {r[cfg.label_field]!r} does not occur in "
+                    f"{what} {name!r}, {where}: label {r[cfg.label_field]!r} does not occur in "
                     f"{self._labels_source} (labels: {self.labels}); a model cannot learn a class it is never "
                     "trained on. Fix the file, or list every class in data.labels"
                 )
@@ -59,15 +61,12 @@ class ClassificationTask(Task):
         return len(self.labels)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        ids = [f["input_ids"] for f in features]
-        input_ids = pad(ids, self.tokenizer.pad_token_id)
-        attention_mask = pad([[1] * len(s) for s in ids], 0)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long),
-            "example_index": torch.tensor([f["example_index"] for f in features], dtype=torch.long),
-        }
+        """``transformers.DataCollatorWithPadding`` (pads ``input_ids`` with the pad token on the tokenizer's
+        padding side, adds the attention mask) over ``input_ids``, ``labels`` and ``example_index``."""
+        if self._collator is None:
+            self._collator = transformers.DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        batch = self._collator([{k: f[k] for k in ("input_ids", "labels", "example_index")} for f in features])
+        return dict(batch)
 
     def kd_logits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return logits
@@ -78,7 +77,9 @@ class ClassificationTask(Task):
     def check_teacher(self, teacher: Any, teacher_path: str) -> None:
         """The teacher's head must have one output per label of the data."""
         if teacher.config.num_labels != self.num_labels:
-            raise DataError(f"data file {self.data_cfg.train!r} has {self.num_labels} labels ({self.labels}) but the "
+            source = (f"data file {self.data_cfg.train!r}" if self.data_cfg.train is not None
+                      else str(self._labels_source))
+            raise DataError(f"{source} has {self.num_labels} labels ({self.labels}) but the "
                             f"teacher {teacher_path!r} has {teacher.config.num_labels} (config.num_labels); use the "
                             "data the teacher was trained on, or list its classes in data.labels")
 

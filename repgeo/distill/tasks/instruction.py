@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .base import ListDataset, Task, load_records, pad, require_fields
+from .base import ListDataset, Task, pad, read_source
 
 IGNORE = -100
 
@@ -35,10 +35,9 @@ class InstructionTask(Task):
         r = [*self.tokenizer(response, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
         return p, r
 
-    def dataset(self, path: str, max_samples: int | None = None) -> ListDataset:
+    def dataset(self, source: Any, max_samples: int | None = None, *, name: str | None = None) -> ListDataset:
         cfg = self.data_cfg
-        records = load_records(path)[:max_samples]
-        require_fields(records, [cfg.prompt_field, cfg.response_field], path)
+        records = read_source(source, [cfg.prompt_field, cfg.response_field], max_samples, name)[0]
         items = [self.dataset_item(str(r[cfg.prompt_field]), str(r[cfg.response_field]), i)
                  for i, r in enumerate(records)]
         return ListDataset(items, sum(it.pop("truncated") for it in items))
