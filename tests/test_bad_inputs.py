@@ -421,7 +421,8 @@ CLI_ROWS = [
      2, "repgeo audit: --data '{D}/nope.txt': no such file"),
     ("column-missing", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/reviews.csv",
                         "--text-column", "body", "--out", "{D}/o7"], 2,
-     "repgeo audit: {D}/reviews.csv has no column 'body'; columns: ['review', 'stars']"),
+     "repgeo audit: data file '{D}/reviews.csv' has no column 'body' (columns: ['review', 'stars']); "
+     "pass --text-column"),
     ("column-ambiguous", ["audit", "--teacher", "{T}", "--student", "{T}", "--data", "{D}/two_columns.csv",
                           "--out", "{D}/o16"], 2,
      "repgeo audit: {D}/two_columns.csv: cannot tell which column holds the text among ['review', 'summary']; pass "

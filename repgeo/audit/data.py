@@ -60,7 +60,7 @@ def _pick_column(records: list[dict[str, Any]], text_column: str | None, path: P
     fields = record_columns(records)
     if text_column is not None:
         if text_column not in fields:
-            raise missing_column(path, text_column, fields, "pass text_column (--text-column)")
+            raise missing_column(path, text_column, fields, "pass text_column")
         return text_column
     for name in TEXT_COLUMNS:
         if name in fields:
