@@ -206,12 +206,16 @@ def _null(data: _Inputs, metrics: Sequence[str], est: _Estimates, n_perm: int, n
     opts = est.options
     perms = replicate_values(data.teacher, data.student, data.cells, metrics, perms=idx, center=opts["center"],
                              normalize=opts["normalize"])
-    k = min(n_floor, n_perm)
-    floors = floor_values(data.teacher, data.student, data.cells, metrics, idx[:k], perms, est.fns, opts)
     for cell, m in tested:  # the in-sample statistic is 0 under every permutation: test the held-out one
         X, Y = data.pair(cell)
         perms[cell][m] = np.array([est.value(m, X, Y[perm]) for perm in idx])
-        floors[cell][m] = float(np.mean(perms[cell][m][:k]))
+    # a tested cell's floor averages the held-out null just computed (its first k permutations), not a refit
+    k = min(n_floor, n_perm)
+    tested_cells = list(dict.fromkeys(cell for cell, _ in tested))
+    other_cells = [cell for cell in data.cells if cell not in tested_cells]
+    floors = floor_values(data.teacher, data.student, other_cells, metrics, idx[:k], perms, est.fns, opts)
+    floors.update(floor_values(data.teacher, data.student, tested_cells, metrics, idx[:k], perms,
+                               {**est.fns, "proj_mse": None}, opts))
     return _Null(perms, floors, tested)
 
 
