@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-dev", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", help="where fine-tuned teachers are cached (default: <repgeo cache>/demo-dev)")
+    p.add_argument("--freeze-embeddings", action="store_true", help="teacher and students keep their word embeddings")
     p.add_argument("--results", default="benchmarks/results/demo_dev_split.jsonl")
     a = p.parse_args(argv)
 
@@ -53,13 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     csv = work / "dev_universe.csv"
     frame[~frame["text"].isin(demo_test)].to_csv(csv, index=False)
     s = settings_for("default", data=str(csv), seed=a.seed, n_train=a.n_train, n_test=a.n_dev,
-                     teacher_steps=a.teacher_steps, teacher_lr=a.teacher_lr, threads=a.threads)
+                     teacher_steps=a.teacher_steps, teacher_lr=a.teacher_lr, threads=a.threads,
+                     freeze_embeddings=a.freeze_embeddings)
     data = load_data(str(csv), n_train=s.n_train, n_test=s.n_test, seed=a.seed)
     train_path, dev_path = data.write(work / "data")
     cache = Path(a.cache) if a.cache else cache_dir() / "demo-dev"
     teacher = prepare_teacher(str(minilm_path()), data, s, cache_dir=cache, progress=False, log=print)
     print(json.dumps({"seed": a.seed, "teacher_lr": a.teacher_lr, "teacher_steps": a.teacher_steps,
-                      "teacher_dev_accuracy": teacher.accuracy}), flush=True)
+                      "freeze_embeddings": a.freeze_embeddings, "teacher_dev_accuracy": teacher.accuracy,
+                      "teacher_seconds": teacher.seconds}), flush=True)
     y = label_ids(data.test["label"], data.labels)
     dev_ids = encode(teacher.tokenizer, data.test["text"], s.max_length)
     init, init_path = init_student(teacher, data, s, work / "student-init")
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                           progress=False, log=print)
         d = paired_difference(run.predictions, init_pred, y)
         row = {"seed": a.seed, "teacher_lr": a.teacher_lr, "teacher_steps": a.teacher_steps,
+               "freeze_embeddings": a.freeze_embeddings,
                "teacher_dev_accuracy": teacher.accuracy, "init_dev_accuracy": float((init_pred == y).mean()),
                "method": method, "student_lr": float(lr), "student_steps": int(steps), "dev_accuracy": run.accuracy,
                "delta": d.delta, "paired_se": d.se, "seconds": time.perf_counter() - t0}

@@ -69,6 +69,7 @@ class DemoSettings:
     probe_init: int = 1024  # initialise the head by a linear probe on this many training texts (0: random head)
     head_lr_mult: float = 1.0  # learning-rate factor of the (linear-probe initialised) classification head
     teacher_train: str = "all"  # "all" (whole teacher) or "head" (classification head only)
+    freeze_embeddings: bool = False  # teacher and students keep their word embeddings as loaded
     # students
     methods: tuple[str, ...] = DEFAULT_METHODS
     keep_every: int = 3  # student = teacher blocks 0, k, 2k, ...

@@ -95,7 +95,7 @@ class _GeometryEvery(TrainerCallback):
 def run_config(settings: Any, method: str, *, teacher_path: Path, student_path: Path, train_path: Path,
                test_path: Path, labels: list[Any], out_dir: Path, cache_path: Path) -> dict[str, Any]:
     """The ``repgeo distill`` configuration (as a dict) of one demo run."""
-    student: dict[str, Any] = {"path": str(student_path)}
+    student: dict[str, Any] = {"path": str(student_path), "freeze_embeddings": settings.freeze_embeddings}
     feature = method in FEATURE_METHODS
     return {
         "task": "classification",

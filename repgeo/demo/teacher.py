@@ -80,7 +80,7 @@ def cache_key(source: str, data: DemoData, settings: Any) -> str:
         "labels": [str(x) for x in data.labels], "max_length": settings.max_length, "seed": settings.seed,
         "steps": settings.teacher_steps, "lr": settings.teacher_lr, "head_lr_mult": settings.head_lr_mult,
         "probe_init": settings.probe_init, "batch": settings.teacher_batch,
-        "train": settings.teacher_train,
+        "train": settings.teacher_train, "freeze_embeddings": settings.freeze_embeddings,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -89,7 +89,8 @@ def fine_tuning(settings: Any) -> FineTuning:
     """The teacher's fine-tuning settings (:class:`~repgeo.recipes.classifier.FineTuning`) of demo ``settings``."""
     return FineTuning(steps=settings.teacher_steps, lr=settings.teacher_lr, batch=settings.teacher_batch,
                       max_length=settings.max_length, head_lr_mult=settings.head_lr_mult,
-                      probe_init=settings.probe_init, train=settings.teacher_train, seed=settings.seed)
+                      probe_init=settings.probe_init, train=settings.teacher_train,
+                      freeze_embeddings=settings.freeze_embeddings, seed=settings.seed)
 
 
 def load_teacher_folder(folder: Path, num_labels: int) -> tuple[Any, Any, dict[str, Any]]:

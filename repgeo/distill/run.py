@@ -71,18 +71,24 @@ def _load_error(key: str, path: str, exc: Exception) -> ConfigError:
 
 
 def build_student(cfg: RunConfig, task: Task, teacher: transformers.PreTrainedModel) -> tuple[Any, Any | None]:
-    """The student model (and its own tokenizer when loaded from a folder that has one)."""
+    """The student model (and its own tokenizer when loaded from a folder that has one), its input embeddings
+    frozen with ``student.freeze_embeddings``."""
     st = cfg.student
+    tokenizer = None
     if st.path is not None:
         try:
             model = task.model_class().from_pretrained(st.path, **task.student_kwargs(teacher))
         except (OSError, ValueError) as exc:
             raise _load_error("student.path", st.path, exc) from exc
-        return model, _load_tokenizer(st.path)
-    if st.keep_every is None and st.num_layers is None and st.hidden_size is None:
+        tokenizer = _load_tokenizer(st.path)
+    elif st.keep_every is None and st.num_layers is None and st.hidden_size is None:
         raise ConfigError("student: give a path, or derive it with keep_every / num_layers / hidden_size")
-    return derive_student(teacher, keep_every=st.keep_every, num_layers=st.num_layers,
-                          hidden_size=st.hidden_size, seed=cfg.seed), None
+    else:
+        model = derive_student(teacher, keep_every=st.keep_every, num_layers=st.num_layers,
+                               hidden_size=st.hidden_size, seed=cfg.seed)
+    if st.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    return model, tokenizer
 
 
 def _data_sources(cfg: RunConfig) -> tuple[Any, Any | None]:

@@ -56,6 +56,9 @@ class StudentConfig:
     keep_every: int | None = None
     num_layers: int | None = None
     hidden_size: int | None = None
+    # keep the input embeddings (and output embeddings tied to them) as loaded: a small student's vocabulary table
+    # is most of its parameters, and its dense gradient and AdamW update a large share of a CPU step
+    freeze_embeddings: bool = False
 
 
 @dataclass

@@ -161,6 +161,7 @@ class FineTuning:
     head_lr_mult: float = 1.0
     probe_init: int = 0
     train: str = "all"
+    freeze_embeddings: bool = False
     seed: int = 0
 
 
@@ -177,6 +178,8 @@ def _param_groups(model: Any, ft: FineTuning) -> tuple[list[torch.nn.Parameter],
             m.requires_grad_(True)
         if not head:
             raise ValueError("teacher_train='head': the model has no 'classifier' or 'score' module")
+    if ft.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     head_ids = {id(p) for m in _head(model) for p in m.parameters()}
     groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": ft.lr},
