@@ -1,44 +1,66 @@
-"""Distillation quality study: geometric feature losses (Procrustes, FG) vs projection-MSE and CKA, on real
-labelled data obtainable offline, across tasks and seeds, with an α sweep on validation and paired tests.
+"""Distillation quality study v2 (issue #14): does a geometric feature loss (Procrustes, FG) distil a narrower
+pretrained student better than the best non-geometric method, with converged students, α chosen on dev and
+enough seeds to decide?
 
-    python -m benchmarks.quality_study --preset cpu     # about 2.5 hours on 2 quiet CPU cores (resumable)
-    python -m benchmarks.quality_study --preset gpu     # one large GPU; several hours, not yet measured
-    python -m benchmarks.quality_study --quick          # the smoke run a test runs (a few minutes on CPU)
+    python -m benchmarks.quality_study --preset cpu2 --plan            # pending runs, estimated seconds, total
+    python -m benchmarks.quality_study --preset cpu2 --until power     # teacher, α sweep, pilot, seed count
+    python -m benchmarks.quality_study --preset cpu2                   # every stage (resumes), then the report
+    python -m benchmarks.quality_study --quick                         # the smoke run a test runs
 
-(``python benchmarks/distill_quality.py ...`` runs the same.) Modules, one concern each: :mod:`.regimes` (tasks,
-students, presets), :mod:`.data` (splits, instruction records, data files), :mod:`.teachers` (teachers, pinned per
-regime), :mod:`.runs` (one student per run, the run log), :mod:`.geometry` (the final geometry probe),
-:mod:`.statistics` (paired tests, summaries), :mod:`.report` (markdown and plot), :mod:`.study` (the protocol),
-:mod:`.__main__` (command line).
+(``python benchmarks/distill_quality.py ...`` runs the same; ``--preset cpu --report`` re-renders the first study's
+stored results.) Modules, one concern each: :mod:`.regimes` (regimes, presets, methods), :mod:`.data` (splits,
+teacher, student initialisation, scorers), :mod:`.teachers` (teacher settings, the pinned teacher),
+:mod:`.plateau` (the stopping rule), :mod:`.runs` (one run, the run log), :mod:`.alpha_grid` (the α grid rule),
+:mod:`.power` (seeds for power, Holm, verdicts), :mod:`.geometry` (the final geometry probe), :mod:`.statistics`
+(paired tests, summaries), :mod:`.study` (the stages), :mod:`.report` (markdown, plot, summary paragraph),
+:mod:`.report_v1` (the first study's report), :mod:`.__main__` (command line).
 
-Protocol (one *regime* = one task + one student + a training length):
+Protocol.
 
-1. Encoder regimes: the teacher, all-MiniLM-L6-v2 with a classification head, is fine-tuned on the task's
-   training split (linear-probe initialised head, then the whole model; cached by settings) —
-   ``repgeo.demo.teacher``. The student is derived from it (``keep_every``: teacher blocks 0, k, 2k, …; or a
-   narrower, freshly initialised copy), its head re-fitted by a linear probe. Scored by test accuracy.
-2. Causal regimes (the paper's OPT / instruction-following setting): labelled sets templated into instruction
-   tasks (``repgeo.assets.study.instruction_records``: prompt -> the label in words). The teacher,
-   SmolLM2-135M-Instruct, is fine-tuned on the training tasks' instructions (response tokens only; cached); the
-   student keeps ``num_layers`` of its 30 blocks (evenly spread, first and last kept). Scored by greedy generation:
-   ROUGE-L (the table's number) and exact match on held-out examples of the training tasks, and the same on a
-   held-out *task* (``heldout``, never trained on). Every method starts from the same student.
-3. Methods, through the ``repgeo distill`` engine (``DistillationTrainer``, teacher logits and features cached):
-   ``ft`` (task loss only), ``kd`` (+ logit KD, T = 2), ``kd+proj_mse`` / ``kd+cka`` / ``kd+procrustes`` /
-   ``kd+fg`` (+ α × feature loss on mean-pooled mapped layers). α is *relative*: divided by the loss's value at
-   initialisation, so one grid treats every loss alike (``repgeo.distill.alpha``).
-4. α is chosen per feature loss on the validation split of the first regime, with the same grid and seeds for
-   every loss, and used in every regime (relative α is what makes it transfer); the test split is used once, for
-   the final numbers.
-5. Each method runs with ``seeds`` seeds (seed = data order, dropout and the projector's initialisation; the
-   student's starting weights are shared). Paired tests across seeds compare each geometric loss with the best
-   non-geometric method of the regime (by mean test score), and with projection-MSE and CKA: mean difference
-   with a 95 % t-interval, paired t-test and Wilcoxon signed-rank p-values, Cohen's d_z.
-6. Ablations on the first regime: token-level instead of pooled features, and a linearly decaying α.
-7. Final geometry of every run between mapped teacher and student layers: the audit's bias-aware estimators on
-   at least ``max(4 × width, 1000)`` token rows grouped by text, with rows and widths reported (:mod:`.geometry`).
+1. **Regimes** (the first of a preset is the *primary* one). Primary: Rotten Tomatoes; teacher
+   all-mpnet-base-v2 (12 blocks, 768 wide) fine-tuned on the task (linear warm-up/decay, word embeddings frozen
+   on CPU, cached by its settings, ``repgeo.demo.teacher``); student the *pretrained* all-MiniLM-L6-v2 (384 wide:
+   d_s < d_t, so the projection-MSE projector is a real 768 × 384 map), truncated to ``student_layers`` of its 6
+   blocks (evenly spread, first and last kept) to fit the CPU budget, with its own tokenizer (each model tokenises
+   the text itself) and a linear-probe initialised head; mean-pooled features on the uniform layer map. The GPU
+   preset adds banking77, BoolQ (``text`` = question ``[SEP]`` passage, cut to 256 tokens), the v1 same-width
+   contrast (MiniLM teacher → its blocks 0, 2, 4) and the instruction regime (SmolLM2-135M-Instruct → 10 of its
+   blocks, ROUGE-L and exact match). The v1 held-out-task column (0 for every method) is dropped.
+2. **Converged training** (:mod:`.plateau`): AdamW at a constant learning rate after a warm-up of a tenth of an
+   epoch; the dev score is measured at every epoch end; training stops after ``patience`` (1) epoch without a
+   gain over the best, or at ``max_epochs``; the **best-on-dev weights are kept**. Each run records its dev
+   curve, epochs and *steps to the plateau* (the steps at the end of the best epoch).
+3. **Methods**: ``ft`` (task loss), ``kd`` (+ KL on the logits, T = 2), ``kd+proj_mse`` (learned projector,
+   TinyBERT-style), ``kd+cka``, ``kd+pkd`` (Patient-KD: L2-normalised pooled rows, MSE), ``kd+procrustes``,
+   ``kd+fg``; instruction regimes add ``rkd`` (MiniLLM-style reverse KL, ``loss.kd: reverse``) and ``rkd+<the
+   best feature loss on dev>`` at that loss's α.
+4. **α** (:mod:`.alpha_grid`): relative α (``loss.alpha_relative``: each feature term starts at α); per regime
+   and feature loss, a geometric grid (0.3, 1, 3), every point on the same ``sweep_seeds`` (3) seeds, scored on
+   dev; the chosen α (best mean dev) must be interior — the grid is extended one point beyond the edge (÷ or ×
+   the grid's ratio) until it is, at most ``max_extend`` (3) points; a choice left at an edge is flagged. The
+   **comparator** ("best non-geometric") is the best on dev among ``kd``, ``kd+proj_mse``, ``kd+cka``,
+   ``kd+pkd`` (and ``rkd``) at their chosen α, on the sweep seeds. These decisions are written to
+   ``<work>/decisions.json`` with a timestamp before the main stage exists and are never recomputed.
+5. **Power** (:mod:`.power`): the pilot adds ``pilot_seeds`` (2) seeds of the primary methods (Procrustes, FG, the
+   comparator) at the chosen α; with the sweep's seeds at that α these are ≥ 5 paired dev differences per primary
+   comparison. The larger paired SD of the two gives the seed count: the smallest n with 80 % power to detect a
+   1-point paired difference with a two-sided paired t-test at level 0.05 / m, m = the primary comparisons of the
+   preset (Holm's strictest step; formula in :mod:`.power`), bounded by ``min_seeds`` and ``max_seeds``
+   (recorded as capped). The SD estimate, its pairs and the seed count are in the results.
+6. **Main** (test split, used only here): every method on seeds 0 … n − 1, each run also giving its final geometry
+   (:mod:`.geometry`: the audit's bias-aware estimators, ≥ max(4 × width, 1000) rows — token rows with a shared
+   tokenizer, one mean-pooled row per text otherwise) and its cost per step (seconds, measured: training time
+   less the per-epoch dev scoring, over the steps).
+7. **Result** of each primary comparison (geometric loss − comparator, paired by seed): mean difference, 95 %
+   t-interval, Holm-adjusted p over all primary comparisons, and a verdict: "significant gain", "significant
+   loss", "conclusive: CI excludes +1 point", or "inconclusive". Comparisons with projection-MSE, CKA and
+   Patient-KD are reported as secondary (unadjusted).
 
-Every finished run is appended to ``<work>/runs.jsonl`` (keyed by its settings), so an interrupted study resumes
-where it stopped, with the teacher its recorded runs used (pinned in ``<work>/<regime>/teacher.json``).
-Results: ``benchmarks/results/distill_quality[_<preset>].json`` and ``.md``, and a plot.
+Stages and resume: ``teacher`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S`` runs S
+alone, ``--until S`` every stage up to S); every finished run is appended (flushed, fsynced) to
+``<work>/runs.jsonl``, keyed by its settings, so a killed command restarted with the same arguments trains only
+what is missing; a work folder is locked while a study runs in it; the teacher a regime's runs used is pinned
+(``<work>/<regime>/teacher.json``). ``--plan`` lists every pending run with its estimated seconds (measured
+seconds per step of the regime's finished runs, else the preset's) and the total. Results:
+``benchmarks/results/distill_quality_v2_<preset>.json`` / ``.md`` / ``.png``.
 """

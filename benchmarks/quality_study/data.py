@@ -40,8 +40,9 @@ def load_splits(task: str, r: Regime, seed: int = 0) -> dict[str, pd.DataFrame]:
 class Prepared:
     """A regime's teacher, student initialisation, data files and scorer.
 
-    ``score(model, split)`` gives ``{"acc"}`` (encoder) or ``{"rougeL", "exact_match"}`` in [0, 1] (causal, by
-    greedy generation); ``primary`` names the one the tables use. Causal regimes also score split ``heldout``.
+    ``score(model, split, who="student")`` (``who="teacher"``: read with the teacher's tokenizer) gives
+    ``{"acc"}`` (encoder) or ``{"rougeL", "exact_match"}`` in [0, 1] (causal, by greedy generation); ``primary``
+    names the one the tables use.
     """
 
     regime: Regime
@@ -59,11 +60,11 @@ class Prepared:
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
-        return ("dev", "test", "heldout") if "heldout" in self.files else ("dev", "test")
+        return ("dev", "test")
 
     def measure_references(self, teacher: Any, student: Any, log: Any) -> None:
         for name in self.eval_splits:
-            self.teacher_scores[name] = self.score(teacher, name)
+            self.teacher_scores[name] = self.score(teacher, name, who="teacher")
             self.student_init_scores[name] = self.score(student, name)
         log(f"{self.regime.name}: teacher test {self.teacher_scores['test']}, student init test "
             f"{self.student_init_scores['test']}, train/dev/test {self.n}")
@@ -81,57 +82,99 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _probe(ids: dict[str, list[list[int]]], pad_id: int, teacher: Any, student: Any) -> GeometryProbe:
-    """The regime's geometry probe: evaluation texts first, training texts only if those are too few."""
+def _probe(ids: dict[str, list[list[int]]], pad_id: int, teacher: Any, student: Any,
+           student_ids: tuple[dict[str, list[list[int]]], int] | None = None) -> GeometryProbe:
+    """The regime's geometry probe: evaluation texts first, training texts only if those are too few;
+    ``student_ids`` (ids by split, pad id) when the student reads the texts with another tokenizer."""
     from repgeo.distill.checks import hidden_sizes
 
     width = max(max(hidden_sizes(teacher)), max(hidden_sizes(student)))
-    return GeometryProbe.take(ids, ["dev", "test", "heldout", "train"], pad_id, width)
+    return GeometryProbe.take(ids, ["dev", "test", "train"], pad_id, width, student=student_ids)
 
 
 def prepare(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
     return (prepare_causal if r.family == "causal" else prepare_encoder)(preset, r, work, log)
 
 
+def _encoder_teacher(r: Regime, data: Any, settings: Any, folder: Path, work: Path, log: Any) -> Any:
+    """The fine-tuned encoder teacher: the one the regime's recorded runs used (pinned), else the cached or newly
+    fine-tuned ``r.teacher`` (``repgeo.demo.teacher.prepare_teacher``)."""
+    from repgeo import assets
+    from repgeo.demo.teacher import TeacherResult, load_teacher_folder, prepare_teacher
+
+    pinned = pinned_teacher(folder)
+    if pinned is not None:
+        log(f"{r.name}: keeping the teacher of its recorded runs, {pinned}")
+        model, tok, meta = load_teacher_folder(pinned, len(data.labels))
+        return TeacherResult(pinned, model, tok, float("nan"), np.array([]), True, meta["seconds"])
+    sources = {"minilm": "minilm_path", "mpnet": "mpnet_path"}
+    if r.teacher not in sources:
+        raise ValueError(f"teacher must be one of {', '.join(sources)} for an encoder regime, got {r.teacher!r}")
+    source = getattr(assets, sources[r.teacher])()
+    return prepare_teacher(str(source), data, settings, cache_dir=work / "teachers", progress=False, log=log)
+
+
+def pretrained_student(r: Regime, data: Any, folder: Path, probe_init: int) -> None:
+    """The pretrained student (all-MiniLM-L6-v2 with its own tokenizer, ``r.student_layers`` of its 6 blocks
+    evenly spread, first and last kept) with a linear-probe initialised head, saved in ``folder``."""
+    from repgeo.assets import minilm_path
+    from repgeo.distill import derive_student
+    from repgeo.recipes.classifier import encode, label_ids, linear_probe_init, load_classifier, load_tokenizer
+
+    tok = load_tokenizer(str(minilm_path()))
+    model = load_classifier(str(minilm_path()), len(data.labels), tok)
+    model.config.id2label = dict(enumerate(data.labels))
+    model.config.label2id = {lab: i for i, lab in enumerate(data.labels)}
+    if r.student_layers is not None and r.student_layers < model.config.num_hidden_layers:
+        model = derive_student(model, num_layers=r.student_layers, seed=0)
+    n = min(len(data.train), probe_init)
+    ids = encode(tok, data.train["text"][:n], r.max_length)
+    linear_probe_init(model, ids, label_ids(data.train["label"][:n], data.labels), tok.pad_token_id, seed=0)
+    model.eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
 def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
+    """Splits and data files, the teacher, the student initialisation and the scorer. Each model reads the texts
+    with its own tokenizer; the geometry probe uses token rows when the two share a vocabulary, else one
+    mean-pooled row per text (:mod:`.geometry`)."""
     import transformers
 
-    from repgeo.assets import minilm_path
     from repgeo.demo.data import DemoData
     from repgeo.demo.students import init_student
-    from repgeo.demo.teacher import TeacherResult, load_teacher_folder, prepare_teacher
-    from repgeo.recipes.classifier import encode, label_ids, predict
+    from repgeo.recipes.classifier import encode, label_ids, load_tokenizer, predict
 
     splits = load_splits(r.task, r)
     labels = sorted(set(splits["train"]["label"]))
     folder = regime_folder(work, r)
-    files = {name: _write_jsonl(folder / "data" / f"{name}.jsonl", frame.to_dict("records"))
+    files = {name: _write_jsonl(folder / "data" / f"{name}.jsonl", frame[["text", "label"]].to_dict("records"))
              for name, frame in splits.items()}
     data = DemoData(splits["train"], splits["dev"], labels, r.task, len(splits["train"]))
     settings = teacher_settings(preset, r, work / "teachers")
-    pinned = pinned_teacher(folder)
-    if pinned is not None:
-        log(f"{r.name}: keeping the teacher of its recorded runs, {pinned}")
-        model, tok, meta = load_teacher_folder(pinned, len(labels))
-        teacher = TeacherResult(pinned, model, tok, float("nan"), np.array([]), True, meta["seconds"])
-    else:
-        teacher = prepare_teacher(str(minilm_path()), data, settings, cache_dir=work / "teachers", progress=False,
-                                  log=log)
+    teacher = _encoder_teacher(r, data, settings, folder, work, log)
     init_path = folder / "student-init"
     if not (init_path / "config.json").is_file():
-        init_student(teacher, data, settings, init_path, narrow=r.narrow_width is not None)
+        if r.student == "pretrained":
+            pretrained_student(r, data, init_path, settings.probe_init)
+        else:
+            init_student(teacher, data, settings, init_path, narrow=r.narrow_width is not None)
     pin_teacher(folder, Path(teacher.path))
-    tok = teacher.tokenizer
-    ids = {name: encode(tok, list(frame["text"]), r.max_length) for name, frame in splits.items()}
+    toks = {"teacher": teacher.tokenizer, "student": load_tokenizer(str(init_path))}
+    shared = toks["teacher"].get_vocab() == toks["student"].get_vocab()
+    ids = {who: {name: encode(tok, list(frame["text"]), r.max_length) for name, frame in splits.items()}
+           for who, tok in toks.items()}
     y = {name: label_ids(frame["label"], labels) for name, frame in splits.items()}
 
-    def score(model: Any, split: str) -> dict[str, float]:
-        return {"acc": float((predict(model, ids[split], tok.pad_token_id) == y[split]).mean())}
+    def score(model: Any, split: str, *, who: str = "student") -> dict[str, float]:
+        pred = predict(model, ids[who][split], toks[who].pad_token_id, progress=False)
+        return {"acc": float((pred == y[split]).mean())}
 
     student = transformers.AutoModelForSequenceClassification.from_pretrained(init_path)
+    probe = _probe(ids["teacher"], toks["teacher"].pad_token_id, teacher.model, student,
+                   None if shared else (ids["student"], toks["student"].pad_token_id))
     p = Prepared(r, Path(teacher.path), init_path, files, score, "acc", labels,
-                 {k: len(v) for k, v in y.items()}, teacher.seconds,
-                 probe=_probe(ids, tok.pad_token_id, teacher.model, student))
+                 {k: len(v) for k, v in y.items()}, teacher.seconds, probe=probe)
     p.measure_references(teacher.model, student, log)
     return p
 
@@ -152,9 +195,6 @@ def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
         sub = dataclasses.replace(r, n_train=share["train"], n_dev=share["dev"], n_test=share["test"])
         for split, frame in load_splits(t, sub).items():
             records[split] += instruction_records(t, frame)
-    if r.heldout:
-        held = load_splits(r.heldout, dataclasses.replace(r, n_train=10**9, n_dev=0, n_test=r.n_test))
-        records["heldout"] = instruction_records(r.heldout, held["test"])
     order = np.random.default_rng(0).permutation(len(records["train"]))
     records["train"] = [records["train"][i] for i in order]  # tasks interleaved
     folder = regime_folder(work, r)
@@ -170,7 +210,7 @@ def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
     teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_path)
     init_path = folder / "student-init"
     if not (init_path / "config.json").is_file():
-        derive_student(teacher, num_layers=r.num_layers).save_pretrained(init_path)
+        derive_student(teacher, num_layers=r.student_layers).save_pretrained(init_path)
         tok.save_pretrained(init_path)
     pin_teacher(folder, teacher_path)
     student = transformers.AutoModelForCausalLM.from_pretrained(init_path)
@@ -179,7 +219,7 @@ def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
     longest = max(len(tok(x["response"], add_special_tokens=False)["input_ids"]) for recs in records.values()
                   for x in recs)
 
-    def score(model: Any, split: str) -> dict[str, float]:
+    def score(model: Any, split: str, *, who: str = "student") -> dict[str, float]:
         out = task.generate_scores(model, datasets[split], max_new_tokens=longest + 1, num_samples=None,
                                    batch_size=64)
         return {k: v / 100.0 for k, v in out.items()}

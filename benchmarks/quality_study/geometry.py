@@ -6,7 +6,10 @@ hidden state of every unpadded token of the probe texts, ``groups`` = the text e
 cross-fitting folds keep a text's tokens together. Texts are taken in a fixed order -- the evaluation splits
 (dev, test, the held-out task), then training texts only if those hold too few tokens -- until there are at least
 ``max(4 × width, 1000)`` rows, ``width`` the widest mapped layer of teacher and student. The same texts serve every
-run of a regime; the teacher's rows are computed once.
+run of a regime; the teacher's rows are computed once. When the student reads the texts with **another
+tokenizer** (MPNet teacher, MiniLM student), token rows do not correspond: the probe then takes **one mean-pooled
+row per text** (the features the pooled losses match), ``groups`` = one text per row, and needs
+``max(4 × width, 1000)`` texts.
 
 Estimators (:mod:`repgeo.metrics.estimators`, the audit's): corrected Procrustes distance
 (``procrustes_corrected``), corrected FG distance (``fg_corrected``), debiased CKA (``cka_debiased``) and the
@@ -48,49 +51,73 @@ def required_rows(width: int) -> int:
 
 @dataclass
 class GeometryProbe:
-    """Probe texts (token ids, in order) and the splits they came from; see the module docstring."""
+    """Probe texts (the teacher's token ids, in order; the student's when it has its own tokenizer) and the splits
+    they came from; see the module docstring."""
 
     ids: list[list[int]]
     pad_id: int
     splits: list[str]
     width: int
+    student_ids: list[list[int]] | None = None
+    student_pad_id: int | None = None
     _teacher: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
+    @property
+    def unit(self) -> str:
+        """``"token"`` (one row per token, shared tokenizer) or ``"text"`` (one mean-pooled row per text)."""
+        return "token" if self.student_ids is None else "text"
+
     @classmethod
-    def take(cls, ids_by_split: dict[str, list[list[int]]], order: list[str], pad_id: int, width: int
-             ) -> GeometryProbe:
-        """Texts of the splits in ``order`` until their tokens reach :func:`required_rows` of ``width`` (every text
-        of those splits when they hold fewer)."""
-        need, ids, splits = required_rows(width), [], []
+    def take(cls, ids_by_split: dict[str, list[list[int]]], order: list[str], pad_id: int, width: int, *,
+             student: tuple[dict[str, list[list[int]]], int] | None = None) -> GeometryProbe:
+        """Texts of the splits in ``order`` until their rows (tokens, or texts with a ``student`` of its own
+        tokenizer: its ids by split and pad id) reach :func:`required_rows` of ``width`` (every text of those
+        splits when they hold fewer)."""
+        need, ids, s_ids, splits = required_rows(width), [], [], []
         for split in order:
-            for seq in ids_by_split.get(split, []):
-                if sum(map(len, ids)) >= need:
-                    return cls(ids, pad_id, splits, width)
+            for i, seq in enumerate(ids_by_split.get(split, [])):
+                if (len(ids) if student else sum(map(len, ids))) >= need:
+                    break
                 ids.append(list(seq))
+                if student:
+                    s_ids.append(list(student[0][split][i]))
                 if split not in splits:
                     splits.append(split)
+        if student:
+            return cls(ids, pad_id, splits, width, s_ids, student[1])
         return cls(ids, pad_id, splits, width)
 
     @property
     def groups(self) -> np.ndarray:
-        """The text index of every token row."""
+        """The text index of every row."""
+        if self.unit == "text":
+            return np.arange(len(self.ids))
         return np.repeat(np.arange(len(self.ids)), [len(s) for s in self.ids])
 
     @torch.no_grad()
-    def rows(self, model: Any, layers: list[int], batch_size: int = 32) -> dict[int, np.ndarray]:
-        """Hidden states of every probe token at ``layers`` (``hidden_states`` indices): (tokens, width) float64."""
+    def rows(self, model: Any, layers: list[int], batch_size: int = 32, *, student: bool = False
+             ) -> dict[int, np.ndarray]:
+        """Hidden states at ``layers`` (``hidden_states`` indices), float64: every probe token's, or with the
+        ``"text"`` unit every text's mean over its tokens; ``student`` reads the student's ids."""
         from repgeo.recipes.classifier import pad_batch
 
+        ids, pad_id = ((self.student_ids, self.student_pad_id) if student and self.student_ids is not None
+                       else (self.ids, self.pad_id))
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         out: dict[int, list[np.ndarray]] = {i: [] for i in layers}
-        for start in range(0, len(self.ids), batch_size):
-            batch = pad_batch(self.ids[start : start + batch_size], self.pad_id, device)
+        for start in range(0, len(ids), batch_size):
+            batch = pad_batch(ids[start : start + batch_size], pad_id, device)
             hidden = model(**batch, output_hidden_states=True).hidden_states
             mask = batch["attention_mask"].bool()
             for i in layers:
-                out[i].append(hidden[i][mask].double().cpu().numpy())
+                h = hidden[i].double()
+                if self.unit == "text":
+                    m = mask.unsqueeze(-1).double()
+                    out[i].append(((h * m).sum(1) / m.sum(1)).cpu().numpy())
+                else:
+                    out[i].append(h[mask].cpu().numpy())
         model.train(was_training)
         return {i: np.concatenate(r) for i, r in out.items()}
 
@@ -103,7 +130,7 @@ class GeometryProbe:
         missing = sorted(set(layer_map.values()) - set(self._teacher))
         if missing:
             self._teacher.update(self.rows(teacher, missing))
-        student_rows = self.rows(student, sorted(layer_map))
+        student_rows = self.rows(student, sorted(layer_map), student=True)
         groups = self.groups
         values, widths = {}, {}
         for s, t in layer_map.items():
@@ -111,6 +138,6 @@ class GeometryProbe:
             widths[pair] = [int(X.shape[1]), int(Y.shape[1])]
             for name, fn in _estimators(every_pair_only=s != max(layer_map)).items():
                 values[f"{name}/{pair}"] = float(fn(X, Y, groups=groups, seed=0))
-        info = {"rows": len(groups), "texts": len(self.ids), "splits": self.splits, "widths": widths,
+        info = {"rows": len(groups), "unit": self.unit, "texts": len(self.ids), "splits": self.splits, "widths": widths,
                 "rows_needed": required_rows(self.width)}
         return values, info

@@ -1,90 +1,115 @@
-"""The study's regimes (task + student + training length), presets and methods."""
+"""The study's regimes (task + teacher + student + training), presets and methods."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-FEATURE_METHODS = ("proj_mse", "cka", "procrustes", "fg")
+#: feature losses; "non-geometric" ones are the comparator's candidates, the geometric ones are under test
+FEATURE_METHODS = ("proj_mse", "cka", "pkd", "procrustes", "fg")
 GEOMETRIC = ("procrustes", "fg")
 METHODS = ("ft", "kd", *(f"kd+{m}" for m in FEATURE_METHODS))
+#: instruction regimes add MiniLLM-style reverse KL (``loss.kd: reverse``) alone and with the best feature loss
+REVERSE = ("rkd", "rkd+best")
+#: the comparator ("best non-geometric") is chosen on dev among these, before any test score is computed
+COMPARATOR_CANDIDATES = ("kd", "kd+proj_mse", "kd+cka", "kd+pkd", "rkd")
 
 
 @dataclass
 class Regime:
-    """One task + student + training length.
+    """One task + teacher + student + training.
 
-    ``family="encoder"``: ``task`` is a classification set, the teacher MiniLM, the student ``keep_every`` or
-    ``narrow_width``. ``family="causal"``: ``task`` is ``+``-joined classification sets templated into instruction
-    tasks (:func:`repgeo.assets.study.instruction_records`), ``heldout`` a set held out as an unseen task, the
-    teacher SmolLM2-135M-Instruct (``teacher="toy"``: a tiny random Llama, for ``--quick``) fine-tuned on the
-    instructions, the student ``num_layers`` of its blocks (evenly spread, first and last kept). ``n_*`` are
-    totals over the tasks (split evenly); the held-out task gets ``n_test`` examples.
+    ``family="encoder"``: ``task`` a classification set; ``teacher`` ``"minilm"`` (all-MiniLM-L6-v2) or
+    ``"mpnet"`` (all-mpnet-base-v2), fine-tuned on the task; ``student`` ``"derived"`` (teacher blocks 0, k, 2k,
+    …: ``keep_every``, or ``narrow_width`` freshly initialised) or ``"pretrained"`` (all-MiniLM-L6-v2, its own
+    tokenizer, ``student_layers`` of its 6 blocks evenly spread, first and last kept). ``family="causal"``:
+    ``task`` ``+``-joined classification sets templated into instruction tasks, teacher ``"smollm2"`` (``"toy"``:
+    a tiny random Llama) fine-tuned on them, the student ``student_layers`` of its blocks. Students train until
+    the dev plateau (:mod:`.plateau`: ``patience``, ``max_epochs``). ``sec_per_step`` / ``teacher_sec_per_step``:
+    the measured (or, where marked in the preset, estimated) seconds per step, for ``--plan``.
     """
 
     task: str
-    seeds: int
     n_train: int
     n_dev: int
     n_test: int
-    student_steps: int
-    keep_every: int = 2  # 6-layer teacher -> blocks 0, 2, 4
-    narrow_width: int | None = None
-    teacher_steps: int = 200
-    max_length: int = 64
     family: str = "encoder"
-    heldout: str | None = None
-    num_layers: int | None = None
-    teacher: str = "smollm2"
+    teacher: str = "minilm"
+    student: str = "derived"
+    keep_every: int = 2
+    narrow_width: int | None = None
+    student_layers: int | None = None
+    teacher_steps: int = 200
+    teacher_freeze_embeddings: bool = False
+    max_length: int = 64
+    max_epochs: int = 8
+    patience: int = 1
     batch: int | None = None  # default: the preset's
+    sec_per_step: float = 0.5
+    teacher_sec_per_step: float = 1.0
 
     @property
     def name(self) -> str:
         if self.family == "causal":
-            held = f"->{self.heldout}" if self.heldout else ""
-            return f"instruct({self.task}{held})/L{self.num_layers}/{self.student_steps}steps"
-        student = f"narrow{self.narrow_width}" if self.narrow_width else f"keep{self.keep_every}"
-        return f"{self.task}/{student}/{self.student_steps}steps"
+            return f"instruct({self.task})/{self.teacher}->L{self.student_layers}"
+        if self.student == "pretrained":
+            student = f"minilm-L{self.student_layers or 6}"
+        else:
+            student = f"narrow{self.narrow_width}" if self.narrow_width else f"keep{self.keep_every}"
+        return f"{self.task}/{self.teacher}->{student}"
 
 
 @dataclass
 class Preset:
+    """The study's settings: regimes (the first is the primary one), the α grid and its extension, the sweep's
+    seeds, the pilot's extra seeds, the power target and the bounds on the main stage's seeds."""
+
     regimes: list[Regime]
     alpha_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
-    sweep_seeds: int = 2
-    ablation_seeds: int = 5
-    ablations: tuple[tuple[str, str, str], ...] = (("procrustes", "tokens", "constant"),
-                                                   ("procrustes", "mean", "linear"), ("fg", "mean", "linear"))
+    max_extend: int = 3
+    sweep_seeds: int = 3
+    pilot_seeds: int = 2
+    min_seeds: int = 5
+    max_seeds: int = 40
+    delta: float = 0.01  # the effect that matters: 1 point
+    power: float = 0.8
+    level: float = 0.05
     batch: int = 32
     lr: float = 1e-4
     teacher_lr: float = 5e-5
     causal_teacher_lr: float = 1e-4
     temperature: float = 2.0
+    feature_methods: tuple[str, ...] = FEATURE_METHODS
 
 
 PRESETS: dict[str, Preset] = {
+    # the test's smoke run: the primary regime's pipeline on MiniLM (same tokenizer), tiny sizes
     "quick": Preset(
-        regimes=[Regime("rotten_tomatoes", 2, 96, 48, 48, 4, teacher_steps=4, max_length=24),
-                 Regime("rotten_tomatoes", 1, 64, 16, 16, 4, family="causal", num_layers=2, teacher="toy",
-                        teacher_steps=40, max_length=48, batch=8)],
-        alpha_grid=(1.0,), sweep_seeds=1, ablation_seeds=1, ablations=(("procrustes", "mean", "linear"),),
-        batch=16, causal_teacher_lr=3e-3),
-    "cpu": Preset(regimes=[
-        Regime("rotten_tomatoes", 10, 3000, 500, 1000, 60, teacher_steps=150),
-        Regime("banking77", 5, 4000, 500, 1000, 60, teacher_steps=200),
-        Regime("rotten_tomatoes+banking77+hwu64", 5, 600, 60, 150, 60, family="causal", heldout="clinc",
-               num_layers=10, teacher_steps=120, max_length=64, batch=8),
-    ], alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=1, ablation_seeds=5,
-        ablations=(("procrustes", "tokens", "constant"), ("procrustes", "mean", "linear"))),
-    # sized for one large GPU but not yet measured on one: on an H200 a student step measured ~20 ms and the pooled
-    # feature losses 12-33 ms (latency-bound, benchmarks/loss_overhead.py), so ~50 ms a step, ~20 s a run
-    "gpu": Preset(regimes=[
-        Regime("rotten_tomatoes", 10, 8927, 1000, 2000, 300, teacher_steps=600, max_length=96),
-        Regime("banking77", 10, 9003, 1000, 3080, 300, teacher_steps=800),
-        Regime("trec", 5, 4849, 532, 490, 300, teacher_steps=400),
-        Regime("rotten_tomatoes", 5, 8927, 1000, 2000, 300, teacher_steps=600, narrow_width=192, max_length=96),
-        Regime("rotten_tomatoes+banking77+hwu64", 10, 6000, 300, 600, 300, family="causal", heldout="clinc",
-               num_layers=10, teacher_steps=600, max_length=96, batch=32),
-        Regime("rotten_tomatoes+banking77+hwu64", 5, 6000, 300, 600, 300, family="causal", heldout="clinc",
-               num_layers=6, teacher_steps=600, max_length=96, batch=32),
-    ], alpha_grid=(0.1, 0.3, 1.0, 3.0, 10.0), sweep_seeds=2, ablation_seeds=10, batch=64),
+        regimes=[Regime("rotten_tomatoes", 96, 48, 48, teacher="minilm", student="pretrained", student_layers=2,
+                        teacher_steps=4, max_length=24, max_epochs=2)],
+        alpha_grid=(1.0,), max_extend=1, sweep_seeds=1, pilot_seeds=1, min_seeds=2, max_seeds=2, batch=16,
+        feature_methods=("cka", "procrustes")),
+    # the primary regime on 2 CPU cores: MPNet teacher (12 x 768) -> pretrained MiniLM truncated to 3 of 6 blocks
+    # (384 wide, its own tokenizer); sec_per_step measured (see docs/study.md)
+    "cpu2": Preset(
+        regimes=[Regime("rotten_tomatoes", 2000, 500, 1066, teacher="mpnet", student="pretrained", student_layers=3,
+                        teacher_steps=250, teacher_freeze_embeddings=True, max_length=64, max_epochs=6,
+                        sec_per_step=0.45, teacher_sec_per_step=4.0)],
+        alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=30),
+    # one H200 for <= 8 minutes: an ESTIMATE (no per-run cost measured on the GPU: ~0.03 s a step assumed)
+    "gpu2": Preset(
+        regimes=[Regime("rotten_tomatoes", 8927, 1000, 2551, teacher="mpnet", student="pretrained",
+                        student_layers=6, teacher_steps=600, max_length=96, max_epochs=6, sec_per_step=0.03,
+                        teacher_sec_per_step=0.08),
+                 Regime("banking77", 9003, 1000, 3080, teacher="mpnet", student="pretrained", student_layers=6,
+                        teacher_steps=900, max_length=64, max_epochs=8, sec_per_step=0.03, teacher_sec_per_step=0.08),
+                 Regime("boolq", 8485, 942, 3270, teacher="mpnet", student="pretrained", student_layers=6,
+                        teacher_steps=900, max_length=256, max_epochs=6, sec_per_step=0.06,
+                        teacher_sec_per_step=0.2),
+                 Regime("rotten_tomatoes", 8927, 1000, 2551, teacher="minilm", student="derived", keep_every=2,
+                        teacher_steps=600, max_length=96, max_epochs=6, sec_per_step=0.02,
+                        teacher_sec_per_step=0.05),
+                 Regime("rotten_tomatoes+banking77+hwu64", 6000, 300, 600, family="causal", teacher="smollm2",
+                        student_layers=10, teacher_steps=600, max_length=96, max_epochs=4, batch=32,
+                        sec_per_step=0.06, teacher_sec_per_step=0.1)],
+        alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=20, batch=64),
 }

@@ -1,4 +1,4 @@
-"""The study's report: the markdown tables and the plot."""
+"""The v2 study's report: a one-paragraph summary, the markdown tables and the plot (``distill_quality_v2*``)."""
 
 from __future__ import annotations
 
@@ -8,116 +8,157 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .regimes import GEOMETRIC, METHODS
+from .regimes import GEOMETRIC
+
+
+def _pts(x: float, signed: bool = False) -> str:
+    return "—" if x is None or np.isnan(x) else (f"{100 * x:+.2f}" if signed else f"{100 * x:.1f}")
+
+
+def summary_paragraph(res: dict[str, Any]) -> str:
+    """What was found, in one paragraph: per regime, each primary comparison's difference, CI, Holm p and verdict,
+    the seeds it rests on, and how long the students trained."""
+    if not res["summary"]:
+        return "Results pending: no main-stage run has finished yet."
+    parts = []
+    for g, s in res["summary"].items():
+        power = s.get("power") or {}
+        tests = "; ".join(
+            f"{name.replace(' vs ', ' − ')} {_pts(t['diff'], True)} points [{_pts(t['ci_low'], True)}, "
+            f"{_pts(t['ci_high'], True)}], Holm p = {t['p_holm']:.3g}: **{t['verdict']}**"
+            for name, t in s["tests"].items())
+        steps = np.median([m["steps_to_plateau"] for m in s["methods"].values()])
+        parts.append(f"On {g} (comparator chosen on dev: {s['comparator']}; {power.get('seeds', '?')} seeds from a "
+                     f"pilot paired SD of {_pts(power.get('paired_sd', float('nan')))} points), {tests or 'no test'}. "
+                     f"Students reached their dev plateau after a median {steps:.0f} steps.")
+    return " ".join(parts)
 
 
 def markdown(res: dict[str, Any], command: str) -> str:
-    lines = [f"# Distillation quality — preset `{res['preset']}`", "",
-             f"Command: `{command}` ({res['seconds'] / 60:.0f} min, {res['threads']} thread(s), {res['device']}).",
-             "", "Test score, mean ± std over seeds (n = seeds): accuracy for the encoder regimes; for the instruct "
-             "regimes ROUGE-L (or exact match) on held-out examples of the training tasks, and on a held-out task. "
-             "Teacher and untrained student for reference.", ""]
+    lines = [f"# Distillation quality v2 — preset `{res['preset']}`", "",
+             f"Command: `{command}` ({res['threads']} thread(s), {res['device']}). Protocol: "
+             "`benchmarks/quality_study/__init__.py`.", "", "## Summary", "", summary_paragraph(res), ""]
     regimes = list(res["summary"])
-    lines.append("| method | " + " | ".join(regimes) + " |")
-    lines.append("|---" * (len(regimes) + 1) + "|")
-    for m in METHODS:
+    if regimes:
+        lines += _score_table(res, regimes)
+        lines += _tests(res, regimes)
+    lines += _decisions(res)
+    for g in regimes:
+        lines += _details(res, g)
+    return "\n".join(lines) + "\n"
+
+
+def _score_table(res: dict[str, Any], regimes: list[str]) -> list[str]:
+    methods = list(dict.fromkeys(m for g in regimes for m in res["summary"][g]["methods"]))
+    lines = ["## Test score", "", "Mean ± SD over seeds (n), in % (accuracy; ROUGE-L for instruction regimes); "
+             "teacher and untrained student for reference.", "",
+             "| method | " + " | ".join(regimes) + " |", "|---" * (len(regimes) + 1) + "|"]
+    for m in methods:
         cells = []
         for g in regimes:
             s = res["summary"][g]["methods"].get(m)
-            cells.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} (n={s['n']})" if s else "—")
+            cells.append(f"{_pts(s['mean'])} ± {_pts(s['std'])} (n={s['n']})" if s else "—")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     for who in ("teacher", "student_init"):
-        lines.append(f"| *{who.replace('_', ' ')}* | "
-                     + " | ".join(f"{100 * res['regimes'][g][who]['test']:.1f}" for g in regimes) + " |")
-    lines += ["", "Paired differences in test score (points, geometric − reference) across seeds; comparisons where "
-              "every seed scored the same for both methods are left out:", "",
-              "| regime | comparison | diff | 95 % CI | p (t) | p (Wilcoxon) | d_z |", "|---|---|---|---|---|---|---|"]
-    for g in regimes:
-        best = res["summary"][g]["best_non_geometric"]
-        for name, t in res["summary"][g]["tests"].items():
-            if t["diff"] == 0 and t["ci_low"] == t["ci_high"] == 0:  # every seed scored alike: nothing to test
-                continue
-            ref = name.split(" vs ")[1]
-            tag = " (best non-geometric)" if ref == best else ""
-            lines.append(f"| {g} | {name}{tag} | {100 * t['diff']:+.2f} | [{100 * t['ci_low']:+.2f}, "
-                         f"{100 * t['ci_high']:+.2f}] | {t['p_t']:.3g} | {t['p_wilcoxon']:.3g} | {t['d_z']:+.2f} |")
-    if res["alpha_sweep"]:
-        grid = next(iter(res["alpha_sweep"].values()))
-        lines += ["", "α sweep (relative α; mean dev accuracy of the first regime; chosen α in bold):", "",
-                  "| loss | " + " | ".join(f"α = {float(a):g}" for a in grid) + " |", "|---" * (1 + len(grid)) + "|"]
-        for m, by_a in res["alpha_sweep"].items():
-            cells = [(f"**{100 * v:.1f}**" if float(a) == res["alpha_chosen"][m] else f"{100 * v:.1f}")
-                     for a, v in by_a.items()]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    else:
-        lines += ["", f"α (relative, not swept): {res['alpha_chosen']}"]
-    if res["ablations"]:
-        lines += ["", "Ablations on the first regime (vs the same loss, pooled features, constant α; same seeds):", "",
-                  "| variant | test acc | base | diff | p (t) |", "|---|---|---|---|---|"]
-        for name, a in res["ablations"].items():
-            lines.append(f"| {name} | {100 * a['mean']:.1f} | {100 * a['base_mean']:.1f} | {100 * a['diff']:+.2f} | "
-                         f"{a['p_t']:.3g} |")
-    return "\n".join(lines + _cost_and_geometry(res, regimes)) + "\n"
+        cells = []
+        for g in regimes:
+            ref = res["decisions"].get(g, {}).get("references", {})
+            cells.append(_pts(ref.get(who, {}).get("test", {}).get(ref.get("primary", "acc"), float("nan"))))
+        lines.append(f"| *{who.replace('_', ' ')}* | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
-def _cost_and_geometry(res: dict[str, Any], regimes: list[str]) -> list[str]:
-    """Per regime: seconds per step and the final geometry at the last mapped pair, with the probe it was measured
-    on (rows, texts, widths: results written before the bias-aware probe have no such line)."""
-    probed = any(res["summary"][g].get("geometry_probe") for g in regimes)
-    how = ("(mean over seeds; bias-aware estimators on token rows grouped by text, "
-           "`benchmarks/quality_study/geometry.py`)" if probed else "on the dev probe set (mean over seeds)")
-    lines = ["", "Cost (median seconds per training step, teacher cached) and final geometry between the last mapped "
-             f"layers {how}:", ""]
+def _tests(res: dict[str, Any], regimes: list[str]) -> list[str]:
+    lines = ["## Paired tests (test split, points)", "", "Primary: each geometric loss vs the comparator chosen on "
+             "dev, Holm-adjusted over every primary comparison of the preset. Secondary: unadjusted, exploratory.",
+             "", "| regime | comparison | diff | 95 % CI | p (t) | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for g in regimes:
-        if " · " in g:  # a score view of a causal regime: same runs, same cost and geometry
-            continue
         s = res["summary"][g]
-        geo_keys = sorted({k for d in s["geometry"].values() for k in d})
-        top = max((k.split("/")[1] for k in geo_keys), key=_pair_order)  # e.g. "s10_t30" after "s9_t27"
-        last = [k for k in geo_keys if k.split("/")[1] == top]
+        for name, t in s["tests"].items():
+            lines.append(f"| {g} | **{name}** | {_pts(t['diff'], True)} | [{_pts(t['ci_low'], True)}, "
+                         f"{_pts(t['ci_high'], True)}] | {t['p_t']:.3g} | {t['p_holm']:.3g} | {t['verdict']} |")
+        for name, t in s["secondary"].items():
+            lines.append(f"| {g} | {name} | {_pts(t['diff'], True)} | [{_pts(t['ci_low'], True)}, "
+                         f"{_pts(t['ci_high'], True)}] | {t['p_t']:.3g} | — | (secondary) |")
+    return [*lines, ""]
+
+
+def _decisions(res: dict[str, Any]) -> list[str]:
+    lines = ["## Decisions made on dev (before any test score)", ""]
+    for g, d in res["decisions"].items():
         lines += [f"**{g}**", ""]
-        probe = s.get("geometry_probe")
-        if probe:
-            p, q = probe["widths"].get(top, ["?", "?"])
-            lines += [f"Probe: n = {probe['rows']} token rows of {probe['texts']} texts ({', '.join(probe['splits'])}; "
-                      f"needed >= {probe['rows_needed']}), width teacher {p} / student {q} at {top}.", ""]
-        lines += ["| method | s/step | " + " | ".join(last) + " |", "|---" * (2 + len(last)) + "|"]
-        for m in METHODS:
-            if m in s["sec_per_step"]:
-                lines.append(f"| {m} | {s['sec_per_step'][m]:.3f} | "
-                             + " | ".join(f"{s['geometry'][m].get(k, float('nan')):.3f}" for k in last) + " |")
+        for m, a in d.get("alpha", {}).items():
+            grid = ", ".join(f"{float(k):g}: {_pts(v)}" for k, v in a["means"].items())
+            lines.append(f"- α {m}: dev {{{grid}}} → **{a['alpha']:g}**"
+                         + ("" if a["interior"] else " (edge: extension limit reached)"))
+        if "comparator" in d:
+            dev = ", ".join(f"{m} {_pts(v)}" for m, v in d["comparator"]["dev"].items())
+            lines.append(f"- comparator: **{d['comparator']['method']}** (dev: {dev})")
+        if "power" in d:
+            p = d["power"]
+            lines.append(f"- power: paired SD {_pts(p['paired_sd'])} points over {p['pairs']} seeds (dev); "
+                         f"{p['comparisons']} primary comparisons, level {p['level']:g}/{p['comparisons']}; "
+                         f"{p['seeds_needed']} seeds needed for {100 * p['power']:.0f} % power at "
+                         f"{100 * p['delta']:g} point → **{p['seeds']}** run" + (" (capped)" if p["capped"] else ""))
         lines.append("")
     return lines
 
 
+def _details(res: dict[str, Any], g: str) -> list[str]:
+    s = res["summary"][g]
+    geo = s["geometry"]
+    keys = sorted({k for d in geo.values() for k in d})
+    top = max((k.split("/")[1] for k in keys), key=_pair_order, default=None)
+    last = [k for k in keys if k.split("/")[1] == top]
+    probe = s.get("geometry_probe")
+    lines = [f"### {g}: training, cost and final geometry", ""]
+    if probe:
+        lines += [f"Geometry probe: {probe['rows']} {probe.get('unit', 'token')} rows of {probe['texts']} texts "
+                  f"({', '.join(probe['splits'])}; needed ≥ {probe['rows_needed']}); bias-aware estimators at "
+                  f"{top}.", ""]
+    lines += ["| method | α | dev | steps to plateau | epochs | s/step | " + " | ".join(last) + " |",
+              "|---" * (6 + len(last)) + "|"]
+    for m, t in s["methods"].items():
+        lines.append(f"| {m} | {t['alpha']:g} | {_pts(t['dev_mean'])} | {t['steps_to_plateau']:.0f} | "
+                     f"{t['epochs']:.1f} | {t['sec_per_step']:.3f} | "
+                     + " | ".join(f"{geo.get(m, {}).get(k, float('nan')):.3f}" for k in last) + " |")
+    return [*lines, ""]
+
+
 def _pair_order(pair: str) -> tuple[int, ...]:
-    """``"s3_t6"`` -> ``(3, 6)``: mapped layer pairs in numeric order."""
     return tuple(int(part[1:]) for part in pair.split("_"))
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
+    """Test score per method and seed (geometric losses in red), the comparator's mean as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = list(res["summary"])
-    fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 3.6), squeeze=False)
-    df = pd.DataFrame([r for r in res["runs"] if r["stage"] == "final"])
+    regimes = list(res["summary"]) or ["(pending)"]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(4.6 * len(regimes), 3.8), squeeze=False)
+    df = pd.DataFrame([r for r in res["runs"] if r["stage"] == "main"])
     for ax, g in zip(axes[0], regimes, strict=True):
+        if g not in res["summary"]:
+            ax.set_title("results pending", fontsize=9)
+            continue
+        methods = list(res["summary"][g]["methods"])
         sub = df[df["regime"] == g]
-        for i, m in enumerate(METHODS):
+        for i, m in enumerate(methods):
             acc = 100 * sub[sub["method"] == m]["test_acc"].to_numpy()
-            if len(acc):
-                color = "C3" if m.split("+")[-1] in GEOMETRIC else "C0"
-                ax.scatter(np.full(len(acc), i) + np.linspace(-0.15, 0.15, len(acc)), acc, s=9, color=color, alpha=0.6)
-                ax.errorbar(i, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else 0, fmt="_", color="k",
-                            capsize=4, markersize=14)
-        ax.axhline(100 * res["regimes"][g]["teacher"]["test"], color="grey", ls="--", lw=1, label="teacher")
-        ax.set_xticks(range(len(METHODS)), METHODS, rotation=40, ha="right", fontsize=8)
+            color = "C3" if m.split("+")[-1] in GEOMETRIC else "C0"
+            ax.scatter(np.full(len(acc), i) + np.linspace(-0.15, 0.15, len(acc)), acc, s=9, color=color, alpha=0.6)
+            ax.errorbar(i, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else 0, fmt="_", color="k", capsize=4)
+        comparator = res["summary"][g]["comparator"]
+        if comparator in res["summary"][g]["methods"]:
+            ax.axhline(100 * res["summary"][g]["methods"][comparator]["mean"], color="grey", ls="--", lw=1,
+                       label=f"comparator ({comparator})")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right", fontsize=8)
         ax.set_title(g, fontsize=9)
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylabel("test score (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,74 +6,102 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .data import Prepared, regime_folder
-from .regimes import Preset
+from .plateau import Plateau, PlateauStop
+from .regimes import Preset, Regime
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run: ``stage`` ``"sweep"`` (α grid, dev only), ``"pilot"`` (extra seeds at the chosen α, dev only) or
+    ``"main"`` (dev and test, final geometry). ``method``: ``ft`` (task loss), ``kd`` (+ forward KL on the
+    logits, T = preset temperature), ``rkd`` (reverse KL instead, ``loss.kd: reverse``), ``<kd|rkd>+<loss>``
+    (+ α × the feature loss, relative α)."""
+
     regime: str
-    method: str  # one of METHODS
+    method: str
     seed: int
     alpha: float = 0.0  # relative α (feature methods)
-    pooling: str = "mean"
-    schedule: str = "constant"
-    stage: str = "final"  # "sweep" | "final" | "ablation"
+    stage: str = "main"
 
     @property
     def key(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def feature(self) -> str | None:
+        """The feature loss (``loss.metric``), or None."""
+        return self.method.split("+", 1)[1] if "+" in self.method else None
+
+
+def epoch_steps(r: Regime, preset: Preset) -> int:
+    """Optimiser steps in one epoch of regime ``r``."""
+    return math.ceil(r.n_train / (r.batch or preset.batch))
+
 
 def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Path) -> dict[str, Any]:
-    """The ``repgeo distill`` configuration (a dict) of run ``spec``."""
+    """The ``repgeo distill`` configuration (a dict) of run ``spec``: up to ``max_epochs`` epochs at a constant
+    learning rate after a warm-up of a tenth of an epoch (the plateau callback stops it, :mod:`.plateau`)."""
     from repgeo.recipes.student import short_run_trainer
 
     r = p.regime
-    metric = spec.method.split("+", 1)[1] if "+" in spec.method else None
-    data: dict[str, Any] = {"train": str(p.files["train"]), "eval": str(p.files["dev"]), "max_length": r.max_length}
+    metric = spec.feature
+    data: dict[str, Any] = {"train": str(p.files["train"]), "max_length": r.max_length}
     if p.labels is not None:
         data["labels"] = p.labels
+    per_epoch = epoch_steps(r, preset)
+    trainer = {**short_run_trainer(1, preset.lr, r.batch or preset.batch, logging_steps=max(1, per_epoch // 2)),
+               "max_steps": -1, "num_train_epochs": r.max_epochs, "lr_scheduler_type": "constant_with_warmup",
+               "warmup_steps": max(1, per_epoch // 10), "eval_strategy": "no"}
+    loss: dict[str, Any] = {
+        "metric": metric or "procrustes", "alpha": spec.alpha if metric else 0.0, "alpha_relative": True,
+        "w_task": 1.0, "w_kd": 0.0 if spec.method == "ft" else 1.0, "temperature": preset.temperature,
+        "pooling": "mean", "layer_map": "uniform"}
+    if spec.method.startswith("rkd"):
+        loss["kd"] = "reverse"
     return {
         "task": "instruction" if r.family == "causal" else "classification", "output_dir": str(out),
         "seed": spec.seed, "teacher": {"path": str(p.teacher_path)}, "student": {"path": str(p.student_path)},
-        "data": data,
-        "loss": {"metric": metric or "procrustes", "alpha": spec.alpha if metric else 0.0, "alpha_relative": True,
-                 "alpha_schedule": spec.schedule, "w_task": 1.0,
-                 "w_kd": 0.0 if spec.method == "ft" else 1.0, "temperature": preset.temperature,
-                 "pooling": spec.pooling, "layer_map": "uniform"},
-        "trainer": short_run_trainer(r.student_steps, preset.lr, r.batch or preset.batch,
-                                     logging_steps=max(1, r.student_steps // 5)),
+        "data": data, "loss": loss, "trainer": trainer,
         "geometry": {"enabled": False},  # measured once at the end by the regime's probe (.geometry)
         "cache": {"enabled": spec.method != "ft", "path": str(cache)},
     }
 
 
 def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str, Any]:
-    """Train one student (:func:`repgeo.recipes.student.distill_student`); its dev and test score (``dev_acc`` /
-    ``test_acc``: the regime's primary score; all scores under ``scores``), the feature loss's initial value and
-    α, seconds per training step and the final mapped-layer geometry (:mod:`.geometry`: bias-aware estimators on
-    the regime's probe, described under ``geometry_probe``)."""
+    """Train one student to its dev plateau (:func:`repgeo.recipes.student.distill_student` with
+    :class:`~.plateau.PlateauStop`); its dev score (and in the main stage its test score and final geometry:
+    :mod:`.geometry`), the dev curve and steps to the plateau, the feature loss's initial value and α, and the
+    seconds per training step (training time less the per-epoch dev scoring, over the steps run)."""
+    import time
+
     from repgeo.recipes.student import distill_student
 
     folder = regime_folder(work, p.regime)
     out = folder / "runs" / spec.key
-    suffix = f"{spec.pooling}" + ("-features" if "+" in spec.method else "-logits")
-    done = distill_student(run_config(preset, p, spec, out, folder / f"teacher_cache_{suffix}.pt"))
-    splits = ("dev",) if spec.stage == "sweep" else p.eval_splits  # the sweep never looks at the test split
+    kind = "features" if spec.feature else "logits"
+    stop = PlateauStop(lambda model: p.score(model, "dev")[p.primary], Plateau(p.regime.patience, p.regime.max_epochs))
+    t0 = time.perf_counter()
+    done = distill_student(run_config(preset, p, spec, out, folder / f"teacher_cache_mean-{kind}.pt"),
+                           callbacks=[stop])
+    splits = ("dev", "test") if spec.stage == "main" else ("dev",)  # only the main stage looks at the test split
     scores = {name: p.score(done.model, name) for name in splits}
-    geometry, probe = p.probe.measure(done.teacher, done.model, done.layer_map)
-    return {**dataclasses.asdict(spec), "key": spec.key, "dev_acc": scores["dev"][p.primary],
-            "test_acc": scores["test"][p.primary] if "test" in scores else float("nan"), "scores": scores,
-            "alpha_eff": done.alpha_eff, "feature_loss_init": done.feature_loss_init,
-            "sec_per_step": done.train_seconds / max(1, done.steps),
-            "final_loss": next((h["loss"] for h in reversed(done.history) if "loss" in h), float("nan")),
-            "geometry": geometry, "geometry_probe": probe}
+    row = {**dataclasses.asdict(spec), "key": spec.key, "dev_acc": scores["dev"][p.primary],
+           "test_acc": scores["test"][p.primary] if "test" in scores else float("nan"), "scores": scores,
+           "alpha_eff": done.alpha_eff, "feature_loss_init": done.feature_loss_init, "steps": done.steps,
+           "steps_to_plateau": stop.best["step"], "epochs": len(stop.curve), "curve": stop.curve,
+           "sec_per_step": (done.train_seconds - stop.eval_seconds) / max(1, done.steps),
+           "final_loss": next((h["loss"] for h in reversed(done.history) if "loss" in h), float("nan"))}
+    if spec.stage == "main" and p.probe is not None:
+        row["geometry"], row["geometry_probe"] = p.probe.measure(done.teacher, done.model, done.layer_map)
+    row["run_seconds"] = time.perf_counter() - t0
+    return row
 
 
 class RunLog:

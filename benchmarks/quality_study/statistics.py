@@ -31,77 +31,69 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return out
 
 
-def summarize(rows: list[dict[str, Any]], stage: str = "final") -> dict[str, Any]:
-    """Per regime: mean ± std per method, and paired comparisons of each geometric loss."""
-    df = pd.DataFrame([r for r in rows if r["stage"] == stage])
+SECONDARY_REFS = ("kd+proj_mse", "kd+cka", "kd+pkd")
+
+
+def summarize(rows: list[dict[str, Any]], decisions: dict[str, Any], *, delta: float = 0.01,
+              level: float = 0.05) -> dict[str, Any]:
+    """Per regime, from the main stage's runs: per method the test score's mean ± SD, the dev mean, steps to the
+    plateau (median), epochs (mean), seconds per step (median) and mean final geometry; the **primary**
+    comparisons (each geometric loss vs the comparator recorded in ``decisions``), Holm-adjusted together over
+    every regime, with their verdicts (:func:`~.power.verdict`); and secondary comparisons (vs projection-MSE,
+    CKA and Patient-KD, unadjusted p, exploratory)."""
+    from .power import holm, verdict
+
+    df = pd.DataFrame([r for r in rows if r["stage"] == "main"])
     out: dict[str, Any] = {}
-    for regime, g in df.groupby("regime", sort=False):
-        table = g.groupby("method")["test_acc"].agg(["mean", "std", "count"])
-        dev = g.groupby("method")["dev_acc"].mean()
+    primary: list[tuple[str, str]] = []
+    for regime, g in (df.groupby("regime", sort=False) if len(df) else []):
         wide = g.pivot_table(index="seed", columns="method", values="test_acc")
-        baselines = [m for m in ("ft", "kd", "kd+proj_mse", "kd+cka") if m in table.index]
-        best = max(baselines, key=lambda m: table.loc[m, "mean"]) if baselines else None
-        tests = {}
-        for geo in (f"kd+{m}" for m in GEOMETRIC):
-            if geo not in wide:
-                continue
-            for ref in dict.fromkeys([best, "kd+proj_mse", "kd+cka"]):
-                if ref is None or ref not in wide:
+        comparator = decisions.get(regime, {}).get("comparator", {}).get("method")
+        tests, secondary = {}, {}
+        for geo in (f"kd+{m}" for m in GEOMETRIC if f"kd+{m}" in wide):
+            for ref in dict.fromkeys([comparator, *SECONDARY_REFS]):
+                if ref is None or ref not in wide or ref == geo:
                     continue
                 both = wide[[geo, ref]].dropna()
-                tests[f"{geo} vs {ref}"] = paired(both[geo].to_numpy(), both[ref].to_numpy())
-        out[regime] = {
-            "methods": {m: {"mean": float(t["mean"]), "std": float(t["std"]) if t["count"] > 1 else float("nan"),
-                            "n": int(t["count"]), "dev_mean": float(dev[m])} for m, t in table.iterrows()},
-            "best_non_geometric": best, "tests": tests,
-            "sec_per_step": g.groupby("method")["sec_per_step"].median().to_dict(),
-            "geometry": _mean_geometry(g),
-            "geometry_probe": next((p for p in g.get("geometry_probe", []) if isinstance(p, dict)), None),
-        }
+                t = paired(both[geo].to_numpy(), both[ref].to_numpy())
+                if ref == comparator:
+                    tests[f"{geo} vs {ref}"] = t
+                    primary.append((regime, f"{geo} vs {ref}"))
+                else:
+                    secondary[f"{geo} vs {ref}"] = t
+        out[regime] = {"methods": _method_table(g), "comparator": comparator, "tests": tests,
+                       "secondary": secondary, "geometry": _mean_geometry(g),
+                       "geometry_probe": next((p for p in g.get("geometry_probe", []) if isinstance(p, dict)), None),
+                       "power": decisions.get(regime, {}).get("power")}
+    adjusted = holm([out[g]["tests"][name]["p_t"] for g, name in primary])
+    for (g, name), p_adj in zip(primary, adjusted, strict=True):
+        t = out[g]["tests"][name]
+        t["p_holm"] = p_adj
+        t["verdict"] = verdict(t["diff"], t["ci_high"], p_adj, delta=delta, level=level)
+    return out
+
+
+def _method_table(g: pd.DataFrame) -> dict[str, dict[str, float]]:
+    out = {}
+    for method, gg in g.groupby("method", sort=False):
+        test = gg["test_acc"].to_numpy(float)
+        out[method] = {"mean": float(test.mean()), "std": float(test.std(ddof=1)) if len(test) > 1 else float("nan"),
+                       "n": len(test), "dev_mean": float(gg["dev_acc"].mean()),
+                       "steps_to_plateau": float(gg["steps_to_plateau"].median()),
+                       "epochs": float(gg["epochs"].mean()), "sec_per_step": float(gg["sec_per_step"].median()),
+                       "alpha": float(gg["alpha"].iloc[0])}
+        em = [r.get("test", {}).get("exact_match") for r in gg["scores"]]
+        if all(x is not None for x in em):
+            out[method]["exact_match"] = float(np.mean(em))
     return out
 
 
 def _mean_geometry(g: pd.DataFrame) -> dict[str, dict[str, float]]:
     out = {}
+    if "geometry" not in g:
+        return out
     for method, gg in g.groupby("method"):
-        keys = sorted({k for d in gg["geometry"] for k in d})
-        out[method] = {k: float(np.mean([d[k] for d in gg["geometry"] if k in d])) for k in keys}
-    return out
-
-
-#: examples of the training tasks.
-CAUSAL_VIEWS = ((" · exact match", "test", "exact_match"), (" · held-out task", "heldout", "rougeL"),
-                (" · held-out task EM", "heldout", "exact_match"))
-
-
-def score_views(rows: list[dict[str, Any]], refs: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """For causal regimes, copies of the final runs whose ``test_acc`` is another score (:data:`CAUSAL_VIEWS`),
-    under the regime name + suffix, with the teacher / untrained-student references for those columns."""
-    views, view_refs = [], {}
-    for row in rows:
-        for suffix, split, key in CAUSAL_VIEWS:
-            if row["stage"] == "final" and key in row.get("scores", {}).get(split, {}):
-                views.append({**row, "regime": row["regime"] + suffix, "test_acc": row["scores"][split][key]})
-                ref = refs[row["regime"]]["scores"]
-                view_refs[row["regime"] + suffix] = {
-                    who: {"test": ref[who][split][key]} for who in ("teacher", "student_init")}
-    return views, view_refs
-
-
-def ablations(rows: list[dict[str, Any]], regime: str, chosen: dict[str, float]) -> dict[str, Any]:
-    """Each ablation against the same loss with pooled features and constant α, on the same seeds."""
-    base = {(r["method"], r["seed"]): r["test_acc"] for r in rows
-            if r["regime"] == regime and r["stage"] == "final"}
-    out = {}
-    variants: dict[str, dict[int, float]] = {}
-    for r in rows:
-        if r["stage"] == "ablation" and r["regime"] == regime:
-            variants.setdefault(f"{r['method']} {r['pooling']}/{r['schedule']}", {})[r["seed"]] = r["test_acc"]
-    for name, by_seed in variants.items():
-        method = name.split()[0]
-        seeds = [s for s in by_seed if (method, s) in base]
-        if seeds:
-            a = np.array([by_seed[s] for s in seeds])
-            b = np.array([base[(method, s)] for s in seeds])
-            out[name] = {"mean": float(a.mean()), "base_mean": float(b.mean()), **paired(a, b)}
+        found = [d for d in gg["geometry"] if isinstance(d, dict)]
+        keys = sorted({k for d in found for k in d})
+        out[method] = {k: float(np.mean([d[k] for d in found if k in d])) for k in keys}
     return out

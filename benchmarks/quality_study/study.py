@@ -1,99 +1,246 @@
-"""The protocol: α sweep on the first regime, final runs of every regime and method, ablations; the result dict."""
+"""The protocol's stages (``teacher`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report``), resumable.
+
+Every run is looked up in the run log first (:class:`~.runs.RunLog`, keyed by its :class:`~.runs.RunSpec`): a
+restarted stage trains only what is missing. Decisions (chosen α per loss, the comparator, the seed count) are
+written to ``<work>/decisions.json`` once the runs they rest on are complete, and are *frozen*: a later
+invocation reads them instead of recomputing, so nothing decided on dev can change after test scores exist.
+With ``execute=False`` (``--plan``) nothing is trained: each missing run is listed with its estimated seconds,
+and decisions that need missing runs are assumed (the initial grid, the preset's ``min_seeds``).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .alpha_grid import choose, grid_ratio, is_interior, next_alpha
 from .data import Prepared, prepare
-from .regimes import FEATURE_METHODS, METHODS, PRESETS, Preset, Regime
-from .runs import RunLog, RunSpec, run_one
-from .statistics import ablations, score_views, summarize
+from .power import seeds_for_power
+from .regimes import COMPARATOR_CANDIDATES, GEOMETRIC, METHODS, PRESETS, Regime
+from .runs import RunLog, RunSpec, epoch_steps, run_one
+
+STAGES = ("teacher", "sweep", "pilot", "power", "main", "report")
+SWEEP_SEED0, PILOT_SEED0 = 100, 200  # sweep seeds 100.., pilot seeds 200.., main seeds 0..
 
 
-def study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | None = None) -> dict[str, Any]:
-    """Run the study in the work folder ``work``, holding its lock (a second study into the same folder is refused
-    with ``FolderLockedError``; a killed one leaves no stale lock)."""
-    from repgeo.files import FolderLock
+class Study:
+    """One preset's study in the work folder ``work`` (see the module docstring)."""
 
-    work.mkdir(parents=True, exist_ok=True)
-    with FolderLock(work, "quality study"):
-        return _study(preset_name, work, log, limit_regimes)
+    def __init__(self, preset_name: str, work: Path, *, execute: bool = True, log: Callable[[str], None] = print,
+                 limit_regimes: int | None = None) -> None:
+        self.name, self.preset, self.work = preset_name, PRESETS[preset_name], Path(work)
+        self.regimes: list[Regime] = self.preset.regimes[:limit_regimes]
+        self.execute, self.log = execute, log
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.runs = RunLog(self.work / "runs.jsonl")
+        self.pending: list[tuple[str, RunSpec, float]] = []  # (stage, spec, estimated seconds): --plan
+        self._prepared: dict[str, Prepared] = {}
+        self.decisions: dict[str, Any] = self._read_decisions()
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+    def _read_decisions(self) -> dict[str, Any]:
+        path = self.work / "decisions.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _decide(self, regime: str, key: str, value: Any) -> Any:
+        """Record a decision (atomically) unless one is recorded already; the recorded one."""
+        from repgeo.files import atomic_write_bytes
+
+        mine = self.decisions.setdefault(regime, {})
+        if key not in mine and self.execute:
+            mine[key] = value
+            mine.setdefault("decided_at", {})[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            atomic_write_bytes(self.work / "decisions.json", (json.dumps(self.decisions, indent=1) + "\n").encode())
+        return mine.get(key, value)
+
+    def prepared(self, r: Regime) -> Prepared:
+        if r.name not in self._prepared:
+            self._prepared[r.name] = prepare(self.preset, r, self.work, self.log)
+            p = self._prepared[r.name]
+            self._decide(r.name, "references", {"teacher": p.teacher_scores, "student_init": p.student_init_scores,
+                                                "primary": p.primary, "n": p.n, "teacher_seconds": p.teacher_seconds,
+                                                "labels": len(p.labels) if p.labels else None})
+        return self._prepared[r.name]
+
+    def do(self, r: Regime, spec: RunSpec) -> dict[str, Any] | None:
+        """The run's row: from the log, or trained now (``execute``); None when it is missing (``--plan``)."""
+        if spec.key in self.runs.rows:
+            return self.runs.rows[spec.key]
+        if not self.execute:
+            self.pending.append((spec.stage, spec, self.estimate(r, spec)))
+            return None
+        row = run_one(self.preset, self.prepared(r), spec, self.work)
+        self.runs.add(row)
+        self.log(f"  {r.name} {spec.stage} {spec.method} seed {spec.seed} α {spec.alpha:g}: dev {row['dev_acc']:.3f}"
+                 + (f" test {row['test_acc']:.3f}" if spec.stage == "main" else "")
+                 + f" ({row['epochs']} epochs, plateau at step {row['steps_to_plateau']}, "
+                 f"{row['sec_per_step']:.2f} s/step, {row['run_seconds']:.0f} s)")
+        return row
+
+    def estimate(self, r: Regime, spec: RunSpec) -> float:
+        """Estimated seconds of a run: steps (epochs as measured in this regime's runs, else ``patience + 2``)
+        × seconds per step (measured median, else the regime's), plus per-run overhead (measured, else
+        per-epoch dev scoring at a third of a step per batch and, in the main stage, 30 s of geometry)."""
+        rows = [x for x in self.runs.rows.values() if x["regime"] == r.name]
+        per_step = float(np.median([x["sec_per_step"] for x in rows])) if rows else r.sec_per_step
+        epochs = float(np.mean([x["epochs"] for x in rows])) if rows else min(r.max_epochs, r.patience + 2)
+        steps = epochs * epoch_steps(r, self.preset)
+        same = [x for x in rows if x["stage"] == spec.stage]
+        if same:
+            overhead = float(np.mean([x["run_seconds"] - x["steps"] * x["sec_per_step"] for x in same]))
+        else:
+            batches = math.ceil(r.n_dev / 64) + (math.ceil(r.n_test / 64) if spec.stage == "main" else 0)
+            overhead = epochs * batches * per_step / 3 + (30.0 if spec.stage == "main" else 0.0)
+        return steps * per_step + overhead
+
+    # -- stages --------------------------------------------------------------------------------------------------
+    def teacher(self) -> None:
+        """Fine-tune (or load) each regime's teacher, build its student and score both."""
+        if self.execute:
+            for r in self.regimes:
+                self.prepared(r)
+
+    def _sweep_seeds(self) -> range:
+        return range(SWEEP_SEED0, SWEEP_SEED0 + self.preset.sweep_seeds)
+
+    def _dev_means(self, r: Regime, method: str, alpha: float, seeds: range) -> float | None:
+        rows = [self.do(r, RunSpec(r.name, method, s, alpha, "sweep")) for s in seeds]
+        return None if any(x is None for x in rows) else float(np.mean([x["dev_acc"] for x in rows]))
+
+    def _sweep_loss(self, r: Regime, m: str) -> dict[str, Any] | None:
+        """The α grid of one feature loss, extended until its choice is interior (:mod:`.alpha_grid`)."""
+        grid, means = sorted(self.preset.alpha_grid), {}
+        ratio = grid_ratio(grid)
+        for a in grid:
+            means[a] = self._dev_means(r, f"kd+{m}", a, self._sweep_seeds())
+        added = 0
+        while all(v is not None for v in means.values()):
+            nxt = next_alpha(means, ratio, added=added, max_extend=self.preset.max_extend)
+            if nxt is None:
+                return {"means": {str(a): v for a, v in sorted(means.items())}, "alpha": choose(means),
+                        "interior": is_interior(means), "extended": added}
+            means[nxt] = self._dev_means(r, f"kd+{m}", nxt, self._sweep_seeds())
+            added += 1
+        return None
+
+    def sweep(self) -> None:
+        """Per regime: the α grid of every feature loss and the reference methods on the sweep seeds (dev); then
+        the comparator, chosen on dev among :data:`~.regimes.COMPARATOR_CANDIDATES` at their chosen α."""
+        for r in self.regimes:
+            refs = ("kd", "rkd") if r.family == "causal" else ("kd",)
+            ref_means = {m: self._dev_means(r, m, 0.0, self._sweep_seeds()) for m in refs}
+            alphas = {m: self._sweep_loss(r, m) for m in self.preset.feature_methods}
+            if any(v is None for v in [*ref_means.values(), *alphas.values()]):
+                continue  # decided once every sweep run exists
+            alphas = self._decide(r.name, "alpha", alphas)
+            for m, a in alphas.items():
+                self.log(f"{r.name} α sweep {m}: {a['means']} -> α = {a['alpha']:g}"
+                         + ("" if a["interior"] else " (at the grid's edge: extension limit reached)"))
+            dev = {**ref_means, **{f"kd+{m}": a["means"][str(a["alpha"])] for m, a in alphas.items()}}
+            candidates = {m: v for m, v in dev.items() if m in COMPARATOR_CANDIDATES}
+            comparator = self._decide(r.name, "comparator", {"method": max(candidates, key=candidates.get),
+                                                             "dev": candidates})
+            best = max((m for m in alphas), key=lambda m: dev[f"kd+{m}"])
+            self._decide(r.name, "best_feature", best)
+            self.log(f"{r.name}: comparator (best non-geometric on dev) = {comparator['method']}")
+
+    def _alpha(self, r: Regime, method: str) -> float:
+        """The chosen α of a method's feature loss (``rkd+best``: the best feature loss's), or 0."""
+        feature = method.split("+", 1)[1] if "+" in method else None
+        if feature is None:
+            return 0.0
+        d = self.decisions.get(r.name, {})
+        if feature == "best":
+            feature = d.get("best_feature", GEOMETRIC[0])
+        return float(d.get("alpha", {}).get(feature, {}).get("alpha", sorted(self.preset.alpha_grid)[
+            len(self.preset.alpha_grid) // 2]))
+
+    def _resolve(self, r: Regime, method: str) -> str:
+        if method.endswith("+best"):
+            return method.replace("best", self.decisions.get(r.name, {}).get("best_feature", GEOMETRIC[0]))
+        return method
+
+    def _primary_pairs(self, r: Regime) -> list[tuple[str, str]]:
+        comparator = self.decisions.get(r.name, {}).get("comparator", {}).get("method", "kd")
+        return [(f"kd+{g}", comparator) for g in GEOMETRIC if g in self.preset.feature_methods]
+
+    def pilot(self) -> None:
+        """``pilot_seeds`` more seeds (dev only) of the primary comparison's methods at the chosen α."""
+        for r in self.regimes:
+            methods = dict.fromkeys(m for pair in self._primary_pairs(r) for m in pair)
+            for s in range(PILOT_SEED0, PILOT_SEED0 + self.preset.pilot_seeds):
+                for m in methods:
+                    self.do(r, RunSpec(r.name, m, s, self._alpha(r, m), "pilot"))
+
+    def _pilot_rows(self, r: Regime, method: str) -> dict[int, float]:
+        a = self._alpha(r, method)
+        return {x["seed"]: x["dev_acc"] for x in self.runs.rows.values()
+                if x["regime"] == r.name and x["method"] == method and x["stage"] in ("sweep", "pilot")
+                and x["alpha"] == a}
+
+    def power(self) -> None:
+        """Per regime: the paired SD of the primary comparisons on the sweep + pilot seeds (dev), and the seeds for
+        80 % power to detect ``delta`` at the Holm-corrected level over every primary comparison of the preset."""
+        pre = self.preset
+        comparisons = sum(len(self._primary_pairs(r)) for r in self.regimes)
+        for r in self.regimes:
+            if "comparator" not in self.decisions.get(r.name, {}):
+                continue
+            sds, pairs = [], 0
+            for a, b in self._primary_pairs(r):
+                xa, xb = self._pilot_rows(r, a), self._pilot_rows(r, b)
+                seeds = sorted(set(xa) & set(xb))
+                sds.append(float(np.std([xa[s] - xb[s] for s in seeds], ddof=1)) if len(seeds) > 1 else math.nan)
+                pairs = len(seeds)
+            if pairs < pre.sweep_seeds + pre.pilot_seeds or any(math.isnan(x) for x in sds):
+                continue  # pilot incomplete
+            sd = max(sds)
+            needed = (seeds_for_power(sd, delta=pre.delta, level=pre.level, comparisons=comparisons,
+                                      power=pre.power) if sd > 0 else 2)
+            seeds = int(min(max(needed, pre.min_seeds), pre.max_seeds))
+            d = self._decide(r.name, "power", {"paired_sd": sd, "pairs": pairs, "comparisons": comparisons,
+                                               "level": pre.level, "delta": pre.delta, "power": pre.power,
+                                               "seeds_needed": needed, "seeds": seeds, "capped": needed > seeds})
+            self.log(f"{r.name}: paired SD {100 * sd:.2f} points over {pairs} seeds -> {needed} seeds needed, "
+                     f"running {d['seeds']}")
+
+    def methods(self, r: Regime) -> list[str]:
+        extra = ["rkd", "rkd+best"] if r.family == "causal" else []
+        return [m for m in (*METHODS, *extra) if "+" not in m or m.split("+")[1] in (
+            *self.preset.feature_methods, "best")]
+
+    def main(self) -> None:
+        """Every method × the decided seeds, dev and test, final geometry."""
+        for r in self.regimes:
+            d = self.decisions.get(r.name, {})
+            if "power" not in d and self.execute:
+                raise RuntimeError(f"{r.name}: no seed count decided yet; run the stages up to 'power' first")
+            seeds = d.get("power", {}).get("seeds", self.preset.min_seeds)
+            for s in range(seeds):
+                for m in self.methods(r):
+                    m = self._resolve(r, m)
+                    self.do(r, RunSpec(r.name, m, s, self._alpha(r, m), "main"))
+
+    def run(self, stages: list[str]) -> None:
+        for stage in stages:
+            if stage != "report":
+                self.log(f"stage {stage}")
+                getattr(self, stage)()
 
 
-def _study(preset_name: str, work: Path, log: Any = print, limit_regimes: int | None = None) -> dict[str, Any]:
-    import torch
-
-    from repgeo.demo.students import silence_transformers
-
-    preset = PRESETS[preset_name]
-    silence_transformers()
-    work.mkdir(parents=True, exist_ok=True)
-    runs = RunLog(work / "runs.jsonl")
-    t_start = time.perf_counter()
-
-    def do(p: Prepared, spec: RunSpec) -> dict[str, Any]:
-        if spec.key not in runs.rows:
-            row = run_one(preset, p, spec, work)
-            runs.add(row)
-            log(f"  {spec.stage} {spec.method} seed {spec.seed} α {spec.alpha} {spec.pooling}/{spec.schedule}: "
-                f"dev {row['dev_acc']:.3f}" + ("" if spec.stage == "sweep" else f" test {row['test_acc']:.3f}")
-                + f" ({row['sec_per_step']:.2f} s/step)")
-        return runs.rows[spec.key]
-
-    regimes = preset.regimes[:limit_regimes]
-    prepared: dict[str, Prepared] = {}
-    teachers = {}
-    first = regimes[0]
-    p0 = prepared[first.name] = prepare(preset, first, work, log)
-    # 1. α sweep on the first regime's dev split: same grid and seeds for every feature loss
-    chosen: dict[str, float] = {}
-    sweep: dict[str, dict[float, float]] = {}
-    for m in FEATURE_METHODS:
-        if len(preset.alpha_grid) == 1:  # nothing to choose
-            chosen[m] = preset.alpha_grid[0]
-            continue
-        sweep[m] = {}
-        for a in preset.alpha_grid:
-            accs = [do(p0, RunSpec(first.name, f"kd+{m}", s, a, stage="sweep"))["dev_acc"]
-                    for s in range(100, 100 + preset.sweep_seeds)]
-            sweep[m][a] = float(np.mean(accs))
-        chosen[m] = max(sweep[m], key=lambda a: (sweep[m][a], -abs(math.log(a))))
-        log(f"α sweep {m}: " + ", ".join(f"{a:g}: {v:.3f}" for a, v in sweep[m].items()) + f" -> α = {chosen[m]:g}")
-    # 2. final runs, every regime, every method
-    for r in regimes:
-        p = prepared.get(r.name) or prepare(preset, r, work, log)
-        prepared[r.name] = p
-        teachers[r.name] = {"teacher": {k: v[p.primary] for k, v in p.teacher_scores.items()},
-                            "student_init": {k: v[p.primary] for k, v in p.student_init_scores.items()},
-                            "scores": {"teacher": p.teacher_scores, "student_init": p.student_init_scores},
-                            "primary": p.primary, "labels": len(p.labels) if p.labels else None, "n": p.n,
-                            "teacher_seconds": p.teacher_seconds}
-        for seed in range(r.seeds):
-            for method in METHODS:
-                alpha = chosen[method.split("+", 1)[1]] if "+" in method else 0.0
-                do(p, RunSpec(r.name, method, seed, alpha))
-    # 3. ablations on the first regime: token-level features, decaying α
-    for metric, pooling, schedule in preset.ablations:
-        for seed in range(preset.ablation_seeds):
-            do(p0, RunSpec(first.name, f"kd+{metric}", seed, chosen[metric], pooling, schedule, stage="ablation"))
-    rows = list(runs.rows.values())
-    wanted = {r.name for r in regimes}
-    rows = [r for r in rows if r["regime"] in wanted]
-    views, view_refs = score_views(rows, teachers)
-    return {"preset": preset_name, "settings": _preset_dict(preset, regimes), "alpha_sweep": sweep,
-            "alpha_chosen": chosen, "regimes": {**teachers, **view_refs}, "summary": summarize(rows + views),
-            "ablations": ablations(rows, first.name, chosen), "runs": rows,
-            "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
-
-
-def _preset_dict(preset: Preset, regimes: list[Regime]) -> dict[str, Any]:
-    d = dataclasses.asdict(preset)
-    d["regimes"] = [dataclasses.asdict(r) | {"name": r.name} for r in regimes]
-    return d
+def stages_to_run(stage: str | None, until: str | None) -> list[str]:
+    """``--stage S``: S alone; ``--until S``: every stage up to S; neither: all."""
+    if stage is not None and until is not None:
+        raise ValueError("give --stage or --until, not both")
+    for name, value in (("--stage", stage), ("--until", until)):
+        if value is not None and value not in STAGES:
+            raise ValueError(f"{name} must be one of {', '.join(STAGES)}, got {value!r}")
+    if stage is not None:
+        return [stage]
+    return list(STAGES[: STAGES.index(until) + 1]) if until else list(STAGES)

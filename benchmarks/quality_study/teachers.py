@@ -20,7 +20,7 @@ def teacher_settings(preset: Preset, r: Regime, cache: Path) -> Any:
     return settings_for("default", n_train=r.n_train, n_test=r.n_dev, max_length=r.max_length,
                         teacher_steps=r.teacher_steps, teacher_lr=preset.teacher_lr, teacher_batch=preset.batch,
                         probe_init=min(1024, r.n_train), keep_every=r.keep_every, narrow_width=r.narrow_width,
-                        cache_dir=str(cache), seed=0)
+                        freeze_embeddings=r.teacher_freeze_embeddings, cache_dir=str(cache), seed=0)
 
 
 PIN = "teacher.json"

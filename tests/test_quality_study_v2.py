@@ -1,0 +1,187 @@
+"""The v2 protocol's pieces (:mod:`benchmarks.quality_study`): the dev-plateau stopping rule (on a synthetic dev
+curve, through a real ``transformers.Trainer``), the α-grid extension rule, the seeds-for-power formula against a
+simulation, Holm's adjustment against explicit values, the verdicts, the primary comparisons' summary and the
+stage selection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks.quality_study import alpha_grid, power, statistics
+from benchmarks.quality_study.plateau import Plateau, PlateauStop
+from benchmarks.quality_study.study import stages_to_run
+
+# -- plateau ----------------------------------------------------------------------------------------------------
+
+
+def test_plateau_rule_on_synthetic_dev_curves():
+    rule = Plateau(patience=1, max_epochs=8)
+    assert rule.best([0.70]) == 0 and not rule.stop([0.70])
+    assert not rule.stop([0.70, 0.72])  # gained: go on
+    assert rule.stop([0.70, 0.72, 0.72])  # no gain over the best (a tie is no gain)
+    assert rule.best([0.70, 0.72, 0.72]) == 1
+    assert rule.stop([0.70, 0.72, 0.71]) and rule.best([0.70, 0.72, 0.71]) == 1
+    patient = Plateau(patience=2, max_epochs=8)
+    assert not patient.stop([0.70, 0.72, 0.71]) and patient.stop([0.70, 0.72, 0.71, 0.715])
+    assert patient.best([0.70, 0.72, 0.71, 0.73]) == 3 and not patient.stop([0.70, 0.72, 0.71, 0.73])
+    rising = [0.5 + 0.01 * k for k in range(8)]
+    assert not rule.stop(rising[:7]) and rule.stop(rising)  # max_epochs
+    strict = Plateau(patience=1, max_epochs=8, min_delta=0.005)
+    assert strict.stop([0.70, 0.704]) and strict.best([0.70, 0.704]) == 0  # a gain under min_delta is no gain
+
+
+@pytest.mark.parametrize("bad", [{"patience": 0}, {"max_epochs": 0}, {"min_delta": -0.1},
+                                 {"min_delta": float("nan")}])
+def test_plateau_rejects_bad_settings(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Plateau(**bad)
+    with pytest.raises(ValueError, match="empty"):
+        Plateau().best([])
+
+
+def test_plateau_callback_stops_a_real_trainer_and_restores_the_best_epoch(tmp_path, one_torch_thread):
+    """A tiny BERT classifier trained by ``transformers.Trainer``; the dev score is a scripted synthetic curve
+    (0.5, 0.7, 0.6, 0.9, ...): with patience 1 training stops after epoch 3 and the epoch-2 weights come back."""
+    import torch
+    import transformers
+
+    from repgeo.distill.toy import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model("bert", 40, hidden_size=16, num_layers=1, num_labels=2)
+    rows = [{"input_ids": torch.randint(5, 40, (8,)), "labels": torch.tensor(i % 2)} for i in range(16)]
+    curve, snapshots = iter([0.5, 0.7, 0.6, 0.9, 0.95]), []
+
+    def score(m):
+        snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return next(curve)
+
+    stop = PlateauStop(score, Plateau(patience=1, max_epochs=5))
+    args = transformers.TrainingArguments(str(tmp_path), num_train_epochs=5, per_device_train_batch_size=4,
+                                          learning_rate=1e-2, save_strategy="no", report_to="none",
+                                          disable_tqdm=True, use_cpu=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[stop])
+    trainer.train()
+    assert [c["dev"] for c in stop.curve] == [0.5, 0.7, 0.6] and trainer.state.global_step == 12
+    assert stop.best == {"epoch": 2, "step": 8, "dev": 0.7}
+    final = model.state_dict()
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)  # the epoch-2 weights
+    assert not all(torch.equal(final[k], snapshots[2][k]) for k in final)  # not the last epoch's
+    assert stop.eval_seconds > 0
+
+
+# -- α grid -----------------------------------------------------------------------------------------------------
+
+
+def test_alpha_grid_extends_until_the_choice_is_interior():
+    assert alpha_grid.grid_ratio((0.3, 1.0, 3.0)) == pytest.approx(10 / 3) and alpha_grid.grid_ratio((1.0,)) == 3
+    means = {0.3: 0.70, 1.0: 0.71, 3.0: 0.72}  # best at the top edge: one more point above
+    assert alpha_grid.next_alpha(means, 3.0, added=0, max_extend=3) == 9.0
+    means[9.0] = 0.715  # now 3 is interior
+    assert alpha_grid.is_interior(means) and alpha_grid.next_alpha(means, 3.0, added=1, max_extend=3) is None
+    low = {0.3: 0.75, 1.0: 0.71, 3.0: 0.70}  # best at the bottom edge: one more point below
+    assert alpha_grid.next_alpha(low, 3.0, added=0, max_extend=3) == 0.1
+    assert alpha_grid.next_alpha(low, 3.0, added=3, max_extend=3) is None  # the limit
+    assert alpha_grid.next_alpha({1.0: 0.7}, 3.0, added=0, max_extend=1) == 3.0  # one point: extend upwards
+    assert alpha_grid.choose({0.3: 0.7, 3.0: 0.7, 1.0: 0.69}) in (0.3, 3.0)
+    assert alpha_grid.choose({0.5: 0.7, 3.0: 0.7}) == 0.5  # tie: nearest 1 in log scale
+    with pytest.raises(ValueError, match="positive"):
+        alpha_grid.grid_ratio((0.0, 1.0))
+    with pytest.raises(ValueError, match="empty"):
+        alpha_grid.choose({})
+
+
+# -- power ------------------------------------------------------------------------------------------------------
+
+
+def _simulated_power(n, sd, delta, level, reps=20000, seed=0):
+    d = np.random.default_rng(seed).normal(delta, sd, size=(reps, n))
+    p = stats.ttest_1samp(d, 0.0, axis=1).pvalue
+    return float(np.mean(p < level))
+
+
+@pytest.mark.parametrize(("sd", "comparisons"), [(0.015, 2), (0.03, 4), (0.008, 1)])
+def test_seeds_for_power_matches_a_simulation(sd, comparisons):
+    """The returned n reaches 80 % power at level 0.05/m in a Monte-Carlo of paired t-tests; n − 1 does not."""
+    n = power.seeds_for_power(sd, delta=0.01, level=0.05, comparisons=comparisons)
+    a = 0.05 / comparisons
+    assert power.paired_power(n, sd, 0.01, a) >= 0.8 > power.paired_power(n - 1, sd, 0.01, a)
+    se = math.sqrt(0.8 * 0.2 / 20000)
+    assert _simulated_power(n, sd, 0.01, a) == pytest.approx(power.paired_power(n, sd, 0.01, a), abs=4 * se)
+    assert _simulated_power(n - 1, sd, 0.01, a, seed=1) < 0.8 + 4 * se
+    z = stats.norm.ppf(1 - a / 2) + stats.norm.ppf(0.8)  # the large-n approximation, a lower bound
+    assert (z * sd / 0.01) ** 2 <= n <= (z * sd / 0.01) ** 2 + 6
+
+
+def test_power_rejects_bad_input():
+    with pytest.raises(ValueError, match="sd"):
+        power.paired_power(5, 0.0, 0.01, 0.05)
+    with pytest.raises(ValueError, match="n must be"):
+        power.paired_power(1, 0.01, 0.01, 0.05)
+    with pytest.raises(ValueError, match="comparisons"):
+        power.seeds_for_power(0.01, comparisons=0)
+    with pytest.raises(ValueError, match="n_max"):
+        power.seeds_for_power(1.0, delta=0.001, n_max=50)
+
+
+def test_holm_matches_explicit_values():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005, 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04): monotone
+    assert power.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert power.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    out = power.holm([0.02, float("nan"), 0.01])  # NaN stays NaN and is not counted
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_verdicts():
+    assert power.verdict(0.02, 0.03, 0.01) == "significant gain"
+    assert power.verdict(-0.02, -0.01, 0.01) == "significant loss"
+    assert power.verdict(0.002, 0.008, 0.3) == "conclusive: CI excludes +1 point"
+    assert power.verdict(0.005, 0.015, 0.2) == "inconclusive"
+    assert power.verdict(0.0, float("nan"), float("nan")) == "inconclusive"
+    assert power.verdict(0.02, 0.03, 0.05) == "inconclusive"  # not below the level
+
+
+# -- the summary of the main stage ------------------------------------------------------------------------------
+
+
+def _row(regime, method, seed, test, dev=0.7):
+    return {"regime": regime, "method": method, "seed": seed, "stage": "main", "test_acc": test, "dev_acc": dev,
+            "alpha": 1.0, "steps_to_plateau": 10 * (seed + 1), "epochs": 3, "sec_per_step": 0.1,
+            "scores": {"test": {"acc": test}}, "geometry": {"cka_debiased/s1_t2": 0.5}}
+
+
+def test_summary_tests_each_geometric_loss_against_the_recorded_comparator_with_holm():
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(8):
+        base = 0.8 + 0.01 * rng.standard_normal()
+        rows += [_row("a", "kd", seed, base), _row("a", "kd+cka", seed, base - 0.01),
+                 _row("a", "kd+procrustes", seed, base + 0.03 + 0.002 * rng.standard_normal()),
+                 _row("a", "kd+fg", seed, base + 0.001 * rng.standard_normal()),
+                 _row("b", "kd", seed, base), _row("b", "kd+procrustes", seed, base - 0.03 + 0.001 * seed)]
+    decisions = {"a": {"comparator": {"method": "kd+cka"}}, "b": {"comparator": {"method": "kd"}}}
+    s = statistics.summarize(rows, decisions)
+    assert set(s["a"]["tests"]) == {"kd+procrustes vs kd+cka", "kd+fg vs kd+cka"}  # vs the comparator only
+    assert "kd+procrustes vs kd" not in s["a"]["tests"] and "kd+procrustes vs kd+cka" not in s["a"]["secondary"]
+    raw = [s["a"]["tests"]["kd+procrustes vs kd+cka"]["p_t"], s["a"]["tests"]["kd+fg vs kd+cka"]["p_t"],
+           s["b"]["tests"]["kd+procrustes vs kd"]["p_t"]]
+    adjusted = power.holm(raw)  # over every primary comparison of every regime
+    assert s["b"]["tests"]["kd+procrustes vs kd"]["p_holm"] == pytest.approx(adjusted[2])
+    assert s["a"]["tests"]["kd+procrustes vs kd+cka"]["verdict"] == "significant gain"
+    assert s["b"]["tests"]["kd+procrustes vs kd"]["verdict"] == "significant loss"
+    assert s["a"]["tests"]["kd+fg vs kd+cka"]["verdict"] == "significant gain"  # +1 point, tiny spread
+    assert s["a"]["methods"]["kd"]["steps_to_plateau"] == 45 and s["a"]["methods"]["kd"]["n"] == 8
+
+
+def test_stage_selection():
+    assert stages_to_run(None, None) == ["teacher", "sweep", "pilot", "power", "main", "report"]
+    assert stages_to_run("main", None) == ["main"]
+    assert stages_to_run(None, "pilot") == ["teacher", "sweep", "pilot"]
+    with pytest.raises(ValueError, match="--until must be one of"):
+        stages_to_run(None, "final")
+    with pytest.raises(ValueError, match="not both"):
+        stages_to_run("main", "main")
