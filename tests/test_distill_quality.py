@@ -1,5 +1,6 @@
 """The distillation quality study (:mod:`benchmarks.quality_study`): its statistics against explicit formulas, its
-geometry probe, and the ``--quick`` mode end to end on the packaged teacher and data (so the study cannot rot)."""
+geometry probe, the first study's stored report, and the ``--quick`` mode end to end with resume on the packaged
+models and data (so the study cannot rot). The v2 protocol's units: ``test_quality_study_v2.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from scipy import stats
 
 from benchmarks.quality_study import __main__ as cli
-from benchmarks.quality_study import regimes, statistics, teachers
+from benchmarks.quality_study import power, regimes, statistics, teachers
 from benchmarks.quality_study.geometry import ESTIMATORS, GeometryProbe, required_rows
 from benchmarks.quality_study.runs import RunLog
 
@@ -38,37 +39,6 @@ def test_paired_degenerate_cases_are_finite_or_flagged():
     assert shifted["ci_low"] == shifted["ci_high"] == 1.0 and shifted["p_t"] == 0.0
     one = statistics.paired(np.ones(1), np.zeros(1))
     assert one["n"] == 1 and math.isnan(one["p_t"])
-
-
-def _row(method, seed, acc, regime="r", stage="final"):
-    return {"regime": regime, "method": method, "seed": seed, "stage": stage, "test_acc": acc, "dev_acc": acc,
-            "sec_per_step": 0.1, "geometry": {"cka/s1_t2": 0.5}, "pooling": "mean", "schedule": "constant"}
-
-
-def test_summary_names_the_best_non_geometric_method_and_pairs_by_seed():
-    rows = []
-    for seed in range(4):
-        rows += [_row("ft", seed, 0.70), _row("kd", seed, 0.74 + 0.001 * seed), _row("kd+proj_mse", seed, 0.72),
-                 _row("kd+cka", seed, 0.73), _row("kd+procrustes", seed, 0.75 + 0.002 * seed),
-                 _row("kd+fg", seed, 0.74)]
-    s = statistics.summarize(rows)["r"]
-    assert s["best_non_geometric"] == "kd"
-    t = s["tests"]["kd+procrustes vs kd"]
-    assert t["n"] == 4 and t["diff"] == pytest.approx(np.mean([0.01 + 0.001 * k for k in range(4)]))
-    assert {"kd+procrustes vs kd+proj_mse", "kd+procrustes vs kd+cka", "kd+fg vs kd"} <= set(s["tests"])
-    assert s["methods"]["kd+cka"]["mean"] == pytest.approx(0.73) and s["methods"]["kd"]["n"] == 4
-
-
-def test_score_views_add_a_column_per_extra_causal_score():
-    enc = {**_row("kd", 0, 0.8, regime="enc"), "scores": {"test": {"acc": 0.8}}}
-    scores = {"test": {"rougeL": 0.6, "exact_match": 0.5}, "heldout": {"rougeL": 0.2, "exact_match": 0.1}}
-    causal = {**_row("kd", 0, 0.6, regime="llm"), "scores": scores}
-    sweep = {**causal, "stage": "sweep"}
-    ref = {"teacher": scores, "student_init": {k: {"rougeL": 0.0, "exact_match": 0.0} for k in scores}}
-    views, refs = statistics.score_views([enc, causal, sweep], {"enc": {}, "llm": {"scores": ref}})
-    assert {v["regime"]: v["test_acc"] for v in views} == {
-        "llm · exact match": 0.5, "llm · held-out task": 0.2, "llm · held-out task EM": 0.1}
-    assert refs["llm · held-out task"] == {"teacher": {"test": 0.2}, "student_init": {"test": 0.0}}
 
 
 def test_a_regime_keeps_the_teacher_its_recorded_runs_used(tmp_path):
@@ -129,7 +99,7 @@ def test_the_stored_results_render_to_the_stored_report():
     """``--report`` keeps the results format: the committed JSON renders to the committed markdown, byte for byte."""
     from pathlib import Path
 
-    from benchmarks.quality_study.report import markdown
+    from benchmarks.quality_study.report_v1 import markdown
 
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     res = json.loads((results / "distill_quality.json").read_text())
@@ -149,45 +119,81 @@ def _assets_ready() -> bool:
 
 
 @pytest.mark.skipif(not _assets_ready(), reason="run `repgeo fetch-assets` first")
-def test_quick_study_end_to_end(tmp_path, one_torch_thread):
-    assert cli.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
-    res = json.loads((tmp_path / "out" / "distill_quality_quick.json").read_text())
-    encoder, causal = (r.name for r in regimes.PRESETS["quick"].regimes)
-    assert list(res["summary"]) == [encoder, causal, causal + " · exact match"]  # no held-out task in --quick
-    s = res["summary"][encoder]
-    assert set(s["methods"]) == set(regimes.METHODS)
-    assert all(m["n"] == 2 for m in s["methods"].values())
-    assert set(res["alpha_chosen"]) == set(regimes.FEATURE_METHODS)
+def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
+    """The v2 protocol on the packaged MiniLM (teacher fine-tuned, pretrained student truncated to 2 blocks) and
+    Rotten Tomatoes: every stage, then a killed run log (its last runs lost, a line cut) resumes without
+    duplicating a run or changing a decision; a complete one trains nothing."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    assert cli.main(["--quick", "--work", str(work), "--out", str(out)]) == 0
+    res = json.loads((out / "distill_quality_v2_quick.json").read_text())
+    (name,) = res["summary"]
+    preset = regimes.PRESETS["quick"]
+    d = res["decisions"][name]
+    # α: every loss swept on the same sweep seeds, the one-point grid extended once (max_extend=1)
+    assert set(d["alpha"]) == set(preset.feature_methods)
+    assert all(a["extended"] == 1 and set(a["means"]) == {"1.0", "3.0"} for a in d["alpha"].values())
+    assert d["comparator"]["method"] in regimes.COMPARATOR_CANDIDATES
+    assert set(d["comparator"]["dev"]) == {"kd", "kd+cka"}
+    assert d["power"]["pairs"] == preset.sweep_seeds + preset.pilot_seeds and d["power"]["seeds"] == 2
     runs = res["runs"]
-    assert all(0.0 <= r["test_acc"] <= 1.0 and r["sec_per_step"] > 0 for r in runs)
-    # the causal regime: instruction task scored by generation; its teacher learnt the response format
-    assert res["regimes"][causal]["primary"] == "rougeL"
-    assert res["regimes"][causal]["teacher"]["test"] >= 0.5
-    causal_runs = [r for r in runs if r["regime"] == causal]
-    assert {r["method"] for r in causal_runs} == set(regimes.METHODS)
-    for r in causal_runs:
-        assert set(r["scores"]) == {"dev", "test"} and r["test_acc"] == r["scores"]["test"]["rougeL"]
-        assert r["scores"]["test"]["exact_match"] <= r["scores"]["test"]["rougeL"] + 1e-12  # EM implies ROUGE-L 1
-    em_view = res["summary"][causal + " · exact match"]["methods"]
-    assert em_view["kd"]["mean"] == pytest.approx(
-        np.mean([r["scores"]["test"]["exact_match"] for r in causal_runs if r["method"] == "kd"]))
-    for r in runs:  # the final geometry: bias-aware estimators on enough token rows, n and widths beside them
-        probe = r["geometry_probe"]
-        assert probe["rows"] >= probe["rows_needed"] or "train" in probe["splits"]
-        last = max(probe["widths"], key=lambda pair: int(pair.split("_")[0][1:]))  # every estimator at the last pair
-        assert {k.split("/")[0] for k in r["geometry"] if k.endswith(last)} == set(ESTIMATORS) == {
-            "procrustes_corrected", "fg_corrected", "cka_debiased", "proj_mse_heldout"}
-        assert {k for k in r["geometry"] if not k.endswith(last)} == {  # the cheap ones at every other pair
-            f"{name}/{pair}" for pair in probe["widths"] if pair != last for name in ("fg_corrected", "cka_debiased")}
-    assert "token rows of" in (tmp_path / "out" / "distill_quality_quick.md").read_text()
+    stages = {r["stage"] for r in runs}
+    assert stages == {"sweep", "pilot", "main"}
+    assert all(math.isnan(r["test_acc"]) for r in runs if r["stage"] != "main")  # dev only before main
+    main = [r for r in runs if r["stage"] == "main"]
+    assert {r["method"] for r in main} == {"ft", "kd", "kd+cka", "kd+procrustes"}
+    assert sorted({r["seed"] for r in main}) == [0, 1]
+    for r in runs:  # converged training: the best epoch's weights, its dev score and steps recorded
+        best = max(r["curve"], key=lambda c: c["dev"])
+        assert r["dev_acc"] == pytest.approx(best["dev"])  # dev re-scored after restoring the best weights
+        assert r["steps_to_plateau"] == min(c["step"] for c in r["curve"] if c["dev"] == best["dev"])
+        assert 1 <= r["epochs"] <= preset.regimes[0].max_epochs and r["sec_per_step"] > 0
     feature_runs = [r for r in runs if "+" in r["method"]]
     assert all(r["feature_loss_init"] > 0 and r["alpha_eff"] == pytest.approx(r["alpha"] / r["feature_loss_init"])
                for r in feature_runs)
-    assert {r["stage"] for r in runs} == {"final", "ablation"}  # one α in the quick grid: nothing to sweep
-    md = (tmp_path / "out" / "distill_quality_quick.md").read_text()
-    assert "| kd+procrustes |" in md and "best non-geometric" in md
-    assert (tmp_path / "out" / "distill_quality_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a second invocation resumes from runs.jsonl: nothing is trained again
-    n_lines = len((tmp_path / "work" / "runs.jsonl").read_text().splitlines())
-    assert cli.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
-    assert len((tmp_path / "work" / "runs.jsonl").read_text().splitlines()) == n_lines
+    for r in main:  # the final geometry: bias-aware estimators on enough token rows, n and widths beside them
+        probe = r["geometry_probe"]
+        assert probe["unit"] == "token" and probe["rows"] >= probe["rows_needed"] == required_rows(384)
+        last = max(probe["widths"], key=lambda pair: int(pair.split("_")[0][1:]))
+        assert probe["widths"][last] == [384, 384]
+        assert {k.split("/")[0] for k in r["geometry"] if k.endswith(last)} == set(ESTIMATORS)
+    s = res["summary"][name]
+    tests = s["tests"]
+    assert set(tests) == {f"kd+procrustes vs {d['comparator']['method']}"}
+    assert all(t["verdict"] in power.VERDICTS for t in tests.values())
+    md = (out / "distill_quality_v2_quick.md").read_text()
+    assert "## Summary" in md and "p (Holm)" in md and "steps to plateau" in md
+    assert (out / "distill_quality_v2_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    log = work / "runs.jsonl"
+    lines = log.read_text().splitlines()
+    keys = [json.loads(x)["key"] for x in lines]
+    log.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][: len(lines[-2]) // 2])  # killed mid-write
+    decisions = (work / "decisions.json").read_text()
+    assert cli.main(["--quick", "--work", str(work), "--out", str(out), "--stage", "main"]) == 0
+    again = [json.loads(x)["key"] for x in log.read_text().splitlines()]
+    assert sorted(again) == sorted(keys) and len(again) == len(set(again))  # the two lost runs, once each
+    assert (work / "decisions.json").read_text() == decisions
+    capsys.readouterr()
+    assert cli.main(["--quick", "--work", str(work), "--plan"]) == 0  # complete: nothing pending
+    assert "# total: 0 runs" in capsys.readouterr().out
+
+
+def test_geometry_probe_pools_texts_when_the_student_has_its_own_tokenizer():
+    """With another tokenizer, token rows do not correspond: one mean-pooled row per text, as many texts as rows
+    are needed; the teacher read through either id list is at distance 0 from itself."""
+    from repgeo.distill.toy import tiny_model
+
+    rng = np.random.default_rng(0)
+    texts = [list(rng.integers(5, 50, size=rng.integers(8, 20))) for _ in range(1300)]
+    shifted = [[t - 4 for t in seq] for seq in texts]  # another vocabulary: the same words at other ids
+    probe = GeometryProbe.take({"dev": texts}, ["dev"], 0, 32, student=({"dev": shifted}, 1))
+    assert probe.unit == "text" and len(probe.ids) == 1000 and probe.student_ids == shifted[:1000]
+    assert np.array_equal(probe.groups, np.arange(1000))
+    model = tiny_model("bert", 50, hidden_size=32, num_layers=2)
+    same = GeometryProbe.take({"dev": texts}, ["dev"], 0, 32, student=({"dev": texts}, 0))
+    values, info = same.measure(model, model, {2: 2})
+    assert info["unit"] == "text" and info["rows"] == 1000 and info["widths"] == {"s2_t2": [32, 32]}
+    assert values["procrustes_corrected/s2_t2"] == pytest.approx(0.0, abs=1e-6)
+    rows = probe.rows(model, [2], student=True)[2]
+    assert rows.shape == (1000, 32)  # one pooled row per text, read from the student's ids
+    assert not np.allclose(rows, probe.rows(model, [2])[2])

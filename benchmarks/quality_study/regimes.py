@@ -84,7 +84,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # the test's smoke run: the primary regime's pipeline on MiniLM (same tokenizer), tiny sizes
     "quick": Preset(
-        regimes=[Regime("rotten_tomatoes", 96, 48, 48, teacher="minilm", student="pretrained", student_layers=2,
+        regimes=[Regime("rotten_tomatoes", 64, 48, 48, teacher="minilm", student="pretrained", student_layers=2,
                         teacher_steps=4, max_length=24, max_epochs=2)],
         alpha_grid=(1.0,), max_extend=1, sweep_seeds=1, pilot_seeds=1, min_seeds=2, max_seeds=2, batch=16,
         feature_methods=("cka", "procrustes")),
