@@ -57,7 +57,10 @@ def test_run_log_survives_a_cut_line_and_resumes(tmp_path):
     log = RunLog(tmp_path / "runs.jsonl")
     log.add({"key": "a", "x": 1})
     with (tmp_path / "runs.jsonl").open("a") as f:
-        f.write('{"key": "b", "x"')  # an interrupted write
+        f.write('{"key": "b", "x"')  # an interrupted write (or one in progress)
+    text = (tmp_path / "runs.jsonl").read_text()
+    reader = RunLog(tmp_path / "runs.jsonl", repair=False)  # a report beside a running study: reads, never writes
+    assert set(reader.rows) == {"a"} and (tmp_path / "runs.jsonl").read_text() == text
     again = RunLog(tmp_path / "runs.jsonl")
     assert set(again.rows) == {"a"}
     again.add({"key": "c", "x": 3})

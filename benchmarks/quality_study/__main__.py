@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(Study(preset, work, execute=False, log=log, limit_regimes=args.regimes), stages)
         return 0
     work.mkdir(parents=True, exist_ok=True)
+    if stages == ["report"]:  # reads the run log only: allowed while another command trains in the folder
+        st = Study(preset, work, execute=False, log=log, limit_regimes=args.regimes)
+        print(write_report(results(st), out, command))
+        return 0
     with FolderLock(work, "quality study"):
         st = Study(preset, work, log=log, limit_regimes=args.regimes)
         st.run(stages)

@@ -105,9 +105,11 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
 
 
 class RunLog:
-    """Finished runs, one JSON line each, appended and flushed (an interrupted study resumes from it)."""
+    """Finished runs, one JSON line each, appended and flushed (an interrupted study resumes from it). A line cut
+    by an interruption is dropped and, with ``repair`` (the process that will append), the file rewritten without
+    it; a reader (``repair=False``: a report or plan beside a running study) never writes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, repair: bool = True) -> None:
         self.path = path
         self.rows: dict[str, dict[str, Any]] = {}
         if not path.is_file():
@@ -121,7 +123,7 @@ class RunLog:
                 cut = True
                 continue
             self.rows[row["key"]] = row
-        if cut or (text and not text.endswith("\n")):  # rewrite without it, atomically, before appending
+        if repair and (cut or (text and not text.endswith("\n"))):  # rewrite without it, atomically, before appending
             from repgeo.files import atomic_write_bytes
 
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in self.rows.values()).encode())

@@ -38,7 +38,7 @@ class Study:
         self.regimes: list[Regime] = self.preset.regimes[:limit_regimes]
         self.execute, self.log = execute, log
         self.work.mkdir(parents=True, exist_ok=True)
-        self.runs = RunLog(self.work / "runs.jsonl")
+        self.runs = RunLog(self.work / "runs.jsonl", repair=execute)
         self.pending: list[tuple[str, RunSpec, float]] = []  # (stage, spec, estimated seconds): --plan
         self._prepared: dict[str, Prepared] = {}
         self.decisions: dict[str, Any] = self._read_decisions()
