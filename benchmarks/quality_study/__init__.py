@@ -47,7 +47,9 @@ Protocol.
    1-point paired difference with a two-sided paired t-test at level 0.05 / m, m = the primary comparisons of the
    preset (Holm's strictest step; formula in :mod:`.power`), bounded by ``min_seeds`` and ``max_seeds``
    (recorded as capped). The SD estimate, its pairs and the seed count are in the results.
-6. **Main** (test split, used only here): every method on seeds 0 … n − 1, each run also giving its final geometry
+6. **Main** (test split, used only here): the primary methods (Procrustes, FG, the comparator) on seeds 0 … n − 1,
+   every other method on the first ``min_seeds`` (5) of them (the table, secondary comparisons on their common
+   seeds); each run also giving its final geometry
    (:mod:`.geometry`: the audit's bias-aware estimators, ≥ max(4 × width, 1000) rows — token rows with a shared
    tokenizer, one mean-pooled row per text otherwise) and its cost per step (seconds, measured: training time
    less the per-epoch dev scoring, over the steps).

@@ -58,7 +58,7 @@ def print_plan(st: Study, stages: list[str]) -> float:
         print(f"# teacher: {len(teachers)} to fine-tune, {t / 3600:.2f} h (estimate)")
         total += t
     print(f"# total: {len(st.pending)} runs, {total / 3600:.2f} h (estimate; decisions not yet made are assumed: "
-          "no α extension, the preset's min_seeds in the main stage)")
+          "no α extension; main-stage seeds from the preset's prior_sd until the pilot has measured it)")
     return total
 
 

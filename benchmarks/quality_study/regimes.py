@@ -25,7 +25,8 @@ class Regime:
     ``task`` ``+``-joined classification sets templated into instruction tasks, teacher ``"smollm2"`` (``"toy"``:
     a tiny random Llama) fine-tuned on them, the student ``student_layers`` of its blocks. Students train until
     the dev plateau (:mod:`.plateau`: ``patience``, ``max_epochs``). ``sec_per_step`` / ``teacher_sec_per_step``:
-    the measured (or, where marked in the preset, estimated) seconds per step, for ``--plan``.
+    the measured (or, where marked in the preset, estimated) seconds per step, for ``--plan``, with
+    ``run_overhead`` and ``geometry_seconds`` (used until the regime has finished runs of its own).
     """
 
     task: str
@@ -46,6 +47,8 @@ class Regime:
     batch: int | None = None  # default: the preset's
     sec_per_step: float = 0.5
     teacher_sec_per_step: float = 1.0
+    run_overhead: float = 10.0  # seconds a run spends outside training steps (loading, dev scoring)
+    geometry_seconds: float = 30.0  # the final geometry of a main-stage run
 
     @property
     def name(self) -> str:
@@ -71,6 +74,7 @@ class Preset:
     min_seeds: int = 5
     max_seeds: int = 40
     delta: float = 0.01  # the effect that matters: 1 point
+    prior_sd: float = 0.015  # paired SD assumed by --plan until the pilot has measured it (v1: ~1.5 points)
     power: float = 0.8
     level: float = 0.05
     batch: int = 32
@@ -80,6 +84,8 @@ class Preset:
     temperature: float = 2.0
     feature_methods: tuple[str, ...] = FEATURE_METHODS
 
+
+_GPU = {"run_overhead": 4.0, "geometry_seconds": 8.0}  # estimated on one H200 (not measured)
 
 PRESETS: dict[str, Preset] = {
     # the test's smoke run: the primary regime's pipeline on MiniLM (same tokenizer), tiny sizes
@@ -97,19 +103,20 @@ PRESETS: dict[str, Preset] = {
         alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=30),
     # one H200 for <= 8 minutes: an ESTIMATE (no per-run cost measured on the GPU: ~0.03 s a step assumed)
     "gpu2": Preset(
-        regimes=[Regime("rotten_tomatoes", 8927, 1000, 2551, teacher="mpnet", student="pretrained",
+        regimes=[Regime("rotten_tomatoes", 4000, 1000, 2551, teacher="mpnet", student="pretrained",
                         student_layers=6, teacher_steps=600, max_length=96, max_epochs=6, sec_per_step=0.03,
-                        teacher_sec_per_step=0.08),
-                 Regime("banking77", 9003, 1000, 3080, teacher="mpnet", student="pretrained", student_layers=6,
-                        teacher_steps=900, max_length=64, max_epochs=8, sec_per_step=0.03, teacher_sec_per_step=0.08),
-                 Regime("boolq", 8485, 942, 3270, teacher="mpnet", student="pretrained", student_layers=6,
+                        teacher_sec_per_step=0.08, **_GPU),
+                 Regime("banking77", 4000, 1000, 3080, teacher="mpnet", student="pretrained", student_layers=6,
+                        teacher_steps=900, max_length=64, max_epochs=8, sec_per_step=0.03,
+                        teacher_sec_per_step=0.08, **_GPU),
+                 Regime("boolq", 4000, 942, 3270, teacher="mpnet", student="pretrained", student_layers=6,
                         teacher_steps=900, max_length=256, max_epochs=6, sec_per_step=0.06,
-                        teacher_sec_per_step=0.2),
-                 Regime("rotten_tomatoes", 8927, 1000, 2551, teacher="minilm", student="derived", keep_every=2,
+                        teacher_sec_per_step=0.2, **_GPU),
+                 Regime("rotten_tomatoes", 4000, 1000, 2551, teacher="minilm", student="derived", keep_every=2,
                         teacher_steps=600, max_length=96, max_epochs=6, sec_per_step=0.02,
-                        teacher_sec_per_step=0.05),
+                        teacher_sec_per_step=0.05, **_GPU),
                  Regime("rotten_tomatoes+banking77+hwu64", 6000, 300, 600, family="causal", teacher="smollm2",
                         student_layers=10, teacher_steps=600, max_length=96, max_epochs=4, batch=32,
-                        sec_per_step=0.06, teacher_sec_per_step=0.1)],
-        alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=20, batch=64),
+                        sec_per_step=0.06, teacher_sec_per_step=0.1, **_GPU)],
+        alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=15, batch=64),
 }

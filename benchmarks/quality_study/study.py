@@ -85,8 +85,8 @@ class Study:
 
     def estimate(self, r: Regime, spec: RunSpec) -> float:
         """Estimated seconds of a run: steps (epochs as measured in this regime's runs, else ``patience + 2``)
-        × seconds per step (measured median, else the regime's), plus per-run overhead (measured, else
-        per-epoch dev scoring at a third of a step per batch and, in the main stage, 30 s of geometry)."""
+        × seconds per step (measured median, else the regime's), plus per-run overhead (measured in the same
+        stage, else the regime's ``run_overhead`` and, in the main stage, ``geometry_seconds``)."""
         rows = [x for x in self.runs.rows.values() if x["regime"] == r.name]
         per_step = float(np.median([x["sec_per_step"] for x in rows])) if rows else r.sec_per_step
         epochs = float(np.mean([x["epochs"] for x in rows])) if rows else min(r.max_epochs, r.patience + 2)
@@ -95,8 +95,7 @@ class Study:
         if same:
             overhead = float(np.mean([x["run_seconds"] - x["steps"] * x["sec_per_step"] for x in same]))
         else:
-            batches = math.ceil(r.n_dev / 64) + (math.ceil(r.n_test / 64) if spec.stage == "main" else 0)
-            overhead = epochs * batches * per_step / 3 + (30.0 if spec.stage == "main" else 0.0)
+            overhead = r.run_overhead + (r.geometry_seconds if spec.stage == "main" else 0.0)
         return steps * per_step + overhead
 
     # -- stages --------------------------------------------------------------------------------------------------
@@ -215,17 +214,28 @@ class Study:
         return [m for m in (*METHODS, *extra) if "+" not in m or m.split("+")[1] in (
             *self.preset.feature_methods, "best")]
 
+    def _prior_seeds(self) -> int:
+        """The seed count ``--plan`` assumes before the pilot: from the preset's ``prior_sd``."""
+        pre = self.preset
+        comparisons = sum(len(self._primary_pairs(r)) for r in self.regimes)
+        n = seeds_for_power(pre.prior_sd, delta=pre.delta, level=pre.level, comparisons=comparisons, power=pre.power)
+        return int(min(max(n, pre.min_seeds), pre.max_seeds))
+
     def main(self) -> None:
-        """Every method × the decided seeds, dev and test, final geometry."""
+        """Dev and test scores and final geometry: the primary comparison's methods (the geometric losses and the
+        comparator) on the decided seeds, every other method on the first ``min_seeds`` of them (the table and
+        the secondary comparisons); seeds in order, so a stopped stage has complete seeds."""
         for r in self.regimes:
             d = self.decisions.get(r.name, {})
             if "power" not in d and self.execute:
                 raise RuntimeError(f"{r.name}: no seed count decided yet; run the stages up to 'power' first")
-            seeds = d.get("power", {}).get("seeds", self.preset.min_seeds)
+            seeds = d.get("power", {}).get("seeds") or self._prior_seeds()
+            primary = {m for pair in self._primary_pairs(r) for m in pair}
             for s in range(seeds):
                 for m in self.methods(r):
                     m = self._resolve(r, m)
-                    self.do(r, RunSpec(r.name, m, s, self._alpha(r, m), "main"))
+                    if m in primary or s < self.preset.min_seeds:
+                        self.do(r, RunSpec(r.name, m, s, self._alpha(r, m), "main"))
 
     def run(self, stages: list[str]) -> None:
         for stage in stages:
