@@ -185,3 +185,30 @@ def test_stage_selection():
         stages_to_run(None, "final")
     with pytest.raises(ValueError, match="not both"):
         stages_to_run("main", "main")
+
+
+# -- the instruction regime: one run to its plateau ------------------------------------------------------------
+
+
+def test_instruction_regime_run_with_reverse_kl_reaches_a_plateau(tmp_path, one_torch_thread):
+    """A toy instruction regime (tiny random Llama teacher fine-tuned on templated Rotten Tomatoes, a 2-block
+    student): one ``rkd+procrustes`` run (reverse KL + Procrustes) trains to its dev plateau through the engine,
+    is scored by generation (ROUGE-L, exact match) on dev and test, and gets its final geometry."""
+    from benchmarks.quality_study import regimes
+    from benchmarks.quality_study.data import prepare
+    from benchmarks.quality_study.runs import RunSpec, run_config, run_one
+
+    preset = regimes.Preset(regimes=[], batch=8, causal_teacher_lr=3e-3)
+    r = regimes.Regime("rotten_tomatoes", 48, 16, 16, family="causal", teacher="toy", student_layers=2,
+                       teacher_steps=30, max_length=48, max_epochs=2)
+    p = prepare(preset, r, tmp_path, lambda msg: None)
+    spec = RunSpec(r.name, "rkd+procrustes", 0, 1.0, "main")
+    cfg = run_config(preset, p, spec, tmp_path / "cfg", tmp_path / "cache.pt")
+    assert cfg["loss"]["kd"] == "reverse" and cfg["loss"]["metric"] == "procrustes"
+    assert cfg["trainer"]["num_train_epochs"] == 2 and cfg["trainer"]["max_steps"] == -1
+    row = run_one(preset, p, spec, tmp_path)
+    assert 1 <= row["epochs"] <= 2 and row["steps_to_plateau"] in {c["step"] for c in row["curve"]}
+    assert row["dev_acc"] == pytest.approx(max(c["dev"] for c in row["curve"]))
+    assert set(row["scores"]["test"]) == {"rougeL", "exact_match"} and row["test_acc"] == row["scores"]["test"][
+        "rougeL"]
+    assert row["geometry_probe"]["unit"] == "token" and row["feature_loss_init"] > 0
