@@ -181,7 +181,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     assert "# total: 0 runs" in capsys.readouterr().out
 
 
-def test_geometry_probe_pools_texts_when_the_student_has_its_own_tokenizer():
+def test_geometry_probe_pools_texts_when_the_student_has_its_own_tokenizer(tmp_path):
     """With another tokenizer, token rows do not correspond: one mean-pooled row per text, as many texts as rows
     are needed; the teacher read through either id list is at distance 0 from itself."""
     from repgeo.distill.toy import tiny_model
@@ -197,6 +197,13 @@ def test_geometry_probe_pools_texts_when_the_student_has_its_own_tokenizer():
     values, info = same.measure(model, model, {2: 2})
     assert info["unit"] == "text" and info["rows"] == 1000 and info["widths"] == {"s2_t2": [32, 32]}
     assert values["procrustes_corrected/s2_t2"] == pytest.approx(0.0, abs=1e-6)
+    same.cache = tmp_path  # the teacher's rows kept between processes: a fresh probe reads them from disk
+    same.measure(model, model, {2: 2})
+    fresh = GeometryProbe.take({"dev": texts}, ["dev"], 0, 32, student=({"dev": texts}, 0))
+    fresh.cache = tmp_path
+    other = tiny_model("bert", 50, hidden_size=32, num_layers=2, seed=1)  # same (empty) name: the cached rows win
+    cached, _ = fresh.measure(other, model, {2: 2})
+    assert cached["procrustes_corrected/s2_t2"] == pytest.approx(0.0, abs=1e-6)
     rows = probe.rows(model, [2], student=True)[2]
     assert rows.shape == (1000, 32)  # one pooled row per text, read from the student's ids
     assert not np.allclose(rows, probe.rows(model, [2])[2])

@@ -173,6 +173,7 @@ def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared
     student = transformers.AutoModelForSequenceClassification.from_pretrained(init_path)
     probe = _probe(ids["teacher"], toks["teacher"].pad_token_id, teacher.model, student,
                    None if shared else (ids["student"], toks["student"].pad_token_id))
+    probe.cache = folder
     p = Prepared(r, Path(teacher.path), init_path, files, score, "acc", labels,
                  {k: len(v) for k, v in y.items()}, teacher.seconds, probe=probe)
     p.measure_references(teacher.model, student, log)

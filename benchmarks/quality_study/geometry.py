@@ -22,8 +22,10 @@ the widths of every pair.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,7 @@ class GeometryProbe:
     width: int
     student_ids: list[list[int]] | None = None
     student_pad_id: int | None = None
+    cache: Path | None = None  # a folder keeping the teacher's rows between processes (a resumed study)
     _teacher: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -121,15 +124,37 @@ class GeometryProbe:
         model.train(was_training)
         return {i: np.concatenate(r) for i, r in out.items()}
 
+    def _teacher_rows(self, teacher: Any, layers: list[int]) -> None:
+        """The teacher's rows at ``layers``: in memory, else from ``cache`` (a file per layer, named by the
+        probe's texts and the teacher's name), else computed (and saved there)."""
+        import hashlib
+
+        key = hashlib.sha256(f"{self.unit}|{getattr(teacher, 'name_or_path', '')}".encode())
+        for seq in self.ids:
+            key.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
+        files = {i: self.cache / f"geometry-teacher-{key.hexdigest()[:16]}-{i}.npy" for i in layers} if self.cache \
+            else {}
+        for i, path in files.items():
+            if i not in self._teacher and path.is_file():
+                self._teacher[i] = np.load(path)
+        missing = [i for i in layers if i not in self._teacher]
+        if missing:
+            self._teacher.update(self.rows(teacher, missing))
+        for i, path in files.items():
+            if not path.is_file():
+                from repgeo.files import atomic_write_bytes
+
+                buf = io.BytesIO()
+                np.save(buf, self._teacher[i])
+                atomic_write_bytes(path, buf.getvalue())
+
     def measure(self, teacher: Any, student: Any, layer_map: dict[int, int]) -> tuple[dict[str, float],
                                                                                         dict[str, Any]]:
         """``{"<estimator>/<pair>": value}`` (see the module docstring for which pairs), and the probe's
         description (rows, texts, splits, widths per pair, rows needed)."""
         from repgeo.distill.feature_loss import pair_name
 
-        missing = sorted(set(layer_map.values()) - set(self._teacher))
-        if missing:
-            self._teacher.update(self.rows(teacher, missing))
+        self._teacher_rows(teacher, sorted(set(layer_map.values())))
         student_rows = self.rows(student, sorted(layer_map), student=True)
         groups = self.groups
         values, widths = {}, {}
