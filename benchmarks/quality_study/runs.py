@@ -76,9 +76,10 @@ def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Pat
 
 def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str, Any]:
     """Train one student to its dev plateau (:func:`repgeo.recipes.student.distill_student` with
-    :class:`~.plateau.PlateauStop`); its dev score (and in the main stage its test score and final geometry:
-    :mod:`.geometry`), the dev curve and steps to the plateau, the feature loss's initial value and α, and the
-    seconds per training step (training time less the per-epoch dev scoring, over the steps run)."""
+    :class:`~.plateau.PlateauStop`); its dev score (and in the main stage its test score, and on the first
+    ``min_seeds`` seeds its final geometry: :mod:`.geometry`), the dev curve and steps to the plateau, the
+    feature loss's initial value and α, and the seconds per training step (training time less the per-epoch dev
+    scoring, over the steps run)."""
     import time
 
     from repgeo.recipes.student import distill_student
@@ -98,7 +99,7 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
            "steps_to_plateau": stop.best["step"], "epochs": len(stop.curve), "curve": stop.curve,
            "sec_per_step": (done.train_seconds - stop.eval_seconds) / max(1, done.steps),
            "final_loss": next((h["loss"] for h in reversed(done.history) if "loss" in h), float("nan"))}
-    if spec.stage == "main" and p.probe is not None:
+    if spec.stage == "main" and spec.seed < preset.min_seeds and p.probe is not None:  # geometry: first seeds
         row["geometry"], row["geometry_probe"] = p.probe.measure(done.teacher, done.model, done.layer_map)
     row["run_seconds"] = time.perf_counter() - t0
     return row

@@ -95,7 +95,8 @@ class Study:
         if same:
             overhead = float(np.mean([x["run_seconds"] - x["steps"] * x["sec_per_step"] for x in same]))
         else:
-            overhead = r.run_overhead + (r.geometry_seconds if spec.stage == "main" else 0.0)
+            geometry = spec.stage == "main" and spec.seed < self.preset.min_seeds
+            overhead = r.run_overhead + (r.geometry_seconds if geometry else 0.0)
         return steps * per_step + overhead
 
     # -- stages --------------------------------------------------------------------------------------------------
