@@ -61,14 +61,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     ``reverse`` is mode-seeking: the token-level surrogate of MiniLLM (Gu et al. 2024) on teacher-forced positions.
     It is *not* MiniLLM's objective, which minimises the sequence-level reverse KL of the student's own samples by
     policy gradient. Both directions: log-softmax on both sides (no log of a rounded-to-zero probability), float32
-    whatever the logits' dtype, the same ``batchmean`` averaging over rows; 0 for no rows.
+    for half-precision logits (float64 stays float64), the same ``batchmean`` averaging over rows; 0 for no rows.
     """
     if direction not in KD_DIRECTIONS:
         raise ValueError(f"kd: must be one of {', '.join(KD_DIRECTIONS)}, got {direction!r}")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
     if student_logits.shape[0] == 0:
-        return student_logits.new_zeros((), dtype=torch.float32)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        return student_logits.new_zeros((), dtype=dtype)
+    s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
     if direction == "reverse":  # kl_div(input, target) = KL(target || input)
         s, t = t, s
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
