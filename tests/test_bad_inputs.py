@@ -148,7 +148,8 @@ def test_wrong_value_type(setup, tmp_path):
 
 def test_unknown_metric_in_config(setup, tmp_path):
     with pytest.raises(ConfigError, match=r"^loss\.metric: unknown metric 'procrustez'; available: procrustes, "
-                                          r"procrustes_angular, nbs, .*, proj_mse; did you mean 'procrustes'\?$"):
+                                          r"procrustes_angular, nbs, .*, proj_mse; did you mean 'procrustes'\? "
+                                          r"\(or the loss pkd\)$"):
         config_from_dict(_config(setup, tmp_path / "run", loss={"metric": "procrustez"}))
 
 

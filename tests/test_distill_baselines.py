@@ -235,7 +235,8 @@ def test_pkd_run_with_a_narrower_student_trains_saves_and_restores_its_projector
     assert set(trainer.feature_loss.projectors) == {"s1_t2", "s2_t4"}
     start = {k: v.clone() for k, v in trainer.feature_loss.state_dict().items()}
     info = json.loads((tmp_path / "run" / "alpha.json").read_text())
-    assert 0 < info["feature_loss_init"] <= 2 * 4 and info["alpha_eff"] == pytest.approx(1.0 / info["feature_loss_init"])
+    assert 0 < info["feature_loss_init"] <= 2 * 4  # two pairs, each in [0, 4]
+    assert info["alpha_eff"] == pytest.approx(1.0 / info["feature_loss_init"])
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all(np.isfinite(h["loss_feature"]) for h in logs)
