@@ -193,7 +193,8 @@ class DistillationTrainer(transformers.Trainer):
         tok = self.processing_class
         check_tokenizers(tok, student_tokenizer)
         if tok is not None:
-            check_vocab_covers(getattr(self.task, "teacher_tokenizer", None) or tok, self.teacher, "teacher")
+            teacher_tok = getattr(self.task, "teacher_tokenizer", None)
+            check_vocab_covers(tok if teacher_tok is None else teacher_tok, self.teacher, "teacher")
             check_vocab_covers(tok, self.model, "student")
         if self.w_kd > 0:
             check_logits(self.teacher, self.model)
