@@ -58,7 +58,8 @@ class ClassificationTask(Task):
             ids, was_cut = self._encode(self.tokenizer, str(r[cfg.text_field]))
             item = {"input_ids": ids, "labels": index[key], "example_index": i}
             if self.teacher_tokenizer is not None:
-                item["teacher_input_ids"], teacher_cut = self._encode(self.teacher_tokenizer, str(r[cfg.text_field]))
+                teacher_ids, teacher_cut = self._encode(self.teacher_tokenizer, str(r[cfg.text_field]))
+                item[TEACHER_KEYS["input_ids"]] = teacher_ids
                 was_cut = was_cut or teacher_cut
             cut += was_cut
             items.append(item)
@@ -88,7 +89,7 @@ class ClassificationTask(Task):
             if self._teacher_collator is None:
                 self._teacher_collator = transformers.DataCollatorWithPadding(self.teacher_tokenizer,
                                                                               return_tensors="pt")
-            teacher = self._teacher_collator([{"input_ids": f["teacher_input_ids"]} for f in features])
+            teacher = self._teacher_collator([{"input_ids": f[TEACHER_KEYS["input_ids"]]} for f in features])
             batch.update({key: teacher[arg] for arg, key in TEACHER_KEYS.items()})
         return batch
 
