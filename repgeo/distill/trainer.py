@@ -44,6 +44,7 @@ from .gather import all_reduce_mean
 from .hfdata import is_dataset_dict, is_hf_dataset, pick_split
 from .mapping import resolve_layer_map
 from .schema import KD_DIRECTIONS
+from .tasks import student_inputs, teacher_inputs
 
 FEATURE_LOSS_FILE = "feature_loss.pt"
 CHECKPOINT_MANIFEST = "repgeo_checkpoint.json"
@@ -134,8 +135,10 @@ class DistillationTrainer(transformers.Trainer):
     ``temperature``; ``kd`` (``"forward"`` or ``"reverse"``: the KL direction of the KD term, :func:`kd_loss`);
     ``feature_tokens`` (``"all"`` or ``"response"``); ``projector_lr`` (default: the
     student's learning rate); ``teacher_cache``; ``student_tokenizer`` (checked against ``processing_class``,
-    the teacher's tokenizer); ``geometry`` (a :class:`~repgeo.distill.geometry.GeometryProbe`, run at every
-    evaluation); ``generation`` (``{"max_new_tokens", "num_samples"}``, instruction task only).
+    the task's tokenizer: the student's, also the teacher's unless the task has a ``teacher_tokenizer``, whose
+    ids the batches then carry for the teacher, see :mod:`repgeo.distill.tasks`); ``geometry`` (a
+    :class:`~repgeo.distill.geometry.GeometryProbe`, run at every evaluation); ``generation``
+    (``{"max_new_tokens", "num_samples"}``, instruction task only).
 
     ``args`` may be a :class:`~repgeo.distill.arguments.DistillationArguments`: the loss settings left unset here
     are read from it, and without a ``feature_loss`` one is built from it (when ``alpha > 0``). With plain
@@ -213,7 +216,8 @@ class DistillationTrainer(transformers.Trainer):
         tok = self.processing_class
         check_tokenizers(tok, student_tokenizer)
         if tok is not None:
-            check_vocab_covers(tok, self.teacher, "teacher")
+            teacher_tok = getattr(self.task, "teacher_tokenizer", None)
+            check_vocab_covers(tok if teacher_tok is None else teacher_tok, self.teacher, "teacher")
             check_vocab_covers(tok, self.model, "student")
         if self.w_kd > 0:
             check_logits(self.teacher, self.model)
@@ -233,8 +237,11 @@ class DistillationTrainer(transformers.Trainer):
 
     # ------------------------------------------------------------------ loss
     def _teacher_outputs(
-        self, inputs: dict[str, torch.Tensor], index: torch.Tensor | None, token_mask: torch.Tensor | None
+        self, inputs: dict[str, torch.Tensor], teacher_in: dict[str, torch.Tensor], index: torch.Tensor | None,
+        token_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
+        """The teacher's KD logit rows and feature rows of a batch: from the teacher cache while training, else by
+        running it on ``teacher_in`` (its own ids and mask: :func:`~repgeo.distill.tasks.teacher_inputs`)."""
         need_kd = self.w_kd > 0
         need_feat = self.feature_loss is not None
         if not (need_kd or need_feat):
@@ -245,13 +252,10 @@ class DistillationTrainer(transformers.Trainer):
                 return hit
         self.teacher.eval()
         with torch.no_grad():
-            out = self.teacher(
-                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                output_hidden_states=need_feat,
-            )
+            out = self.teacher(**teacher_in, output_hidden_states=need_feat)
             logits = self.task.kd_logits(out.logits, inputs) if need_kd else None
             feats = (
-                self.feature_loss.teacher_features(out.hidden_states, inputs.get("attention_mask"), token_mask)
+                self.feature_loss.teacher_features(out.hidden_states, teacher_in["attention_mask"], token_mask)
                 if need_feat
                 else None
             )
@@ -266,13 +270,15 @@ class DistillationTrainer(transformers.Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         index = inputs.pop("example_index", None)
+        teacher_in = teacher_inputs(inputs)  # the teacher's own ids when it reads the text through its tokenizer
+        inputs = student_inputs(inputs)
         token_mask = self.task.feature_mask(inputs, self.feature_tokens)
         outputs = model(**inputs, output_hidden_states=self.feature_loss is not None)
         terms: dict[str, torch.Tensor] = {}
         ce = outputs.loss.float()
         terms["loss_task"] = ce
         total = self.w_task * ce
-        t_logits, t_feats = self._teacher_outputs(inputs, index, token_mask)
+        t_logits, t_feats = self._teacher_outputs(inputs, teacher_in, index, token_mask)
         if t_logits is not None:
             kd = kd_loss(self.task.kd_logits(outputs.logits, inputs), t_logits, self.temperature, self.kd)
             terms["loss_kd"] = kd
