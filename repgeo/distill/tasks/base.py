@@ -67,13 +67,15 @@ def require_fields(records: list[dict[str, Any]], fields: Sequence[str], path: s
     if not records:
         raise DataError(f"{what} {path!r} has no records")
     require_columns(records[:1], fields, path, FIELDS_HINT, what)
+    def where(i: int) -> str:  # on the error path only: it re-reads the file
+        return record_where(path, i) if what == "data file" else f"record {i}"
+
     for i, r in enumerate(records):
-        where = record_where(path, i) if what == "data file" else f"record {i}"
         for f in fields:
             if f not in r:
-                raise DataError(f"{what} {path!r}, {where}: no field {f!r} (fields: {sorted(r)})")
+                raise DataError(f"{what} {path!r}, {where(i)}: no field {f!r} (fields: {sorted(r)})")
             if _missing(r[f]):
-                raise DataError(f"{what} {path!r}, {where}: field {f!r} is empty")
+                raise DataError(f"{what} {path!r}, {where(i)}: field {f!r} is empty")
 
 
 def read_source(source: Any, fields: Sequence[str], max_samples: int | None, name: str | None = None
