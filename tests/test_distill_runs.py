@@ -103,7 +103,8 @@ def test_init_errors(cls_setup, tmp_path):
     (other["teacher"] / "tokenizer.json").write_text(
         (other["teacher"] / "tokenizer.json").read_text().replace('"good"', '"great"'))
     mismatch = config_from_dict(_config(cls_setup, tmp_path / "b", student={"keep_every": None,
-                                                                           "path": str(other["teacher"])}))
+                                                                           "path": str(other["teacher"])},
+                                        loss={"pooling": "tokens"}))  # other tokenizers: pooled features only
     with pytest.raises(ValueError, match="tokenizer mismatch"):
         build_trainer(mismatch, verbose=False)
 

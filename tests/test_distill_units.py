@@ -167,3 +167,37 @@ def test_checks_vocab_and_tokenizer():
     check_tokenizers(a, word_tokenizer(["x y z"]))
     with pytest.raises(ValueError, match="tokenizer mismatch"):
         check_tokenizers(a, b)
+
+
+def test_record_checks_read_the_file_once_and_still_name_the_line(tmp_path, monkeypatch):
+    """``require_fields`` locates a record in its file only on the error path: checking 3,000 valid records re-reads
+    nothing (it used to re-read the file once per record: 27 s of a 5-minute demo), and a bad record is still named
+    with its line."""
+    from repgeo._files import DataError
+    from repgeo.distill.tasks import base
+
+    rows = ["text,label"] + [f"text {i},{i % 2}" for i in range(3000)]
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(rows) + "\n")
+    reads = []
+    real = base.read_text_utf8
+    monkeypatch.setattr(base, "read_text_utf8", lambda p: reads.append(p) or real(p))
+    records, _, _ = base.read_source(str(path), ["text", "label"], None)
+    assert len(records) == 3000 and reads == []
+    rows[1501] = ",1"  # record 1500 has an empty text, on line 1502
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"record 1500 \(line 1502\): field 'text' is empty"):
+        base.read_source(str(path), ["text", "label"], None)
+    assert len(reads) == 1
+
+
+def test_fine_tuning_uses_fused_adamw_and_the_demo_students_too():
+    """The teacher recipe and the short student runs use torch's fused AdamW (the same update in one kernel; on a
+    CPU step of the demo's teacher it cut the optimiser from ~0.10 s to ~0.03 s)."""
+    from repgeo.recipes.classifier import _fusable
+    from repgeo.recipes.student import short_run_trainer
+
+    assert short_run_trainer(10, 1e-4, 8, logging_steps=1)["optim"] == "adamw_torch_fused"
+    model = tiny_model("bert", 50)
+    assert _fusable(list(model.parameters()))
+    assert not _fusable([torch.nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)])

@@ -2,7 +2,8 @@
 
 ``.item()``, ``bool()``, ``float()`` and ``int()`` of a tensor all dispatch ``aten::_local_scalar_dense``, the
 operator that copies a value to the host (on a GPU: waits for every queued kernel). A ``TorchDispatchMode``
-counts it during a feature-loss forward + backward, for every registered metric, pooled and token-level rows.
+counts it during a feature-loss forward + backward, for every registered metric and the Patient-KD loss (``pkd``, a
+loss without a registry entry), pooled and token-level rows.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from repgeo.distill import FeatureLoss
+from repgeo.distill.schema import LOSS_ONLY_METRICS
 from repgeo.metrics import available
 
 LAYER_MAP = {1: 2, 2: 4}
@@ -43,7 +45,7 @@ def attention_mask(batch: int = 6, seq: int = 10) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("pooling", ["mean", "tokens"])
-@pytest.mark.parametrize("metric", available())
+@pytest.mark.parametrize("metric", [*available(), *LOSS_ONLY_METRICS])
 def test_feature_loss_forward_backward_reads_no_scalar(metric, pooling):
     teacher = hidden_states(0, dims=(24,) * 5)
     mask = attention_mask()

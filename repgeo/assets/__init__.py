@@ -3,12 +3,15 @@
 * :mod:`repgeo.assets.registry` -- the assets (:data:`ASSETS`), finding, fetching, extracting and checking them
   (:func:`fetch`, :func:`fetch_all`, ``repgeo fetch-assets``);
 * :mod:`repgeo.assets.demo` -- the demo's teacher and data (:func:`minilm_path`, :func:`rotten_tomatoes`);
-* :mod:`repgeo.assets.study` -- the distillation study's data sets, instruction tasks and SmolLM2 (import it
-  explicitly: ``from repgeo.assets.study import text_classification``; it needs pandas and, to convert SmolLM2
-  once, ``gguf``).
+* :mod:`repgeo.assets.study` -- the distillation study's data sets, instruction tasks, SmolLM2 and the MPNet
+  teacher (import it explicitly: ``from repgeo.assets.study import text_classification``; it needs pandas and, to
+  convert SmolLM2 once, ``gguf``).
 
-The registry and the demo loaders are re-exported here.
+The registry and the demo loaders are re-exported here, and :func:`~repgeo.assets.study.mpnet_path` (imported
+on first use, so ``import repgeo.assets`` stays light).
 """
+
+from typing import Any
 
 from .demo import minilm_path, rotten_tomatoes
 from .registry import (
@@ -17,6 +20,7 @@ from .registry import (
     STUDY_ASSETS,
     Asset,
     AssetError,
+    Part,
     cache_dir,
     fetch,
     fetch_all,
@@ -30,11 +34,21 @@ __all__ = [
     "STUDY_ASSETS",
     "Asset",
     "AssetError",
+    "Part",
     "cache_dir",
     "fetch",
     "fetch_all",
     "fetch_command",
     "minilm_path",
+    "mpnet_path",
     "rotten_tomatoes",
     "sha256_of",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "mpnet_path":
+        from .study import mpnet_path
+
+        return mpnet_path
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

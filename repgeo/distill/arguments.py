@@ -1,7 +1,7 @@
 """``DistillationArguments``: ``transformers.TrainingArguments`` plus the distillation settings, as TRL's configs do.
 
 Use it as the ``args`` of :class:`~repgeo.distill.trainer.DistillationTrainer`; the trainer reads ``alpha``,
-``w_task``, ``w_kd``, ``temperature``, ``feature_tokens`` and ``projector_lr`` from it (a keyword given to the
+``w_task``, ``w_kd``, ``temperature``, ``kd``, ``feature_tokens`` and ``projector_lr`` from it (a keyword given to the
 trainer itself wins) and, when no ``feature_loss`` is given and ``alpha > 0``, builds the
 :class:`~repgeo.distill.feature_loss.FeatureLoss` from ``metric``, ``layer_map``, ``pooling``, ``center``,
 ``normalize`` and ``projector``::
@@ -32,7 +32,10 @@ class DistillationArguments(transformers.TrainingArguments):
     w_task: float = field(default=1.0, metadata={"help": "weight of the task loss (cross-entropy)"})
     w_kd: float = field(default=1.0, metadata={"help": "weight of the logit KD term T^2 KL(teacher_T || student_T)"})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature T (> 0)"})
-    metric: str = field(default="procrustes", metadata={"help": "feature-loss metric (repgeo.metrics.available())"})
+    kd: str = field(default="forward", metadata={
+        "help": "forward: KL(teacher_T || student_T); reverse: KL(student_T || teacher_T) (token-level MiniLLM-style)"})
+    metric: str = field(default="procrustes", metadata={
+        "help": "feature-loss metric (repgeo.metrics.available()) or pkd (Patient-KD)"})
     layer_map: Any = field(default="uniform", metadata={
         "help": "uniform | last | skip | {student_layer: teacher_layer}"})
     pooling: str = field(default="mean", metadata={"help": "cls | mean | last | tokens"})
@@ -55,18 +58,21 @@ class DistillationArguments(transformers.TrainingArguments):
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         from repgeo.metrics import get
 
-        try:
-            get(self.metric)
-        except ValueError as exc:  # "unknown metric 'x'; available: ...; did you mean 'y'?"
-            raise ValueError(f"metric: {exc}") from None
+        from .schema import KD_DIRECTIONS, LOSS_ONLY_METRICS
+
+        if self.metric not in LOSS_ONLY_METRICS:
+            try:
+                get(self.metric)
+            except ValueError as exc:  # "unknown metric 'x'; available: ...; did you mean 'y'?"
+                raise ValueError(f"metric: {exc} (or the loss {', '.join(LOSS_ONLY_METRICS)})") from None
         for name, allowed in (("pooling", ("cls", "mean", "last", "tokens")), ("feature_tokens", ("all", "response")),
-                              ("projector", ("learned", "closed_form"))):
+                              ("projector", ("learned", "closed_form")), ("kd", KD_DIRECTIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 #: the settings the trainer reads from ``DistillationArguments`` (and their defaults for plain ``TrainingArguments``)
-TRAINER_SETTINGS = ("alpha", "w_task", "w_kd", "temperature", "feature_tokens", "projector_lr")
+TRAINER_SETTINGS = ("alpha", "w_task", "w_kd", "temperature", "feature_tokens", "projector_lr", "kd")
 
 
 def setting(args: Any, name: str, given: Any) -> Any:

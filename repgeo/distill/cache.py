@@ -21,6 +21,8 @@ import torch
 from repgeo._files import IntegrityError, atomic_path, atomic_write_text, build_manifest, verify_files
 from repgeo.probe.pooling import effective_mask
 
+from .tasks import TEACHER_KEYS, teacher_inputs
+
 
 class TeacherCache:
     """Per-example teacher logit rows and feature rows, looked up by ``example_index``."""
@@ -49,15 +51,16 @@ class TeacherCache:
         teacher.eval()
         device = next(teacher.parameters()).device
         items = [dataset[i] for i in range(len(dataset))]
-        order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
+        ids_key = TEACHER_KEYS["input_ids"] if items and TEACHER_KEYS["input_ids"] in items[0] else "input_ids"
+        order = sorted(range(len(items)), key=lambda i: len(items[i][ids_key]))
         logits: list[torch.Tensor | None] = [None] * len(items)
         layers = feature_loss.teacher_layers if feature_loss is not None else []
         feats: dict[int, list[torch.Tensor | None]] = {t: [None] * len(items) for t in layers}
         for start in range(0, len(order), batch_size):
             rows_idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([items[i] for i in rows_idx]).items()}
-            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          output_hidden_states=feature_loss is not None)
+            teacher_in = teacher_inputs(batch)  # its own ids when it reads the text through its own tokenizer
+            out = teacher(**teacher_in, output_hidden_states=feature_loss is not None)
             b = batch["input_ids"].shape[0]
             if with_logits:
                 rows = task.kd_logits(out.logits, batch).float().cpu()
@@ -65,9 +68,9 @@ class TeacherCache:
                     logits[i] = r
             if feature_loss is not None:
                 tmask = task.feature_mask(batch, feature_tokens)
-                f = feature_loss.teacher_features(out.hidden_states, batch["attention_mask"], tmask)
+                f = feature_loss.teacher_features(out.hidden_states, teacher_in["attention_mask"], tmask)
                 if feature_loss.pooling == "tokens":
-                    counts = effective_mask(out.hidden_states[0], batch["attention_mask"], tmask).sum(1).tolist()
+                    counts = effective_mask(out.hidden_states[0], teacher_in["attention_mask"], tmask).sum(1).tolist()
                 else:
                     counts = [1] * b
                 for t, rows in f.items():

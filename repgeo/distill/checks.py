@@ -40,22 +40,31 @@ def check_logits(teacher: Any, student: Any) -> None:
         )
 
 
-def check_tokenizers(teacher_tok: Any, student_tok: Any | None) -> None:
-    """Teacher and student read the same input ids: their tokenizers must agree."""
+def tokenizer_mismatch(teacher_tok: Any, student_tok: Any | None) -> str | None:
+    """How the student's tokenizer differs from the teacher's (vocabulary, or pad / bos / eos ids), or None when it
+    agrees (or the student has none of its own)."""
     if student_tok is None:
-        return
+        return None
     tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
     if tv != sv:
         diff = sorted(set(tv.items()) ^ set(sv.items()), key=str)[:3]
-        raise ValueError(
-            f"tokenizer mismatch: the teacher's vocabulary has {len(tv)} entries, the student's {len(sv)}, "
-            f"and they differ (e.g. {diff}); distillation feeds both the same input ids, so the student must "
-            "use the teacher's tokenizer"
-        )
+        return (f"tokenizer mismatch: the teacher's vocabulary has {len(tv)} entries, the student's {len(sv)}, "
+                f"and they differ (e.g. {diff})")
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
         if getattr(teacher_tok, attr, None) != getattr(student_tok, attr, None):
-            raise ValueError(f"tokenizer mismatch: {attr} is {getattr(teacher_tok, attr)} for the teacher and "
-                             f"{getattr(student_tok, attr)} for the student")
+            return (f"tokenizer mismatch: {attr} is {getattr(teacher_tok, attr)} for the teacher and "
+                    f"{getattr(student_tok, attr)} for the student")
+    return None
+
+
+def check_tokenizers(teacher_tok: Any, student_tok: Any | None,
+                     reason: str = "distillation feeds both the same input ids") -> None:
+    """Teacher and student read the same input ids: their tokenizers must agree (``reason`` says why, in the
+    error). A classification run gives a student with its own tokenizer its own input ids instead (see
+    :mod:`repgeo.distill.tasks`), so it checks the tokenizers only where they must agree."""
+    problem = tokenizer_mismatch(teacher_tok, student_tok)
+    if problem is not None:
+        raise ValueError(f"{problem}; {reason}, so the student must use the teacher's tokenizer")
 
 
 def check_vocab_covers(tokenizer: Any, model: Any, which: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .schema import (
+    LOSS_ONLY_METRICS,
     RESERVED_TRAINER_KEYS,
     TASKS,
     TRAINER_RANGES,
@@ -139,14 +140,19 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
 def _validate(cfg: RunConfig) -> None:
     from repgeo.metrics import get
 
-    def metric(name: str, key: str) -> None:
+    def metric(name: str, key: str, also: tuple[str, ...] = ()) -> None:
         try:
             get(name)
         except ValueError as exc:  # "unknown metric 'x'; available: ...; did you mean 'y'?"
-            raise ConfigError(f"{key}: {exc}") from None
+            extra = f" (or the loss {', '.join(also)})" if also else ""
+            raise ConfigError(f"{key}: {exc}{extra}") from None
 
     loss = cfg.loss
-    metric(loss.metric, "loss.metric")
+    if loss.metric not in LOSS_ONLY_METRICS:  # pkd: a loss without a registry entry (schema.LOSS_ONLY_METRICS)
+        metric(loss.metric, "loss.metric", also=LOSS_ONLY_METRICS)
+    elif loss.projector != "learned":
+        raise ConfigError(f"loss.projector: {loss.metric} needs 'learned' (a pair of different widths learns its "
+                          f"projector), got {loss.projector!r}")
     if loss.temperature <= 0:
         raise ConfigError(f"loss.temperature: must be > 0, got {loss.temperature}")
     for name in ("alpha", "w_task", "w_kd"):

@@ -20,6 +20,14 @@ ordinary parameters of this module (the trainer gives them their own optimizer g
 ``feature_loss.pt`` with every checkpoint). ``projector="closed_form"`` uses the registry's closed-form
 ``min_W`` instead (no parameters).
 
+**Patient-KD** (``metric="pkd"``, Sun et al. 2019; a loss, not a registered metric: see ``LOSS_ONLY_METRICS``)
+compares each row after putting it on the unit sphere, ``D = (1/n) sum_i ||y_i W_k^T / ||y_i W_k^T|| -
+x_i / ||x_i|| ||^2`` (:func:`repgeo.metrics.pkd_loss`: the mean over rows where Sun et al. sum over examples;
+they pool the ``[CLS]`` vector, ``pooling="cls"``). ``center`` and ``normalize`` do not apply (the per-row
+normalisation is the method's own). A pair whose widths differ gets a learned projector ``W_k`` as projection-MSE
+does (same initialisation, optimizer group and ``feature_loss.pt``); a pair of equal widths is compared directly,
+as in Sun et al. (whose student had the teacher's width), with no parameters.
+
 **No host synchronisation.** The first forward call checks its inputs eagerly (clear errors at set-up). Every
 later call runs the metrics inside :func:`repgeo.metrics.stats.deferred_checks`: no check reads a value back from
 the device (``bool``/``item`` of a tensor would stall a GPU pipeline every step); the conditions are combined on
@@ -48,7 +56,7 @@ from torch import nn
 
 from repgeo._validation import FEATURE_POOLINGS as POOLINGS
 from repgeo.metrics import get as get_metric
-from repgeo.metrics import proj_mse_learned
+from repgeo.metrics import pkd_loss, proj_mse_learned
 from repgeo.metrics.procrustes import nbs_from_stats, procrustes_from_stats
 from repgeo.metrics.stats import (
     Check,
@@ -63,6 +71,7 @@ from repgeo.metrics.stats import (
 from repgeo.probe.pooling import pool
 
 from .gather import gather_rows
+from .schema import LOSS_ONLY_METRICS
 
 Features = Mapping[int, torch.Tensor]
 
@@ -105,13 +114,14 @@ class FeatureLoss(nn.Module):
 
     Parameters
     ----------
-    metric: a registered metric name (``repgeo.metrics.available()``).
+    metric: a registered metric name (``repgeo.metrics.available()``) or a loss of ``LOSS_ONLY_METRICS`` (``pkd``).
     layer_map: ``{student_layer: teacher_layer}`` in ``hidden_states`` numbering (0 = embeddings).
     student_dims, teacher_dims: hidden sizes per layer (or one int for all); needed for the learned projector.
     pooling: ``cls``, ``mean``, ``last`` or ``tokens``.
     weights: one weight per pair (a sequence in map order, or ``{student_layer: w}``); default 1 each.
     center, normalize: preprocessing passed to the metric (see :mod:`repgeo.metrics.stats`).
-    projector: ``"learned"`` (default for proj_mse) or ``"closed_form"``; ignored by other metrics.
+    projector: ``"learned"`` (default for proj_mse) or ``"closed_form"``; ignored by the other metrics; pkd learns
+        a projector for every pair of different widths and refuses ``"closed_form"``.
     gather: gather rows across data-parallel ranks (no-op on one process).
     """
 
@@ -130,13 +140,16 @@ class FeatureLoss(nn.Module):
         gather: bool = True,
     ) -> None:
         super().__init__()
-        self.spec = get_metric(metric)
+        self.spec = None if metric in LOSS_ONLY_METRICS else get_metric(metric)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
         if not layer_map:
             raise ValueError("layer_map is empty: map at least one student layer to a teacher layer")
         if projector not in ("learned", "closed_form"):
             raise ValueError(f"projector must be 'learned' or 'closed_form'; got {projector!r}")
+        if metric == "pkd" and projector != "learned":
+            raise ValueError("projector 'closed_form' does not apply to pkd (a pair of different widths needs a "
+                             "learned projector); use projector='learned'")
         self.metric = metric
         self.layer_map = {int(s): int(t) for s, t in layer_map.items()}
         self.pooling = pooling
@@ -146,17 +159,27 @@ class FeatureLoss(nn.Module):
         self.weights = self._resolve_weights(weights)
         self.learned = metric == "proj_mse" and projector == "learned"
         self.projectors = nn.ModuleDict()
-        if self.learned:
-            if student_dims is None or teacher_dims is None:
-                raise ValueError("projection-MSE with a learned projector needs student_dims and teacher_dims")
-            for s, t in self.layer_map.items():
-                q = student_dims if isinstance(student_dims, int) else student_dims[s]
-                p = teacher_dims if isinstance(teacher_dims, int) else teacher_dims[t]
-                lin = nn.Linear(q, p, bias=False)
-                nn.init.orthogonal_(lin.weight)
-                self.projectors[pair_name(s, t)] = lin
+        if self.learned or metric == "pkd":
+            self._add_projectors(student_dims, teacher_dims)
         self.validated = False  # set after the first (eagerly checked) forward call
         self.pending_checks: list[Check] = []
+
+    def _add_projectors(self, student_dims: Mapping[int, int] | int | None,
+                        teacher_dims: Mapping[int, int] | int | None) -> None:
+        """One ``nn.Linear(q, p, bias=False)`` per pair, orthogonally initialised (module docstring); pkd: only for
+        pairs of different widths (and none when the widths are not given: they are then taken as equal)."""
+        if student_dims is None or teacher_dims is None:
+            if self.metric == "pkd":
+                return
+            raise ValueError("projection-MSE with a learned projector needs student_dims and teacher_dims")
+        for s, t in self.layer_map.items():
+            q = student_dims if isinstance(student_dims, int) else student_dims[s]
+            p = teacher_dims if isinstance(teacher_dims, int) else teacher_dims[t]
+            if self.metric == "pkd" and p == q:
+                continue
+            lin = nn.Linear(q, p, bias=False)
+            nn.init.orthogonal_(lin.weight)
+            self.projectors[pair_name(s, t)] = lin
 
     def _resolve_weights(self, weights: Sequence[float] | Mapping[int, float] | None) -> dict[int, float]:
         keys = list(self.layer_map)
@@ -204,9 +227,13 @@ class FeatureLoss(nn.Module):
 
     def pair_loss(self, name: str, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Unweighted loss of one pair on (already gathered) rows X (teacher) and Y (student)."""
+        if self.metric == "pkd":
+            proj = self.projectors[name].weight.float() if name in self.projectors else None
+            return pkd_loss(X, Y, proj)
         if self.learned:
             return proj_mse_learned(X, Y, self.projectors[name].weight.float(), center=self.center,
                                     normalize=self.normalize)
+        assert self.spec is not None  # every name without a registry entry is handled above
         return self.spec.loss(X, Y, center=self.center, normalize=self.normalize)
 
     def forward(

@@ -4,7 +4,8 @@ At every evaluation :class:`GeometryProbe` pools the teacher's and the student's
 probe examples (the first ``probe_size`` evaluation examples), computes the requested registered metrics
 (numpy float64, the analysis backend) and returns ``{"geometry/<metric>/<pair>": value}`` for the Trainer's
 logs (and so TensorBoard when it is a ``report_to`` target). The history is written at the end as a CSV
-(``step, pair, metric, value``) and a PNG of the curves.
+(``step, pair, metric, value``) and a PNG of the curves. A teacher with its own tokenizer reads its own
+tokenisation of the probe texts (:func:`~repgeo.distill.tasks.teacher_inputs`; one pooled row per example).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from repgeo.metrics import compare
 from repgeo.probe.pooling import pool
 
 from .feature_loss import pair_name
+from .tasks import teacher_inputs
 
 
 class GeometryProbe:
@@ -46,15 +48,16 @@ class GeometryProbe:
         self._teacher: dict[int, torch.Tensor] | None = None
 
     @torch.no_grad()
-    def _features(self, model: Any, layers: list[int]) -> dict[int, torch.Tensor]:
+    def _features(self, model: Any, layers: list[int], *, teacher: bool = False) -> dict[int, torch.Tensor]:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         rows: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
         for start in range(0, len(self.items), self.batch_size):
             batch = self.collate(self.items[start : start + self.batch_size])
-            mask = batch["attention_mask"].to(device)
-            out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=True)
+            inputs = teacher_inputs(batch) if teacher else batch  # the teacher's own ids, when it has them
+            mask = inputs["attention_mask"].to(device)
+            out = model(input_ids=inputs["input_ids"].to(device), attention_mask=mask, output_hidden_states=True)
             tmask = self.token_mask(batch) if self.token_mask is not None else None
             for i in layers:
                 rows[i].append(pool(out.hidden_states[i], mask, self.pooling, tmask).double().cpu())
@@ -64,7 +67,7 @@ class GeometryProbe:
     def measure(self, teacher: Any, student: Any, step: int) -> dict[str, float]:
         """Metrics of every mapped pair at this step (also appended to :attr:`history`)."""
         if self._teacher is None:
-            self._teacher = self._features(teacher, sorted(set(self.layer_map.values())))
+            self._teacher = self._features(teacher, sorted(set(self.layer_map.values())), teacher=True)
         student_rows = self._features(student, list(self.layer_map))
         out: dict[str, float] = {}
         for s, t in self.layer_map.items():

@@ -12,6 +12,10 @@ have passed their checks (a refused run leaves no folder behind); every checkpoi
 The content hashes of the inputs are computed once per run (:func:`~repgeo.distill.resume.input_hashes`) and
 passed to the resume check, ``inputs.json`` and the teacher cache.
 
+A student loaded from ``student.path`` whose own tokenizer differs from the teacher's reads the text through it,
+and the teacher through its own (classification with pooled features; :func:`check_separate_tokenizers` refuses
+the rest with the key and the reason); the final student is saved with its own tokenizer.
+
 What differs between tasks is asked of the task object (:class:`~repgeo.distill.tasks.Task`: its model class,
 label check, metrics and evaluation scores), never decided here by its name.
 """
@@ -33,7 +37,7 @@ from repgeo._files import IntegrityError, atomic_write_text, locked_output, mode
 
 from .alpha import AlphaSchedule, calibrate_alpha
 from .cache import TeacherCache
-from .checks import check_tokenizers, hidden_sizes
+from .checks import check_tokenizers, hidden_sizes, tokenizer_mismatch
 from .config import ConfigError, RunConfig, save_config, training_arguments
 from .feature_loss import FeatureLoss
 from .geometry import GeometryProbe
@@ -108,13 +112,41 @@ def _data_sources(cfg: RunConfig) -> tuple[Any, Any | None]:
     return train, evals
 
 
-def _task_and_data(cfg: RunConfig) -> tuple[Task, Any, Any | None]:
-    """The task (with the teacher's tokenizer), its training set and its evaluation set (None without one)."""
+def _make_task(cfg: RunConfig) -> Task:
+    """The task with the teacher's tokenizer; or, for a student (``student.path``) with a tokenizer of its own that
+    differs, with the student's and the teacher's (each model reads the text through its own: classification with
+    pooled features only, see :func:`check_separate_tokenizers`)."""
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.teacher.path)
     except (OSError, ValueError) as exc:
         raise _load_error("teacher.path", cfg.teacher.path, exc) from exc
-    task = get_task(cfg.task)(tokenizer, cfg.data)
+    task_cls = get_task(cfg.task)
+    student_tok = _load_tokenizer(cfg.student.path) if cfg.student.path is not None else None
+    problem = tokenizer_mismatch(tokenizer, student_tok)
+    if problem is None:
+        return task_cls(tokenizer, cfg.data)
+    check_separate_tokenizers(cfg, task_cls, problem)
+    return task_cls(student_tok, cfg.data, teacher_tokenizer=tokenizer)
+
+
+def check_separate_tokenizers(cfg: RunConfig, task_cls: type[Task], problem: str) -> None:
+    """Raise :class:`~repgeo.distill.config.ConfigError` when a student whose tokenizer differs from the
+    teacher's (``problem`` says how) cannot read the text through its own: a task whose terms compare tokens
+    (``Task.one_tokenizer``), or features compared token by token (``loss.pooling: tokens``; also the geometry
+    probe's pooling)."""
+    if task_cls.one_tokenizer:
+        raise ConfigError(f"student.path: {problem}; {task_cls.one_tokenizer}, so the student must use the "
+                          "teacher's tokenizer")
+    if cfg.loss.pooling == "tokens" and (cfg.loss.alpha > 0 or cfg.geometry.enabled):
+        raise ConfigError(
+            f"loss.pooling: 'tokens' compares teacher and student features token by token, but the student "
+            f"(student.path) reads the text through its own tokenizer ({problem}), so their tokens do not "
+            "correspond; use cls, mean or last (one row per example), or a student with the teacher's tokenizer")
+
+
+def _task_and_data(cfg: RunConfig) -> tuple[Task, Any, Any | None]:
+    """The task (:func:`_make_task`), its training set and its evaluation set (None without one)."""
+    task = _make_task(cfg)
     d = cfg.data
     train_src, eval_src = _data_sources(cfg)
     train = task.dataset(train_src, d.max_train_samples, name=f"{d.dataset}[{d.train_split}]")

@@ -12,13 +12,14 @@ is optional)::
     # or a Hugging Face dataset (a hub name, or a folder written by save_to_disk), split by name:
     # data: {dataset: imdb, dataset_config: null, train_split: train, eval_split: test}
     loss:
-      metric: procrustes            # any name in repgeo.metrics.available()
+      metric: procrustes            # any name in repgeo.metrics.available(), or pkd (Patient-KD)
       alpha: 1.0                    # weight of the feature loss
       alpha_relative: false         # true: alpha / (feature loss at initialisation), so every loss starts at alpha
       alpha_schedule: constant      # constant | linear (decays to 0) | cosine
       w_task: 1.0
       w_kd: 1.0
       temperature: 2.0
+      kd: forward                   # forward: KL(teacher || student); reverse: KL(student || teacher)
       pooling: mean                 # cls | mean | last | tokens
       layer_map: uniform            # uniform | last | skip | {student_layer: teacher_layer}
     trainer:                        # any transformers.TrainingArguments field
@@ -37,6 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TASKS = ("classification", "instruction")
+#: ``loss.metric`` values that are distillation losses without a registry entry (no invariances, no analysis form):
+#: ``pkd``, Patient-KD (Sun et al. 2019; :func:`repgeo.metrics.pkd_loss`)
+LOSS_ONLY_METRICS = ("pkd",)
+#: ``loss.kd``: the direction of the logit KD term (:func:`repgeo.distill.trainer.kd_loss`)
+KD_DIRECTIONS = ("forward", "reverse")
 RESERVED_TRAINER_KEYS = ("output_dir", "remove_unused_columns")
 
 
@@ -93,6 +99,7 @@ class LossConfig:
     w_task: float = 1.0
     w_kd: float = 1.0
     temperature: float = 2.0
+    kd: Literal["forward", "reverse"] = "forward"  # KD_DIRECTIONS
     pooling: Literal["cls", "mean", "last", "tokens"] = "mean"
     layer_map: str | dict[Any, Any] = "uniform"
     layer_weights: list[float] | dict[Any, float] | None = None

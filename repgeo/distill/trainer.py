@@ -5,7 +5,8 @@ The loss of a batch is::
     L = w_task * CE(student)  +  w_kd * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))  +  alpha * L_feat
 
 where ``z_t``, ``z_s`` are the teacher's and student's logits at the task's KD positions (every example for
-classification, response-predicting positions for instruction following; KL averaged over those rows) and
+classification, response-predicting positions for instruction following; KL averaged over those rows; with
+``kd="reverse"`` the KL runs the other way, ``KL(student_T || teacher_T)``: see :func:`kd_loss`) and
 ``L_feat = sum_k w_k D(teacher layer t_k, student layer s_k)`` is the :class:`FeatureLoss`. Every term is logged
 separately (``loss_task``, ``loss_kd``, ``loss_feature`` and one ``loss_feature/<pair>`` per layer pair, averaged
 over the logging interval and the ranks). The teacher is frozen, in eval mode, and run under ``no_grad`` (or
@@ -42,17 +43,36 @@ from .feature_loss import FeatureLoss
 from .gather import all_reduce_mean
 from .hfdata import is_dataset_dict, is_hf_dataset, pick_split
 from .mapping import resolve_layer_map
+from .schema import KD_DIRECTIONS
+from .tasks import student_inputs, teacher_inputs
 
 FEATURE_LOSS_FILE = "feature_loss.pt"
 CHECKPOINT_MANIFEST = "repgeo_checkpoint.json"
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over rows, in float32 (0 for no rows)."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            direction: str = "forward") -> torch.Tensor:
+    """The logit KD term, ``T^2`` times a KL divergence between the temperature-``T`` softmaxes of the rows::
+
+        forward:  T^2 * (1/N) sum_rows KL(p_t || p_s) = T^2 * (1/N) sum_rows sum_v p_t (log p_t - log p_s)
+        reverse:  T^2 * (1/N) sum_rows KL(p_s || p_t) = T^2 * (1/N) sum_rows sum_v p_s (log p_s - log p_t)
+
+    with ``p = softmax(z / T)`` of the student's (``s``) and teacher's (``t``) logits and ``N`` rows (the task's KD
+    positions: examples, or response-predicting tokens). ``forward`` is Hinton et al.'s KD (mass-covering);
+    ``reverse`` is mode-seeking: the token-level surrogate of MiniLLM (Gu et al. 2024) on teacher-forced positions.
+    It is *not* MiniLLM's objective, which minimises the sequence-level reverse KL of the student's own samples by
+    policy gradient. Both directions: log-softmax on both sides (no log of a rounded-to-zero probability), float32
+    for half-precision logits (float64 stays float64), the same ``batchmean`` averaging over rows; 0 for no rows.
+    """
+    if direction not in KD_DIRECTIONS:
+        raise ValueError(f"kd: must be one of {', '.join(KD_DIRECTIONS)}, got {direction!r}")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
     if student_logits.shape[0] == 0:
-        return student_logits.new_zeros((), dtype=torch.float32)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        return student_logits.new_zeros((), dtype=dtype)
+    s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    if direction == "reverse":  # kl_div(input, target) = KL(target || input)
+        s, t = t, s
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
@@ -112,10 +132,13 @@ class DistillationTrainer(transformers.Trainer):
 
     Parameters beyond ``transformers.Trainer``'s: ``teacher``; ``task`` (a :mod:`repgeo.distill.tasks` object
     giving the KD positions and token masks); ``feature_loss`` (or None); ``alpha``, ``w_task``, ``w_kd``,
-    ``temperature``; ``feature_tokens`` (``"all"`` or ``"response"``); ``projector_lr`` (default: the
+    ``temperature``; ``kd`` (``"forward"`` or ``"reverse"``: the KL direction of the KD term, :func:`kd_loss`);
+    ``feature_tokens`` (``"all"`` or ``"response"``); ``projector_lr`` (default: the
     student's learning rate); ``teacher_cache``; ``student_tokenizer`` (checked against ``processing_class``,
-    the teacher's tokenizer); ``geometry`` (a :class:`~repgeo.distill.geometry.GeometryProbe`, run at every
-    evaluation); ``generation`` (``{"max_new_tokens", "num_samples"}``, instruction task only).
+    the task's tokenizer: the student's, also the teacher's unless the task has a ``teacher_tokenizer``, whose
+    ids the batches then carry for the teacher, see :mod:`repgeo.distill.tasks`); ``geometry`` (a
+    :class:`~repgeo.distill.geometry.GeometryProbe`, run at every evaluation); ``generation``
+    (``{"max_new_tokens", "num_samples"}``, instruction task only).
 
     ``args`` may be a :class:`~repgeo.distill.arguments.DistillationArguments`: the loss settings left unset here
     are read from it, and without a ``feature_loss`` one is built from it (when ``alpha > 0``). With plain
@@ -140,6 +163,7 @@ class DistillationTrainer(transformers.Trainer):
         temperature: float | None = None,
         feature_tokens: str | None = None,
         projector_lr: float | None = None,
+        kd: str | None = None,
         teacher_cache: Any | None = None,
         student_tokenizer: Any | None = None,
         geometry: Any | None = None,
@@ -149,11 +173,13 @@ class DistillationTrainer(transformers.Trainer):
         **kwargs: Any,
     ) -> None:
         args = kwargs.get("args")
-        alpha, w_task, w_kd, temperature, feature_tokens, projector_lr = (
+        alpha, w_task, w_kd, temperature, feature_tokens, projector_lr, kd = (
             setting(args, name, value) for name, value in zip(TRAINER_SETTINGS, (
-                alpha, w_task, w_kd, temperature, feature_tokens, projector_lr), strict=True))
+                alpha, w_task, w_kd, temperature, feature_tokens, projector_lr, kd), strict=True))
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
+        if kd not in KD_DIRECTIONS:
+            raise ValueError(f"kd: must be one of {', '.join(KD_DIRECTIONS)}, got {kd!r}")
         for key, split in (("train_dataset", train_split), ("eval_dataset", eval_split)):  # train first: labels
             if is_hf_dataset(kwargs.get(key)):
                 named = f"{key}[{split}]" if is_dataset_dict(kwargs[key]) else key
@@ -167,7 +193,7 @@ class DistillationTrainer(transformers.Trainer):
         if feature_loss is None and alpha > 0 and isinstance(self.args, DistillationArguments):
             feature_loss = feature_loss_from_args(self.args, model, teacher)
         self.feature_loss = feature_loss if alpha > 0 else None
-        self.alpha, self.w_task, self.w_kd, self.temperature = alpha, w_task, w_kd, temperature
+        self.alpha, self.w_task, self.w_kd, self.temperature, self.kd = alpha, w_task, w_kd, temperature, kd
         self.alpha_info: dict[str, Any] = {}  # how build_trainer set alpha (the content of alpha.json)
         self.feature_tokens = feature_tokens
         self.projector_lr = projector_lr
@@ -190,7 +216,8 @@ class DistillationTrainer(transformers.Trainer):
         tok = self.processing_class
         check_tokenizers(tok, student_tokenizer)
         if tok is not None:
-            check_vocab_covers(tok, self.teacher, "teacher")
+            teacher_tok = getattr(self.task, "teacher_tokenizer", None)
+            check_vocab_covers(tok if teacher_tok is None else teacher_tok, self.teacher, "teacher")
             check_vocab_covers(tok, self.model, "student")
         if self.w_kd > 0:
             check_logits(self.teacher, self.model)
@@ -210,8 +237,11 @@ class DistillationTrainer(transformers.Trainer):
 
     # ------------------------------------------------------------------ loss
     def _teacher_outputs(
-        self, inputs: dict[str, torch.Tensor], index: torch.Tensor | None, token_mask: torch.Tensor | None
+        self, inputs: dict[str, torch.Tensor], teacher_in: dict[str, torch.Tensor], index: torch.Tensor | None,
+        token_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
+        """The teacher's KD logit rows and feature rows of a batch: from the teacher cache while training, else by
+        running it on ``teacher_in`` (its own ids and mask: :func:`~repgeo.distill.tasks.teacher_inputs`)."""
         need_kd = self.w_kd > 0
         need_feat = self.feature_loss is not None
         if not (need_kd or need_feat):
@@ -222,13 +252,10 @@ class DistillationTrainer(transformers.Trainer):
                 return hit
         self.teacher.eval()
         with torch.no_grad():
-            out = self.teacher(
-                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                output_hidden_states=need_feat,
-            )
+            out = self.teacher(**teacher_in, output_hidden_states=need_feat)
             logits = self.task.kd_logits(out.logits, inputs) if need_kd else None
             feats = (
-                self.feature_loss.teacher_features(out.hidden_states, inputs.get("attention_mask"), token_mask)
+                self.feature_loss.teacher_features(out.hidden_states, teacher_in["attention_mask"], token_mask)
                 if need_feat
                 else None
             )
@@ -243,15 +270,17 @@ class DistillationTrainer(transformers.Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         index = inputs.pop("example_index", None)
+        teacher_in = teacher_inputs(inputs)  # the teacher's own ids when it reads the text through its tokenizer
+        inputs = student_inputs(inputs)
         token_mask = self.task.feature_mask(inputs, self.feature_tokens)
         outputs = model(**inputs, output_hidden_states=self.feature_loss is not None)
         terms: dict[str, torch.Tensor] = {}
         ce = outputs.loss.float()
         terms["loss_task"] = ce
         total = self.w_task * ce
-        t_logits, t_feats = self._teacher_outputs(inputs, index, token_mask)
+        t_logits, t_feats = self._teacher_outputs(inputs, teacher_in, index, token_mask)
         if t_logits is not None:
-            kd = kd_loss(self.task.kd_logits(outputs.logits, inputs), t_logits, self.temperature)
+            kd = kd_loss(self.task.kd_logits(outputs.logits, inputs), t_logits, self.temperature, self.kd)
             terms["loss_kd"] = kd
             total = total + self.w_kd * kd
         if self.feature_loss is not None:

@@ -9,7 +9,7 @@ from .cka import cka
 from .gram import fg
 from .moments import Moments
 from .procrustes import bures, nbs, procrustes
-from .projection import proj_mse, proj_mse_learned
+from .projection import pkd_loss, proj_mse, proj_mse_learned
 from .registry import MetricSpec, available, compare, get, register
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "fg",
     "get",
     "nbs",
+    "pkd_loss",
     "procrustes",
     "proj_mse",
     "proj_mse_learned",

@@ -19,13 +19,28 @@ The distillation loss learns W instead (FitNets / TinyBERT): :func:`proj_mse_lea
 ``||P(Y) W^T - P(X)||_F^2`` for a given map ``W`` (p x q, the weight of ``torch.nn.Linear(q, p, bias=False)``),
 with ``P`` the same preprocessing as above, computed in the inputs' dtype and differentiable in ``Y`` and ``W``.
 At the least-squares ``W`` (ridge 0) it equals :func:`proj_mse`; any other ``W`` gives more.
+
+:func:`pkd_loss` is the Patient-KD loss (Sun et al. 2019), a distillation loss rather than a metric (it has no
+invariances to record and is not in the registry): rows are compared after each is put on the unit sphere, with an
+optional map ``W`` of the student onto the teacher's width applied first.
 """
 
 from __future__ import annotations
 
-from ._prep import Normalize, check_options, check_pair, preprocess
+from ._prep import Normalize, check_options, check_pair, preprocess, unit_rows
 from ._stats import FeatureStats, pair_stats
-from ._xp import Array, eps, full_precision, in_float64, is_torch, namespace, pinv_hermitian, solve, to_scalar_output
+from ._xp import (
+    Array,
+    eps,
+    full_precision,
+    in_float64,
+    is_torch,
+    namespace,
+    pinv_hermitian,
+    require,
+    solve,
+    to_scalar_output,
+)
 
 
 def proj_mse_from_stats(s: FeatureStats, ridge: float = 0.0) -> Array:
@@ -80,13 +95,63 @@ def proj_mse_learned(
     """
     check_options(center, normalize)
     Xm, Ym = check_pair(X, Y, min_rows=1, finite=False)  # preprocess checks NaN/Inf from the sums it forms
+    _check_map(W, Xm, Ym)
+    Xp = preprocess(Xm, "X", center=center, normalize=normalize)
+    Yp = preprocess(Ym, "Y", center=center, normalize=normalize)
+    residual = _mapped(Yp, W) - Xp
+    return to_scalar_output(namespace(residual).sum(residual * residual))
+
+
+def _check_map(W: object, Xm: Array, Ym: Array) -> None:
     if is_torch(W) != is_torch(Ym):
         raise TypeError("W must use the same backend as X and Y (a torch tensor with tensors, numpy with arrays)")
     p, q = Xm.shape[1], Ym.shape[1]
-    if tuple(W.shape) != (p, q):
+    if tuple(W.shape) != (p, q):  # type: ignore[attr-defined]
         raise ValueError(f"W must have shape (p, q) = ({p}, {q}) (teacher width x student width); "
-                         f"got {tuple(W.shape)}")
-    Xp = preprocess(Xm, "X", center=center, normalize=normalize)
-    Yp = preprocess(Ym, "Y", center=center, normalize=normalize)
-    residual = Yp @ (W.to(Yp.dtype) if is_torch(W) else W).T - Xp
-    return to_scalar_output(namespace(residual).sum(residual * residual))
+                         f"got {tuple(W.shape)}")  # type: ignore[attr-defined]
+
+
+def _mapped(Y: Array, W: object) -> Array:
+    """``Y W^T`` with ``W`` in ``Y``'s dtype."""
+    return Y @ (W.to(Y.dtype) if is_torch(W) else W).T  # type: ignore[attr-defined]
+
+
+def _directions(x: Array, name: str) -> Array:
+    """Every row divided by its Euclidean norm; a zero row (no direction) is an error naming ``name``."""
+    xp = namespace(x)
+    require(xp.all(xp.max(xp.abs(x), axis=1) > 0),
+            f"{name} has an all-zero row, which has no direction (Patient-KD normalises every row)")
+    return unit_rows(x, name)
+
+
+def pkd_loss(X: object, Y: object, W: object = None) -> Array:
+    """Patient-KD loss (Sun et al. 2019, "Patient Knowledge Distillation for BERT Model Compression")::
+
+        pkd(X, Y; W) = (1/n) sum_i || y_i W^T / ||y_i W^T||_2  -  x_i / ||x_i||_2 ||_2^2
+
+    for teacher rows ``x_i`` (``X``: n x p) and student rows ``y_i`` (``Y``: n x q), with ``W`` (p x q; a learned
+    projector's weight) mapping the student onto the teacher's width, or no map (``W=None``, needs p = q: Sun et
+    al.'s student had the teacher's width). Equivalently ``2 - 2 * mean_i cos(y_i W^T, x_i)``, in [0, 4]; 0 iff
+    every mapped student row points along its teacher row (any positive per-row scale).
+
+    Convention: the **mean** over the n rows, where Sun et al. sum over examples (their loss is ``n`` times this)
+    -- a per-batch mean like every other term of the distillation loss, so its scale does not grow with the batch.
+    No centring or matrix normalisation (the per-row normalisation is the method's own). Sun et al. compare the
+    ``[CLS]`` vectors; the rows are whatever the caller pools.
+
+    Computed in the inputs' dtype (torch: not promoted to float64; a training loss runs in float32) and
+    differentiable in ``Y`` and ``W``. Bad input raises as for the metrics (NaN/Inf, row counts, backends), and an
+    all-zero row (of ``X`` or of the mapped ``Y``) is refused: it has no direction. Inside
+    :func:`~repgeo.metrics.stats.deferred_checks` these value checks make no host synchronisation.
+    """
+    Xm, Ym = check_pair(X, Y, min_rows=1)
+    if W is None:
+        if Xm.shape[1] != Ym.shape[1]:
+            raise ValueError(f"X has {Xm.shape[1]} columns and Y {Ym.shape[1]}: without a map W (p x q) Patient-KD "
+                             "compares rows of equal width")
+    else:
+        _check_map(W, Xm, Ym)
+        Ym = _mapped(Ym, W)
+    diff = _directions(Ym, "Y W^T" if W is not None else "Y") - _directions(Xm, "X")
+    xp = namespace(diff)
+    return to_scalar_output(xp.sum(diff * diff) / Xm.shape[0])

@@ -187,6 +187,13 @@ def _param_groups(model: Any, ft: FineTuning) -> tuple[list[torch.nn.Parameter],
     return params, [g for g in groups if g["params"]]
 
 
+def _fusable(params: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW (one kernel per step, the same update as the default for-each one) runs on
+    ``params``: floating-point tensors on the CPU or a CUDA device. On a small encoder's CPU step it cut the
+    optimiser's share from about 0.10 s to 0.03 s of 0.9 s (``benchmarks/results/demo_default``)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def fine_tune(model: Any, tokenizer: Any, texts: list[str], y: np.ndarray, ft: FineTuning, *,
               progress: bool = True) -> list[dict[str, float]]:
     """Fine-tune classifier ``model`` in place on ``texts`` with class ids ``y`` (AdamW, linear warm-up then decay,
@@ -202,7 +209,7 @@ def fine_tune(model: Any, tokenizer: Any, texts: list[str], y: np.ndarray, ft: F
         n = min(len(ids), ft.probe_init)
         linear_probe_init(model, ids[:n], y_t[:n].numpy(), tokenizer.pad_token_id, seed=ft.seed)
     params, groups = _param_groups(model, ft)
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01, fused=_fusable(params))
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, max(1, ft.steps // 10), ft.steps)
     gen = torch.Generator().manual_seed(ft.seed)
     lengths = [len(s) for s in ids]

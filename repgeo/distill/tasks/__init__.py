@@ -8,11 +8,15 @@ runner and the trainer ask the object and never compare task names.
   accuracy, F1 (binary, or macro for more classes) and Matthews correlation.
 * ``instruction`` — instruction following (OPT / Llama causal LMs): JSONL with prompt and response; the task and
   KD losses cover response tokens only; scored by greedy generation with ROUGE-L and exact match.
+
+Teacher and student with different tokenizers: classification gives the teacher its own tokenisation of each text
+(:data:`TEACHER_KEYS`; :func:`teacher_inputs` / :func:`student_inputs` split a batch); the instruction task
+refuses it (:attr:`Task.one_tokenizer` says why).
 """
 
 from __future__ import annotations
 
-from .base import Task, load_records
+from .base import TEACHER_KEYS, Task, load_records, student_inputs, teacher_inputs
 from .classification import ClassificationTask
 from .instruction import InstructionTask
 
@@ -27,4 +31,5 @@ def get_task(name: str) -> type[Task]:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None
 
 
-__all__ = ["TASKS", "ClassificationTask", "InstructionTask", "Task", "get_task", "load_records"]
+__all__ = ["TASKS", "TEACHER_KEYS", "ClassificationTask", "InstructionTask", "Task", "get_task", "load_records",
+           "student_inputs", "teacher_inputs"]

@@ -1,4 +1,12 @@
-"""Shared pieces of the tasks: reading records, a list dataset, padding."""
+"""Shared pieces of the tasks: reading records, a list dataset, padding, the teacher's inputs of a batch.
+
+Teacher and student normally read the same input ids (one tokenizer). A task whose teacher-student terms compare
+one row per example (classification: logits, ``cls`` / ``mean`` / ``last`` pooled features) may instead give the
+teacher its own tokenisation of each text, for a student with another tokenizer: the examples and batches then
+carry it under :data:`TEACHER_KEYS` (``teacher_input_ids``, ``teacher_attention_mask``) beside the student's
+``input_ids`` / ``attention_mask``, and whatever runs the teacher (trainer, teacher cache, geometry probe) takes
+:func:`teacher_inputs` of the batch and gives the student :func:`student_inputs`.
+"""
 
 from __future__ import annotations
 
@@ -59,13 +67,15 @@ def require_fields(records: list[dict[str, Any]], fields: Sequence[str], path: s
     if not records:
         raise DataError(f"{what} {path!r} has no records")
     require_columns(records[:1], fields, path, FIELDS_HINT, what)
+    def where(i: int) -> str:  # on the error path only: it re-reads the file
+        return record_where(path, i) if what == "data file" else f"record {i}"
+
     for i, r in enumerate(records):
-        where = record_where(path, i) if what == "data file" else f"record {i}"
         for f in fields:
             if f not in r:
-                raise DataError(f"{what} {path!r}, {where}: no field {f!r} (fields: {sorted(r)})")
+                raise DataError(f"{what} {path!r}, {where(i)}: no field {f!r} (fields: {sorted(r)})")
             if _missing(r[f]):
-                raise DataError(f"{what} {path!r}, {where}: field {f!r} is empty")
+                raise DataError(f"{what} {path!r}, {where(i)}: field {f!r} is empty")
 
 
 def read_source(source: Any, fields: Sequence[str], max_samples: int | None, name: str | None = None
@@ -105,6 +115,25 @@ class ListDataset(torch.utils.data.Dataset):
         return self.items[i]
 
 
+#: Batch keys of the teacher's own tokenisation (only when it differs from the student's), by the model argument.
+TEACHER_KEYS: dict[str, str] = {"input_ids": "teacher_input_ids", "attention_mask": "teacher_attention_mask"}
+
+
+def teacher_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's ``input_ids`` and ``attention_mask`` of ``batch``: its own tokenisation when the batch
+    carries one (:data:`TEACHER_KEYS`), else the shared one."""
+    if TEACHER_KEYS["input_ids"] in batch:
+        return {arg: batch[key] for arg, key in TEACHER_KEYS.items()}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+
+
+def student_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` without the teacher's own tokenisation (the same dict when it has none)."""
+    if TEACHER_KEYS["input_ids"] not in batch:
+        return batch
+    return {k: v for k, v in batch.items() if k not in TEACHER_KEYS.values()}
+
+
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
     """Pad integer sequences into a (batch, max_len) long tensor."""
     n = max(len(s) for s in seqs)
@@ -121,20 +150,28 @@ class Task:
     ``model_class_name``: the ``transformers`` auto class its teacher and student load with; ``labels``: the class
     labels (None when the task has none); ``compute_metrics``: the Trainer's metric function over stored
     predictions (None: nothing is scored from logits); ``scored_by_generation``: evaluation keeps no logits, the
-    task scores generated text instead (:meth:`eval_scores`).
+    task scores generated text instead (:meth:`eval_scores`); ``one_tokenizer``: why teacher and student must
+    read the same input ids (empty: the task can give the teacher its own tokenisation, ``teacher_tokenizer``).
     """
 
     name: ClassVar[str] = ""
+    one_tokenizer: ClassVar[str] = "the task feeds teacher and student the same input ids"
     model_class_name: ClassVar[str] = ""
     scored_by_generation: ClassVar[bool] = False
     compute_metrics: Any = None
     labels: list[Any] | None = None
 
-    def __init__(self, tokenizer: Any, data_cfg: Any) -> None:
+    def __init__(self, tokenizer: Any, data_cfg: Any, teacher_tokenizer: Any | None = None) -> None:
+        """``tokenizer``: the student's (and the teacher's, unless ``teacher_tokenizer`` gives the teacher its
+        own; only where :attr:`one_tokenizer` is empty)."""
         self.tokenizer = tokenizer
         self.data_cfg = data_cfg
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = eos_token)")
+        for tok in (tokenizer, teacher_tokenizer):
+            if tok is not None and tok.pad_token_id is None:
+                raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = eos_token)")
+        if teacher_tokenizer is not None and self.one_tokenizer:
+            raise ValueError(f"the {self.name} task cannot give the teacher its own tokenizer: {self.one_tokenizer}")
+        self.teacher_tokenizer = teacher_tokenizer
 
     def dataset(self, source: Any, max_samples: int | None = None, *, name: str | None = None) -> ListDataset:
         """The tokenised examples of ``source``: a data file's path or a ``datasets.Dataset`` (its rows read by

@@ -10,20 +10,28 @@ import transformers
 
 from repgeo._files import DataError
 
-from .base import ListDataset, Task, read_source, record_where
+from .base import TEACHER_KEYS, ListDataset, Task, read_source, record_where
 
 
 class ClassificationTask(Task):
     """Records ``{text_field: str, label_field: label}``; labels mapped to ids in sorted order (or
-    ``data.labels`` order when given)."""
+    ``data.labels`` order when given).
+
+    With a ``teacher_tokenizer`` (a student with its own tokenizer) every text is tokenised twice: ``input_ids``
+    for the student, ``teacher_input_ids`` for the teacher (each cut to ``data.max_length`` of its own tokens);
+    the KD term compares one logit row per example and the pooled features one row per example, so no token
+    alignment is needed (token pooling is refused by the runner)."""
 
     name = "classification"
     model_class_name = "AutoModelForSequenceClassification"
+    one_tokenizer = ""
 
-    def __init__(self, tokenizer: Any, data_cfg: Any, labels: list[Any] | None = None) -> None:
-        super().__init__(tokenizer, data_cfg)
+    def __init__(self, tokenizer: Any, data_cfg: Any, labels: list[Any] | None = None,
+                 teacher_tokenizer: Any | None = None) -> None:
+        super().__init__(tokenizer, data_cfg, teacher_tokenizer)
         self.labels: list[Any] | None = list(labels) if labels is not None else data_cfg.labels
         self._collator: Any = None
+        self._teacher_collator: Any = None
         self._labels_source = ("the labels given" if labels is not None
                                else "data.labels" if data_cfg.labels is not None else None)
 
@@ -47,12 +55,22 @@ class ClassificationTask(Task):
                     f"{self._labels_source} (labels: {self.labels}); a model cannot learn a class it is never "
                     "trained on. Fix the file, or list every class in data.labels"
                 )
-            ids = self.tokenizer(str(r[cfg.text_field]))["input_ids"]
-            if len(ids) > cfg.max_length:
-                cut += 1
-                ids = self.tokenizer(str(r[cfg.text_field]), truncation=True, max_length=cfg.max_length)["input_ids"]
-            items.append({"input_ids": ids, "labels": index[key], "example_index": i})
+            ids, was_cut = self._encode(self.tokenizer, str(r[cfg.text_field]))
+            item = {"input_ids": ids, "labels": index[key], "example_index": i}
+            if self.teacher_tokenizer is not None:
+                teacher_ids, teacher_cut = self._encode(self.teacher_tokenizer, str(r[cfg.text_field]))
+                item[TEACHER_KEYS["input_ids"]] = teacher_ids
+                was_cut = was_cut or teacher_cut
+            cut += was_cut
+            items.append(item)
         return ListDataset(items, cut)
+
+    def _encode(self, tokenizer: Any, text: str) -> tuple[list[int], bool]:
+        """Token ids of ``text`` cut to ``data.max_length``, and whether it was cut."""
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) <= self.data_cfg.max_length:
+            return ids, False
+        return tokenizer(text, truncation=True, max_length=self.data_cfg.max_length)["input_ids"], True
 
     @property
     def num_labels(self) -> int:
@@ -62,11 +80,18 @@ class ClassificationTask(Task):
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """``transformers.DataCollatorWithPadding`` (pads ``input_ids`` with the pad token on the tokenizer's
-        padding side, adds the attention mask) over ``input_ids``, ``labels`` and ``example_index``."""
+        padding side, adds the attention mask) over ``input_ids``, ``labels`` and ``example_index``; the teacher's
+        own ids, when there are any, padded the same way by its tokenizer into :data:`TEACHER_KEYS`."""
         if self._collator is None:
             self._collator = transformers.DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
-        batch = self._collator([{k: f[k] for k in ("input_ids", "labels", "example_index")} for f in features])
-        return dict(batch)
+        batch = dict(self._collator([{k: f[k] for k in ("input_ids", "labels", "example_index")} for f in features]))
+        if self.teacher_tokenizer is not None:
+            if self._teacher_collator is None:
+                self._teacher_collator = transformers.DataCollatorWithPadding(self.teacher_tokenizer,
+                                                                              return_tensors="pt")
+            teacher = self._teacher_collator([{"input_ids": f[TEACHER_KEYS["input_ids"]]} for f in features])
+            batch.update({key: teacher[arg] for arg, key in TEACHER_KEYS.items()})
+        return batch
 
     def kd_logits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return logits

@@ -23,6 +23,7 @@ class InstructionTask(Task):
     name = "instruction"
     model_class_name = "AutoModelForCausalLM"
     scored_by_generation = True
+    one_tokenizer = "its KD term compares per-token distributions over one vocabulary"
 
     def __init__(self, tokenizer: Any, data_cfg: Any) -> None:
         super().__init__(tokenizer, data_cfg)
