@@ -136,14 +136,14 @@ def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     assert set(d["alpha"]) == set(preset.feature_methods)
     assert all(a["extended"] == 1 and set(a["means"]) == {"1.0", "3.0"} for a in d["alpha"].values())
     assert d["comparator"]["method"] in regimes.COMPARATOR_CANDIDATES
-    assert set(d["comparator"]["dev"]) == {"kd", "kd+cka"}
+    assert set(d["comparator"]["dev"]) == {"kd", "kd+cka", "kd+pkd"}
     assert d["power"]["pairs"] == preset.sweep_seeds + preset.pilot_seeds and d["power"]["seeds"] == 2
     runs = res["runs"]
     stages = {r["stage"] for r in runs}
     assert stages == {"sweep", "pilot", "main"}
     assert all(math.isnan(r["test_acc"]) for r in runs if r["stage"] != "main")  # dev only before main
     main = [r for r in runs if r["stage"] == "main"]
-    assert {r["method"] for r in main} == {"ft", "kd", "kd+cka", "kd+procrustes"}
+    assert {r["method"] for r in main} == {"ft", "kd", "kd+cka", "kd+pkd", "kd+procrustes"}
     assert sorted({r["seed"] for r in main}) == [0, 1]
     for r in runs:  # converged training: the best epoch's weights, its dev score and steps recorded
         best = max(r["curve"], key=lambda c: c["dev"])
@@ -162,6 +162,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     s = res["summary"][name]
     tests = s["tests"]
     assert set(tests) == {f"kd+procrustes vs {d['comparator']['method']}"}
+    assert set(s["secondary"]) == {f"kd+procrustes vs {m}" for m in ("kd+cka", "kd+pkd")} - set(tests)
     assert all(t["verdict"] in power.VERDICTS for t in tests.values())
     md = (out / "distill_quality_v2_quick.md").read_text()
     assert "## Summary" in md and "p (Holm)" in md and "steps to plateau" in md

@@ -207,6 +207,12 @@ def test_instruction_regime_run_with_reverse_kl_reaches_a_plateau(tmp_path, one_
     assert cfg["loss"]["kd"] == "reverse" and cfg["loss"]["metric"] == "procrustes"
     assert cfg["trainer"]["num_train_epochs"] == 2 and cfg["trainer"]["max_steps"] == -1
     row = run_one(preset, p, spec, tmp_path)
+    import yaml
+
+    from benchmarks.quality_study.data import regime_folder
+
+    used = yaml.safe_load((regime_folder(tmp_path, r) / "runs" / spec.key / "config.yaml").read_text())
+    assert used["loss"]["kd"] == "reverse" and used["loss"]["w_kd"] == 1.0  # what the engine trained with
     assert 1 <= row["epochs"] <= 2 and row["steps_to_plateau"] in {c["step"] for c in row["curve"]}
     assert row["dev_acc"] == pytest.approx(max(c["dev"] for c in row["curve"]))
     assert set(row["scores"]["test"]) == {"rougeL", "exact_match"} and row["test_acc"] == row["scores"]["test"][

@@ -93,7 +93,7 @@ PRESETS: dict[str, Preset] = {
         regimes=[Regime("rotten_tomatoes", 64, 48, 48, teacher="minilm", student="pretrained", student_layers=2,
                         teacher_steps=4, max_length=24, max_epochs=2)],
         alpha_grid=(1.0,), max_extend=1, sweep_seeds=1, pilot_seeds=1, min_seeds=2, max_seeds=2, batch=16,
-        feature_methods=("cka", "procrustes")),
+        feature_methods=("cka", "pkd", "procrustes")),
     # the primary regime on 2 CPU cores: MPNet teacher (12 x 768) -> pretrained MiniLM truncated to 3 of 6 blocks
     # (384 wide, its own tokenizer). Measured on the shared 2-core machine, 1 thread, load ~3: student step 0.59 s
     # (kd) / 0.61 s (kd+procrustes); MPNet fine-tuning step ~14 s (embeddings frozen). Overheads: estimates.
