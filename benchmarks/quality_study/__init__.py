@@ -6,6 +6,7 @@ enough seeds to decide?
     python -m benchmarks.quality_study --preset cpu2 --until power     # teacher, α sweep, pilot, seed count
     python -m benchmarks.quality_study --preset cpu2                   # every stage (resumes), then the report
     python -m benchmarks.quality_study --quick                         # the smoke run a test runs
+    python -m benchmarks.quality_study --preset cpu2-smoke             # the primary regime's pipeline, tiny sizes
 
 (``python benchmarks/distill_quality.py ...`` runs the same; ``--preset cpu --report`` re-renders the first study's
 stored results.) Modules, one concern each: :mod:`.regimes` (regimes, presets, methods), :mod:`.data` (splits,

@@ -102,7 +102,15 @@ PRESETS: dict[str, Preset] = {
                         teacher_steps=150, teacher_freeze_embeddings=True, max_length=64, max_epochs=6,
                         sec_per_step=0.6, teacher_sec_per_step=14.0, run_overhead=20.0, geometry_seconds=60.0)],
         alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=30),
-    # one H200 for <= 8 minutes: an ESTIMATE (no per-run cost measured on the GPU: ~0.03 s a step assumed)
+    # the primary regime's pipeline (MPNet teacher, MiniLM-L3 student with its own tokenizer) at tiny sizes, every
+    # stage: a smoke run of minutes, not a test (it needs the study assets)
+    "cpu2-smoke": Preset(
+        regimes=[Regime("rotten_tomatoes", 64, 32, 32, teacher="mpnet", student="pretrained", student_layers=3,
+                        teacher_steps=2, teacher_freeze_embeddings=True, max_length=32, max_epochs=2)],
+        alpha_grid=(1.0,), max_extend=0, sweep_seeds=1, pilot_seeds=1, min_seeds=2, max_seeds=2, batch=16,
+        feature_methods=("pkd", "procrustes")),
+    # one H200: costs are ESTIMATES (no per-run cost measured on a GPU: ~0.03 s a step, 4 s a run outside the steps,
+    # 8 s of geometry assumed); --plan gives the total. It does not fit one 8-minute session: resumable across them
     "gpu2": Preset(
         regimes=[Regime("rotten_tomatoes", 4000, 1000, 2551, teacher="mpnet", student="pretrained",
                         student_layers=6, teacher_steps=600, max_length=96, max_epochs=6, sec_per_step=0.03,
