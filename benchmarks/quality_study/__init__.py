@@ -40,14 +40,18 @@ Protocol.
    dev; the chosen α (best mean dev) must be interior — the grid is extended one point beyond the edge (÷ or ×
    the grid's ratio) until it is, at most ``max_extend`` (3) points; a choice left at an edge is flagged. The
    **comparator** ("best non-geometric") is the best on dev among ``kd``, ``kd+proj_mse``, ``kd+cka``,
-   ``kd+pkd`` (and ``rkd``) at their chosen α, on the sweep seeds. These decisions are written to
+   ``kd+pkd`` (and ``rkd``) at their chosen α, on the sweep seeds (a feature loss's dev mean at its chosen α
+   carries that choice's optimism; KD has no α to choose). These decisions are written to
    ``<work>/decisions.json`` with a timestamp before the main stage exists and are never recomputed.
 5. **Power** (:mod:`.power`): the pilot adds ``pilot_seeds`` (2) seeds of the primary methods (Procrustes, FG, the
    comparator) at the chosen α; with the sweep's seeds at that α these are ≥ 5 paired dev differences per primary
    comparison. The larger paired SD of the two gives the seed count: the smallest n with 80 % power to detect a
    1-point paired difference with a two-sided paired t-test at level 0.05 / m, m = the primary comparisons of the
    preset (Holm's strictest step; formula in :mod:`.power`), bounded by ``min_seeds`` and ``max_seeds``
-   (recorded as capped). The SD estimate, its pairs and the seed count are in the results.
+   (recorded as capped). The SD estimate, its pairs and the seed count are in the results. The SD is a point
+   estimate from few pairs (from 5 pairs its one-sided 80 % upper bound is ≈ 1.56 × the estimate), so the
+   achieved power can fall short of 80 %; the verdicts below stay valid either way (an underpowered comparison
+   ends "inconclusive", never falsely conclusive).
 6. **Main** (test split, used only here): the primary methods (Procrustes, FG, the comparator) on seeds 0 … n − 1,
    every other method on the first ``min_seeds`` (5) of them (the table, secondary comparisons on their common
    seeds); each run also giving its final geometry
