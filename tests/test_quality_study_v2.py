@@ -177,6 +177,24 @@ def test_summary_tests_each_geometric_loss_against_the_recorded_comparator_with_
     assert s["a"]["methods"]["kd"]["steps_to_plateau"] == 45 and s["a"]["methods"]["kd"]["n"] == 8
 
 
+def test_a_changed_regime_or_training_setting_gets_new_run_keys_but_an_estimate_does_not():
+    import dataclasses
+
+    from benchmarks.quality_study import regimes
+    from benchmarks.quality_study.runs import RunSpec, setup_key
+
+    pre = regimes.PRESETS["cpu2"]
+    r = pre.regimes[0]
+    key = RunSpec(r.name, "kd", 0, 0.0, "main", setup_key(r, pre)).key
+    for changed_r, changed_pre in ((dataclasses.replace(r, n_train=r.n_train + 1), pre),
+                                   (dataclasses.replace(r, max_epochs=r.max_epochs + 1), pre),
+                                   (r, dataclasses.replace(pre, lr=pre.lr * 2))):
+        assert changed_r.name == r.name and RunSpec(r.name, "kd", 0, 0.0, "main", setup_key(changed_r, changed_pre)
+                                                    ).key != key
+    cheaper = dataclasses.replace(r, sec_per_step=r.sec_per_step / 2, geometry_seconds=1.0)
+    assert RunSpec(r.name, "kd", 0, 0.0, "main", setup_key(cheaper, pre)).key == key
+
+
 def test_stage_selection():
     assert stages_to_run(None, None) == ["teacher", "sweep", "pilot", "power", "main", "report"]
     assert stages_to_run("main", None) == ["main"]

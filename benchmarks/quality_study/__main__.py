@@ -67,8 +67,7 @@ def results(st: Study) -> dict[str, Any]:
 
     from .statistics import summarize
 
-    names = {r.name for r in st.regimes}
-    rows = [r for r in st.runs.rows.values() if r["regime"] in names]
+    rows = st.current_rows()
     pre = st.preset
     return {"preset": st.name, "protocol": 2, "settings": _settings(st), "decisions": st.decisions,
             "summary": summarize(rows, st.decisions, delta=pre.delta, level=pre.level), "runs": rows,

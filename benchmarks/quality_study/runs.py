@@ -29,6 +29,7 @@ class RunSpec:
     seed: int
     alpha: float = 0.0  # relative α (feature methods)
     stage: str = "main"
+    setup: str = ""  # :func:`setup_key` of the regime and preset: a changed preset does not reuse old runs
 
     @property
     def key(self) -> str:
@@ -38,6 +39,18 @@ class RunSpec:
     def feature(self) -> str | None:
         """The feature loss (``loss.metric``), or None."""
         return self.method.split("+", 1)[1] if "+" in self.method else None
+
+
+#: regime fields that only feed ``--plan``'s estimates: changing them keeps the recorded runs
+ESTIMATE_FIELDS = ("sec_per_step", "teacher_sec_per_step", "run_overhead", "geometry_seconds")
+
+
+def setup_key(r: Regime, preset: Preset) -> str:
+    """A hash of everything a run of regime ``r`` depends on besides its :class:`RunSpec` (sizes, models,
+    training settings), so that a run recorded under other settings is not taken for this one."""
+    fields = {k: v for k, v in dataclasses.asdict(r).items() if k not in ESTIMATE_FIELDS}
+    train = {k: getattr(preset, k) for k in ("batch", "lr", "teacher_lr", "causal_teacher_lr", "temperature")}
+    return hashlib.sha256(json.dumps([fields, train], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def epoch_steps(r: Regime, preset: Preset) -> int:

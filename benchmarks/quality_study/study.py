@@ -23,7 +23,7 @@ from .alpha_grid import choose, grid_ratio, is_interior, next_alpha
 from .data import Prepared, prepare
 from .power import seeds_for_power
 from .regimes import COMPARATOR_CANDIDATES, GEOMETRIC, METHODS, PRESETS, Regime
-from .runs import RunLog, RunSpec, epoch_steps, run_one
+from .runs import RunLog, RunSpec, epoch_steps, run_one, setup_key
 
 STAGES = ("teacher", "sweep", "pilot", "power", "main", "report")
 SWEEP_SEED0, PILOT_SEED0 = 100, 200  # sweep seeds 100.., pilot seeds 200.., main seeds 0..
@@ -68,6 +68,14 @@ class Study:
                                                 "labels": len(p.labels) if p.labels else None})
         return self._prepared[r.name]
 
+    def current_rows(self) -> list[dict[str, Any]]:
+        """The recorded runs of this preset's regimes under their current settings (:func:`~.runs.setup_key`)."""
+        setups = {r.name: setup_key(r, self.preset) for r in self.regimes}
+        return [x for x in self.runs.rows.values() if setups.get(x["regime"]) == x.get("setup")]
+
+    def spec(self, r: Regime, method: str, seed: int, alpha: float, stage: str) -> RunSpec:
+        return RunSpec(r.name, method, seed, alpha, stage, setup_key(r, self.preset))
+
     def do(self, r: Regime, spec: RunSpec) -> dict[str, Any] | None:
         """The run's row: from the log, or trained now (``execute``); None when it is missing (``--plan``)."""
         if spec.key in self.runs.rows:
@@ -110,7 +118,7 @@ class Study:
         return range(SWEEP_SEED0, SWEEP_SEED0 + self.preset.sweep_seeds)
 
     def _dev_means(self, r: Regime, method: str, alpha: float, seeds: range) -> float | None:
-        rows = [self.do(r, RunSpec(r.name, method, s, alpha, "sweep")) for s in seeds]
+        rows = [self.do(r, self.spec(r, method, s, alpha, "sweep")) for s in seeds]
         return None if any(x is None for x in rows) else float(np.mean([x["dev_acc"] for x in rows]))
 
     def _sweep_loss(self, r: Regime, m: str) -> dict[str, Any] | None:
@@ -176,13 +184,14 @@ class Study:
             methods = dict.fromkeys(m for pair in self._primary_pairs(r) for m in pair)
             for s in range(PILOT_SEED0, PILOT_SEED0 + self.preset.pilot_seeds):
                 for m in methods:
-                    self.do(r, RunSpec(r.name, m, s, self._alpha(r, m), "pilot"))
+                    self.do(r, self.spec(r, m, s, self._alpha(r, m), "pilot"))
 
     def _pilot_rows(self, r: Regime, method: str) -> dict[int, float]:
         a = self._alpha(r, method)
+        setup = setup_key(r, self.preset)
         return {x["seed"]: x["dev_acc"] for x in self.runs.rows.values()
                 if x["regime"] == r.name and x["method"] == method and x["stage"] in ("sweep", "pilot")
-                and x["alpha"] == a}
+                and x["alpha"] == a and x.get("setup") == setup}
 
     def power(self) -> None:
         """Per regime: the paired SD of the primary comparisons on the sweep + pilot seeds (dev), and the seeds for
@@ -236,7 +245,7 @@ class Study:
                 for m in self.methods(r):
                     m = self._resolve(r, m)
                     if m in primary or s < self.preset.min_seeds:
-                        self.do(r, RunSpec(r.name, m, s, self._alpha(r, m), "main"))
+                        self.do(r, self.spec(r, m, s, self._alpha(r, m), "main"))
 
     def run(self, stages: list[str]) -> None:
         for stage in stages:
