@@ -65,7 +65,8 @@ Protocol.
 
 Stages and resume: ``teacher`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S`` runs S
 alone, ``--until S`` every stage up to S); every finished run is appended (flushed, fsynced) to
-``<work>/runs.jsonl``, keyed by its settings, so a killed command restarted with the same arguments trains only
+``<work>/runs.jsonl``, keyed by its settings (method, seed, α, stage, and a hash of the regime's and preset's
+settings other than the cost estimates: an edited preset does not reuse old runs), so a killed command restarted with the same arguments trains only
 what is missing; a work folder is locked while a study runs in it; the teacher a regime's runs used is pinned
 (``<work>/<regime>/teacher.json``). ``--plan`` lists every pending run with its estimated seconds (measured
 seconds per step of the regime's finished runs, else the preset's) and the total. Results:
