@@ -35,14 +35,15 @@ Protocol.
    TinyBERT-style), ``kd+cka``, ``kd+pkd`` (Patient-KD: L2-normalised pooled rows, MSE), ``kd+procrustes``,
    ``kd+fg``; instruction regimes add ``rkd`` (MiniLLM-style reverse KL, ``loss.kd: reverse``) and ``rkd+<the
    best feature loss on dev>`` at that loss's α.
-4. **α** (:mod:`.alpha_grid`): relative α (``loss.alpha_relative``: each feature term starts at α); per regime
-   and feature loss, a geometric grid (0.3, 1, 3), every point on the same ``sweep_seeds`` (3) seeds, scored on
-   dev; the chosen α (best mean dev) must be interior — the grid is extended one point beyond the edge (÷ or ×
-   the grid's ratio) until it is, at most ``max_extend`` (3) points; a choice left at an edge is flagged. The
-   **comparator** ("best non-geometric") is the best on dev among ``kd``, ``kd+proj_mse``, ``kd+cka``,
-   ``kd+pkd`` (and ``rkd``) at their chosen α, on the sweep seeds (a feature loss's dev mean at its chosen α
-   carries that choice's optimism; KD has no α to choose). These decisions are written to
-   ``<work>/decisions.json`` with a timestamp before the main stage exists and are never recomputed.
+4. **α** (:mod:`.alpha_grid`): relative α (``loss.alpha_relative``: each feature term starts at α); per regime and
+   feature loss, a geometric grid (cpu2 / gpu2: 0.1, 0.3, 1 — at α = 1 the pretrained narrow student collapsed with
+   Procrustes and Patient-KD in the sizing runs), every point on the same ``sweep_seeds`` (3) seeds, scored on dev;
+   the chosen α (best mean dev) must be interior — the grid is extended one point beyond the edge (÷ or × the grid's
+   ratio) until it is, at most ``max_extend`` (3) points; a choice left at an edge is flagged. The **comparator**
+   ("best non-geometric") is the best on dev among ``kd``, ``kd+proj_mse``, ``kd+cka``, ``kd+pkd`` (and ``rkd``) at
+   their chosen α, on the sweep seeds (a feature loss's dev mean at its chosen α carries that choice's optimism; KD
+   has no α to choose). These decisions are written to ``<work>/decisions.json`` with a timestamp before the main
+   stage exists and are never recomputed.
 5. **Power** (:mod:`.power`): the pilot adds ``pilot_seeds`` (2) seeds of the primary methods (Procrustes, FG, the
    comparator) at the chosen α; with the sweep's seeds at that α these are ≥ 5 paired dev differences per primary
    comparison. The larger paired SD of the two gives the seed count: the smallest n with 80 % power to detect a
@@ -66,9 +67,9 @@ Protocol.
 Stages and resume: ``teacher`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S`` runs S
 alone, ``--until S`` every stage up to S); every finished run is appended (flushed, fsynced) to
 ``<work>/runs.jsonl``, keyed by its settings (method, seed, α, stage, and a hash of the regime's and preset's
-settings other than the cost estimates: an edited preset does not reuse old runs), so a killed command restarted with the same arguments trains only
-what is missing; a work folder is locked while a study runs in it; the teacher a regime's runs used is pinned
-(``<work>/<regime>/teacher.json``). ``--plan`` lists every pending run with its estimated seconds (measured
-seconds per step of the regime's finished runs, else the preset's) and the total. Results:
-``benchmarks/results/distill_quality_v2_<preset>.json`` / ``.md`` / ``.png``.
+settings other than the cost estimates: an edited preset does not reuse old runs), so a killed command restarted
+with the same arguments trains only what is missing; a work folder is locked while a study runs in it; the teacher a
+regime's runs used is pinned (``<work>/<regime>/teacher.json``). ``--plan`` lists every pending run with its
+estimated seconds (measured seconds per step of the regime's finished runs, else the preset's) and the total.
+Results: ``benchmarks/results/distill_quality_v2_<preset>.json`` / ``.md`` / ``.png``.
 """

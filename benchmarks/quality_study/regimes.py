@@ -101,7 +101,7 @@ PRESETS: dict[str, Preset] = {
         regimes=[Regime("rotten_tomatoes", 1500, 500, 1066, teacher="mpnet", student="pretrained", student_layers=3,
                         teacher_steps=150, teacher_freeze_embeddings=True, max_length=64, max_epochs=6,
                         sec_per_step=0.6, teacher_sec_per_step=14.0, run_overhead=20.0, geometry_seconds=60.0)],
-        alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=30),
+        alpha_grid=(0.1, 0.3, 1.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=30),
     # the primary regime's pipeline (MPNet teacher, MiniLM-L3 student with its own tokenizer) at tiny sizes, every
     # stage: a smoke run of minutes, not a test (it needs the study assets)
     "cpu2-smoke": Preset(
@@ -127,5 +127,5 @@ PRESETS: dict[str, Preset] = {
                  Regime("rotten_tomatoes+banking77+hwu64", 6000, 300, 600, family="causal", teacher="smollm2",
                         student_layers=10, teacher_steps=600, max_length=96, max_epochs=4, batch=32,
                         sec_per_step=0.06, teacher_sec_per_step=0.1, **_GPU)],
-        alpha_grid=(0.3, 1.0, 3.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=15, batch=64),
+        alpha_grid=(0.1, 0.3, 1.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=15, batch=64),
 }
