@@ -13,7 +13,9 @@ on the 1,000 dev texts, differences paired with the student's linear-probe initi
   (1.5) / +6.0 (1.5), Procrustes +6.9 (1.4) (seed 0); with the lr-5e-5 teachers KD +5.9 (1.3) / +6.0 (1.5), CKA
   +5.4 (1.4) / +7.6 (1.4). 100 steps at lr 2e-4 (seed 0) were worse: projection-MSE −0.4 (1.7), Procrustes +2.3
   (1.6). The earlier default (40 steps at lr 5e-5 behind a 0.716 teacher) left every student at or below its
-  initialisation. Runs and numbers: ``benchmarks/demo_dev_split.py``, ``benchmarks/results/demo_dev_split.jsonl``.
+  initialisation. Frozen word embeddings (``freeze_embeddings``, ~0.8x a step) were tried and not adopted: 160
+  teacher steps reached 0.795 / 0.813 (seed 0 / 1) and projection-MSE students +5.0 (1.4) / +1.5 (1.5). Runs and
+  numbers: ``benchmarks/demo_dev_split.py``, ``benchmarks/results/demo_dev_split.jsonl``.
 
 Budget of the default (``repgeo demo``, empty cache, 2 threads), measured when the shared 2-core machine had
 become nearly quiet (the run got 191 % CPU): data 1 s, teacher 126 s (160 steps, test accuracy 0.806), students
