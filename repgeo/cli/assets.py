@@ -2,8 +2,8 @@
 
 A plain ``repgeo fetch-assets`` fetches only the demo's two assets (light enough for CI). The distillation study's
 extra data sets, the all-mpnet-base-v2 teacher and SmolLM2 come on request: ``repgeo fetch-assets --study`` (all
-of them) or by name (``repgeo fetch-assets trec banking77``). Fetching ``smollm2`` also converts the GGUF once into a plain Hugging
-Face model folder, which needs the ``gguf`` package (``pip install 'repgeo[study]'``).
+of them) or by name (``repgeo fetch-assets trec banking77``). Fetching ``smollm2`` also converts the GGUF once into
+a plain Hugging Face model folder, which needs the ``gguf`` package (``pip install 'repgeo[study]'``).
 """
 
 from __future__ import annotations
