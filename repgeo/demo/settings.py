@@ -17,14 +17,12 @@ on the 1,000 dev texts, differences paired with the student's linear-probe initi
   teacher steps reached 0.795 / 0.813 (seed 0 / 1) and projection-MSE students +5.0 (1.4) / +1.5 (1.5). Runs and
   numbers: ``benchmarks/demo_dev_split.py``, ``benchmarks/results/demo_dev_split.jsonl``.
 
-Budget of the default (``repgeo demo``, empty cache, 2 threads), measured when the shared 2-core machine had
-become nearly quiet (the run got 191 % CPU): data 1 s, teacher 126 s (160 steps, test accuracy 0.806), students
-131 s (teacher cache over the 4,000 texts + 3 × 125 steps; about 45 s a student), audit 12 s, certificates 3 s,
-report 3 s: 276 s in the pipeline, 4 min 41 s with start-up — with the plug-in audit. With the bias-aware audit
-(corrected estimators and null floors over the whole layer grid) on a quiet machine: audit 27-28 s, and 5 min 3 s
-(50 permutations) / 5 min 23 s (30 permutations; teacher 135 s, students 144 s) with start-up: over the 5-minute
-target. On the same machine under load 5-12 the run took 20 minutes (CPU seconds: teacher 586, students 530). A
-second run loads the teacher from the cache.
+Budget of the default (``repgeo demo``, empty cache, 2 threads, quiet machine): 4 min 58 s with start-up; data 2 s,
+teacher 140 s (160 steps, test accuracy 0.806), students 123 s (teacher cache over the 4,000 texts + 2 x 125
+steps), audit 20 s (bias-aware estimators and null floors over the layer grid), certificates 5 s, report 4 s
+(``benchmarks/results/demo_default/*_session4.*``). KD alone, CKA and FG students cost about 45 s each: they are
+under ``--full``. Under a second session's load the same run takes more than twice as long. A second run loads the
+teacher from the cache.
 """
 
 from __future__ import annotations
