@@ -109,7 +109,9 @@ def test_the_cached_mpnet_loads_as_an_mpnet_classifier_with_13_states_of_width_7
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = assets.mpnet_path()
+    from repgeo.assets.study import mpnet_path
+
+    path = mpnet_path()
     assert path == assets.fetch("mpnet")
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     tok = AutoTokenizer.from_pretrained(path)

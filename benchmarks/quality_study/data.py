@@ -99,7 +99,8 @@ def prepare(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
 def _encoder_teacher(r: Regime, data: Any, settings: Any, folder: Path, work: Path, log: Any) -> Any:
     """The fine-tuned encoder teacher: the one the regime's recorded runs used (pinned), else the cached or newly
     fine-tuned ``r.teacher`` (``repgeo.demo.teacher.prepare_teacher``)."""
-    from repgeo import assets
+    from repgeo.assets import demo as demo_assets
+    from repgeo.assets import study as study_assets
     from repgeo.demo.teacher import TeacherResult, load_teacher_folder, prepare_teacher
 
     pinned = pinned_teacher(folder)
@@ -107,10 +108,10 @@ def _encoder_teacher(r: Regime, data: Any, settings: Any, folder: Path, work: Pa
         log(f"{r.name}: keeping the teacher of its recorded runs, {pinned}")
         model, tok, meta = load_teacher_folder(pinned, len(data.labels))
         return TeacherResult(pinned, model, tok, float("nan"), np.array([]), True, meta["seconds"])
-    sources = {"minilm": "minilm_path", "mpnet": "mpnet_path"}
+    sources = {"minilm": demo_assets.minilm_path, "mpnet": study_assets.mpnet_path}
     if r.teacher not in sources:
         raise ValueError(f"teacher must be one of {', '.join(sources)} for an encoder regime, got {r.teacher!r}")
-    source = getattr(assets, sources[r.teacher])()
+    source = sources[r.teacher]()
     return prepare_teacher(str(source), data, settings, cache_dir=work / "teachers", progress=False, log=log)
 
 

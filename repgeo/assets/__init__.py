@@ -7,11 +7,9 @@
   teacher (import it explicitly: ``from repgeo.assets.study import text_classification``; it needs pandas and, to
   convert SmolLM2 once, ``gguf``).
 
-The registry and the demo loaders are re-exported here, and :func:`~repgeo.assets.study.mpnet_path` (imported
-on first use, so ``import repgeo.assets`` stays light).
+The registry and the demo loaders are re-exported here; the study's loaders (``mpnet_path`` among them) live in
+:mod:`repgeo.assets.study` only.
 """
-
-from typing import Any
 
 from .demo import minilm_path, rotten_tomatoes
 from .registry import (
@@ -40,15 +38,7 @@ __all__ = [
     "fetch_all",
     "fetch_command",
     "minilm_path",
-    "mpnet_path",
     "rotten_tomatoes",
     "sha256_of",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "mpnet_path":
-        from .study import mpnet_path
-
-        return mpnet_path
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
