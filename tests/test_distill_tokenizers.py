@@ -154,7 +154,9 @@ def test_tasks_that_compare_tokens_refuse_a_teacher_tokenizer(pair):
     student_tok = AutoTokenizer.from_pretrained(pair["student"])
     data = _cfg(pair, pair["teacher"].parent / "unused").data
     assert ClassificationTask(student_tok, data, teacher_tokenizer=teacher_tok).teacher_tokenizer is teacher_tok
-    assert "per-token distributions over one vocabulary" in InstructionTask.one_tokenizer
+    with pytest.raises(ValueError, match="task cannot give the teacher its own tokenizer: its KD term compares "
+                                         "per-token distributions over one vocabulary"):
+        InstructionTask(student_tok, data, teacher_tokenizer=teacher_tok)
 
     class TokenTask(Task):
         name = "tokens"

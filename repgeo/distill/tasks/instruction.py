@@ -25,8 +25,8 @@ class InstructionTask(Task):
     scored_by_generation = True
     one_tokenizer = "its KD term compares per-token distributions over one vocabulary"
 
-    def __init__(self, tokenizer: Any, data_cfg: Any) -> None:
-        super().__init__(tokenizer, data_cfg)
+    def __init__(self, tokenizer: Any, data_cfg: Any, teacher_tokenizer: Any | None = None) -> None:
+        super().__init__(tokenizer, data_cfg, teacher_tokenizer)  # a teacher tokenizer is refused: one_tokenizer
         if tokenizer.eos_token_id is None:
             raise ValueError("the instruction task needs a tokenizer with an EOS token")
 
