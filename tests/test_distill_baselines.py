@@ -19,19 +19,13 @@ from repgeo.distill.config import ConfigError, config_yaml
 from repgeo.distill.toy import make_toy_setup
 from repgeo.distill.trainer import FEATURE_LOSS_FILE, kd_loss
 from repgeo.metrics import pkd_loss
-
-FAST = {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "learning_rate": 2e-3,
-        "disable_tqdm": True, "logging_steps": 1, "dataloader_pin_memory": False, "use_cpu": True,
-        "eval_strategy": "no"}
+from tests.test_distill_runs import _config as _runs_config
 
 
 def _config(setup, out, task="classification", **sections):
-    data = {"task": task, "output_dir": str(out), "teacher": {"path": str(setup["teacher"])},
-            "student": {"keep_every": 2}, "data": {"train": str(setup["train"]), "eval": str(setup["eval"])},
-            "trainer": dict(FAST), "geometry": {"enabled": False}}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return data
+    """The toy run configuration of ``tests.test_distill_runs``, without evaluation during training."""
+    trainer = {"eval_strategy": "no", **sections.pop("trainer", {})}
+    return _runs_config(setup, out, task, trainer=trainer, **sections)
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -253,6 +247,19 @@ def test_pkd_run_with_a_narrower_student_trains_saves_and_restores_its_projector
         assert torch.equal(v.cpu(), saved[k]), k
 
 
+def _loss_terms_and_logits(trainer, n):
+    """The loss terms the trainer logs for its first ``n`` training examples (student in eval mode, no dropout),
+    with the batch and the student's and teacher's logits on it."""
+    batch = trainer.task.collate([trainer.train_dataset[i] for i in range(n)])
+    batch.pop("example_index")
+    trainer.model.eval()
+    trainer.compute_loss(trainer.model, batch)
+    terms = trainer._eval_terms.pop()
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        return batch, terms, trainer.model(**inputs).logits, trainer.teacher(**inputs).logits
+
+
 def test_reverse_kd_in_a_classification_step(cls_setup, tmp_path):
     cfg = config_from_dict(_config(cls_setup, tmp_path / "run", loss={"kd": "reverse", "alpha": 0.0},
                                    student={"keep_every": None, "num_layers": 2, "hidden_size": 16},
@@ -261,14 +268,8 @@ def test_reverse_kd_in_a_classification_step(cls_setup, tmp_path):
     assert trainer.kd == "reverse"
     with torch.no_grad():  # a random tiny model's logits are ~1e-2, where KL is symmetric to second order:
         trainer.teacher.classifier.weight.mul_(300.0)  # a confident teacher makes the two directions differ
-    batch = trainer.task.collate([trainer.train_dataset[i] for i in range(6)])
-    batch.pop("example_index")
-    trainer.model.eval()
-    trainer.compute_loss(trainer.model, batch)
-    terms = trainer._eval_terms.pop()
-    with torch.no_grad():
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        zs, zt = trainer.model(**inputs).logits.double().numpy(), trainer.teacher(**inputs).logits.double().numpy()
+    _, terms, zs, zt = _loss_terms_and_logits(trainer, 6)
+    zs, zt = zs.double().numpy(), zt.double().numpy()
     T = cfg.loss.temperature
     assert terms["loss_kd"] == pytest.approx(kl_rows_by_hand(zs, zt, T, "reverse"), rel=1e-4)
     assert abs(terms["loss_kd"] - kl_rows_by_hand(zs, zt, T, "forward")) > 0.05 * terms["loss_kd"]
@@ -284,14 +285,7 @@ def test_reverse_kd_in_a_tiny_instruction_run(tmp_path):
     trainer, _ = build_trainer(cfg, verbose=False)
     with torch.no_grad():  # a confident teacher (the tiny random one's logits are ~0.5, where KL is ~symmetric)
         trainer.teacher.lm_head.weight.mul_(20.0)  # Llama: output embeddings not tied to the input ones
-    batch = trainer.task.collate([trainer.train_dataset[i] for i in range(4)])
-    batch.pop("example_index")
-    trainer.model.eval()
-    trainer.compute_loss(trainer.model, batch)
-    terms = trainer._eval_terms.pop()
-    with torch.no_grad():
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        zs, zt = trainer.model(**inputs).logits, trainer.teacher(**inputs).logits
+    batch, terms, zs, zt = _loss_terms_and_logits(trainer, 4)
     keep = batch["labels"][:, 1:] != -100  # position j predicts token j + 1: response tokens only
     assert 0 < int(keep.sum()) < int(batch["attention_mask"][:, 1:].sum())
     want = kl_rows_by_hand(zs[:, :-1][keep].double().numpy(), zt[:, :-1][keep].double().numpy(),
