@@ -201,3 +201,21 @@ def test_fine_tuning_uses_fused_adamw_and_the_demo_students_too():
     model = tiny_model("bert", 50)
     assert _fusable(list(model.parameters()))
     assert not _fusable([torch.nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)])
+
+
+def test_student_freeze_embeddings_leaves_only_the_input_embeddings_out_of_training(tmp_path):
+    """``student.freeze_embeddings``: the input embedding table gets no gradient and no optimiser slot; every
+    other student parameter still trains."""
+    from repgeo.distill import build_trainer
+    from repgeo.distill.toy import make_toy_setup
+    from tests.test_distill_runs import _config
+
+    setup = make_toy_setup(tmp_path / "setup", "classification")
+    cfg = config_from_dict(_config(setup, tmp_path / "run", student={"freeze_embeddings": True},
+                                   trainer={"max_steps": 1, "save_strategy": "no"}))
+    trainer, _ = build_trainer(cfg, verbose=False)
+    emb = trainer.model.get_input_embeddings().weight
+    frozen = [n for n, p in trainer.model.named_parameters() if not p.requires_grad]
+    assert not emb.requires_grad and frozen == ["bert.embeddings.word_embeddings.weight"]
+    optimised = {id(p) for g in trainer.create_optimizer().param_groups for p in g["params"]}
+    assert id(emb) not in optimised and len(optimised) >= len(list(trainer.model.parameters())) - 1
