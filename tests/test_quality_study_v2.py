@@ -195,10 +195,35 @@ def test_a_changed_regime_or_training_setting_gets_new_run_keys_but_an_estimate_
     assert RunSpec(r.name, "kd", 0, 0.0, "main", setup_key(cheaper, pre)).key == key
 
 
+def test_learning_rate_stage_runs_kd_on_the_grid_then_every_run_uses_the_decided_rate(tmp_path, monkeypatch):
+    """With a ``lr_grid`` the ``lr`` stage runs KD on the sweep seeds at each rate (dev); once decided, every
+    later run carries that rate in its identity, and the sweep reuses KD's runs at it (none pending twice)."""
+    import dataclasses
+    import json
+
+    from benchmarks.quality_study import regimes
+    from benchmarks.quality_study.study import SWEEP_SEED0, Study
+
+    pre = dataclasses.replace(regimes.PRESETS["cpu2"], lr_grid=(1e-5, 2e-5, 4e-5), sweep_seeds=2)
+    monkeypatch.setitem(regimes.PRESETS, "lr-test", pre)
+    st = Study("lr-test", tmp_path, execute=False, log=lambda s: None)
+    st.lr()
+    assert sorted((s.lr, s.seed) for _, s, _ in st.pending) == [
+        (lr, SWEEP_SEED0 + i) for lr in (1e-5, 2e-5, 4e-5) for i in range(2)]
+    assert {s.method for _, s, _ in st.pending} == {"kd"}
+    name = pre.regimes[0].name
+    (tmp_path / "decisions.json").write_text(json.dumps({name: {"lr": {"lr": 4e-5, "means": {}, "interior": False}}}))
+    st = Study("lr-test", tmp_path, execute=False, log=lambda s: None)
+    st.sweep()
+    assert {s.lr for _, s, _ in st.pending} == {4e-5}
+    kd = [s for _, s, _ in st.pending if s.method == "kd"]
+    assert len(kd) == 2 and kd[0].key != st.spec(pre.regimes[0], "kd", kd[0].seed, 0.0, "sweep", 2e-5).key
+
+
 def test_stage_selection():
-    assert stages_to_run(None, None) == ["teacher", "sweep", "pilot", "power", "main", "report"]
+    assert stages_to_run(None, None) == ["teacher", "lr", "sweep", "pilot", "power", "main", "report"]
     assert stages_to_run("main", None) == ["main"]
-    assert stages_to_run(None, "pilot") == ["teacher", "sweep", "pilot"]
+    assert stages_to_run(None, "pilot") == ["teacher", "lr", "sweep", "pilot"]
     with pytest.raises(ValueError, match="--until must be one of"):
         stages_to_run(None, "final")
     with pytest.raises(ValueError, match="not both"):

@@ -78,7 +78,8 @@ class Preset:
     power: float = 0.8
     level: float = 0.05
     batch: int = 32
-    lr: float = 1e-4
+    lr: float = 1e-4  # the students' learning rate when ``lr_grid`` is empty
+    lr_grid: tuple[float, ...] = ()  # else chosen on dev with KD on the sweep seeds (the ``lr`` stage)
     teacher_lr: float = 5e-5
     causal_teacher_lr: float = 1e-4
     temperature: float = 2.0
@@ -99,9 +100,10 @@ PRESETS: dict[str, Preset] = {
     # (kd) / 0.61 s (kd+procrustes); MPNet fine-tuning step ~14 s (embeddings frozen). Overheads: estimates.
     "cpu2": Preset(
         regimes=[Regime("rotten_tomatoes", 1500, 500, 1066, teacher="mpnet", student="pretrained", student_layers=3,
-                        teacher_steps=150, teacher_freeze_embeddings=True, max_length=64, max_epochs=6,
-                        sec_per_step=0.6, teacher_sec_per_step=14.0, run_overhead=20.0, geometry_seconds=60.0)],
-        alpha_grid=(0.1, 0.3, 1.0), sweep_seeds=3, pilot_seeds=2, min_seeds=5, max_seeds=30),
+                        teacher_steps=150, teacher_freeze_embeddings=True, max_length=64, max_epochs=8, patience=2,
+                        sec_per_step=0.4, teacher_sec_per_step=14.0, run_overhead=20.0, geometry_seconds=60.0)],
+        alpha_grid=(0.1, 0.3, 1.0), lr_grid=(2.5e-5, 5e-5, 1e-4), sweep_seeds=3, pilot_seeds=2, min_seeds=5,
+        max_seeds=30),
     # the primary regime's pipeline (MPNet teacher, MiniLM-L3 student with its own tokenizer) at tiny sizes, every
     # stage: a smoke run of minutes, not a test (it needs the study assets)
     "cpu2-smoke": Preset(

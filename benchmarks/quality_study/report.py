@@ -88,6 +88,10 @@ def _decisions(res: dict[str, Any]) -> list[str]:
     lines = ["## Decisions made on dev (before any test score)", ""]
     for g, d in res["decisions"].items():
         lines += [f"**{g}**", ""]
+        if "lr" in d:
+            grid = ", ".join(f"{k}: {_pts(v)}" for k, v in d["lr"]["means"].items())
+            lines.append(f"- learning rate (KD): dev {{{grid}}} → **{d['lr']['lr']:g}**"
+                         + ("" if d["lr"]["interior"] else " (edge: extension limit reached)"))
         for m, a in d.get("alpha", {}).items():
             grid = ", ".join(f"{float(k):g}: {_pts(v)}" for k, v in a["means"].items())
             lines.append(f"- α {m}: dev {{{grid}}} → **{a['alpha']:g}**"

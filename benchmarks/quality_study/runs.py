@@ -30,6 +30,7 @@ class RunSpec:
     alpha: float = 0.0  # relative α (feature methods)
     stage: str = "main"
     setup: str = ""  # :func:`setup_key` of the regime and preset: a changed preset does not reuse old runs
+    lr: float = 0.0  # the student's learning rate (the ``lr`` stage's choice); 0: the preset's ``lr``
 
     @property
     def key(self) -> str:
@@ -50,6 +51,8 @@ def setup_key(r: Regime, preset: Preset) -> str:
     training settings), so that a run recorded under other settings is not taken for this one."""
     fields = {k: v for k, v in dataclasses.asdict(r).items() if k not in ESTIMATE_FIELDS}
     train = {k: getattr(preset, k) for k in ("batch", "lr", "teacher_lr", "causal_teacher_lr", "temperature")}
+    if preset.lr_grid:
+        train["lr_grid"] = list(preset.lr_grid)
     return hashlib.sha256(json.dumps([fields, train], sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -69,7 +72,8 @@ def run_config(preset: Preset, p: Prepared, spec: RunSpec, out: Path, cache: Pat
     if p.labels is not None:
         data["labels"] = p.labels
     per_epoch = epoch_steps(r, preset)
-    trainer = {**short_run_trainer(1, preset.lr, r.batch or preset.batch, logging_steps=max(1, per_epoch // 2)),
+    lr, batch = spec.lr or preset.lr, r.batch or preset.batch
+    trainer = {**short_run_trainer(1, lr, batch, logging_steps=max(1, per_epoch // 2)),
                "max_steps": -1, "num_train_epochs": r.max_epochs, "lr_scheduler_type": "constant_with_warmup",
                "warmup_steps": max(1, per_epoch // 10), "eval_strategy": "no"}
     loss: dict[str, Any] = {

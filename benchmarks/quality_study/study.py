@@ -1,4 +1,4 @@
-"""The protocol's stages (``teacher`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report``), resumable.
+"""The protocol's stages (``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report``), resumable.
 
 Every run is looked up in the run log first (:class:`~.runs.RunLog`, keyed by its :class:`~.runs.RunSpec`): a
 restarted stage trains only what is missing. Decisions (chosen α per loss, the comparator, the seed count) are
@@ -25,7 +25,7 @@ from .power import seeds_for_power
 from .regimes import COMPARATOR_CANDIDATES, GEOMETRIC, METHODS, PRESETS, Regime
 from .runs import RunLog, RunSpec, epoch_steps, run_one, setup_key
 
-STAGES = ("teacher", "sweep", "pilot", "power", "main", "report")
+STAGES = ("teacher", "lr", "sweep", "pilot", "power", "main", "report")
 SWEEP_SEED0, PILOT_SEED0 = 100, 200  # sweep seeds 100.., pilot seeds 200.., main seeds 0..
 
 
@@ -73,8 +73,18 @@ class Study:
         setups = {r.name: setup_key(r, self.preset) for r in self.regimes}
         return [x for x in self.runs.rows.values() if setups.get(x["regime"]) == x.get("setup")]
 
-    def spec(self, r: Regime, method: str, seed: int, alpha: float, stage: str) -> RunSpec:
-        return RunSpec(r.name, method, seed, alpha, stage, setup_key(r, self.preset))
+    def spec(self, r: Regime, method: str, seed: int, alpha: float, stage: str, lr: float | None = None) -> RunSpec:
+        """Run ``method`` at ``seed`` and relative α ``alpha`` in ``stage``, at learning rate ``lr`` (default: the
+        regime's, :meth:`lr_of`)."""
+        return RunSpec(r.name, method, seed, alpha, stage, setup_key(r, self.preset), lr or self.lr_of(r))
+
+    def lr_of(self, r: Regime) -> float:
+        """The students' learning rate: the ``lr`` stage's decision; before it (``--plan``) the grid's middle
+        point; without a grid the preset's ``lr``."""
+        grid = sorted(self.preset.lr_grid)
+        if not grid:
+            return self.preset.lr
+        return float(self.decisions.get(r.name, {}).get("lr", {}).get("lr", grid[len(grid) // 2]))
 
     def do(self, r: Regime, spec: RunSpec) -> dict[str, Any] | None:
         """The run's row: from the log, or trained now (``execute``); None when it is missing (``--plan``)."""
@@ -117,9 +127,31 @@ class Study:
     def _sweep_seeds(self) -> range:
         return range(SWEEP_SEED0, SWEEP_SEED0 + self.preset.sweep_seeds)
 
-    def _dev_means(self, r: Regime, method: str, alpha: float, seeds: range) -> float | None:
-        rows = [self.do(r, self.spec(r, method, s, alpha, "sweep")) for s in seeds]
+    def _dev_means(self, r: Regime, method: str, alpha: float, seeds: range, lr: float | None = None) -> float | None:
+        rows = [self.do(r, self.spec(r, method, s, alpha, "sweep", lr)) for s in seeds]
         return None if any(x is None for x in rows) else float(np.mean([x["dev_acc"] for x in rows]))
+
+    def lr(self) -> None:
+        """Per regime with a ``lr_grid``: KD on the sweep seeds at every learning rate of the grid (dev), extended
+        like the α grid (:mod:`.alpha_grid`, ratio of the grid) until the best mean is interior; the choice is
+        decided before any feature loss runs, and every later run uses it (KD's sweep runs at it are reused)."""
+        if not self.preset.lr_grid:
+            return
+        for r in self.regimes:
+            grid, means, added = sorted(self.preset.lr_grid), {}, 0
+            ratio = grid_ratio(grid)
+            for x in grid:
+                means[x] = self._dev_means(r, "kd", 0.0, self._sweep_seeds(), x)
+            while all(v is not None for v in means.values()):
+                nxt = next_alpha(means, ratio, added=added, max_extend=self.preset.max_extend)
+                if nxt is None:
+                    d = self._decide(r.name, "lr", {"means": {f"{x:g}": v for x, v in sorted(means.items())},
+                                                    "lr": choose(means), "interior": is_interior(means)})
+                    self.log(f"{r.name} learning rate: {d['means']} -> {d['lr']:g}"
+                             + ("" if d["interior"] else " (at the grid's edge: extension limit reached)"))
+                    break
+                means[nxt] = self._dev_means(r, "kd", 0.0, self._sweep_seeds(), nxt)
+                added += 1
 
     def _sweep_loss(self, r: Regime, m: str) -> dict[str, Any] | None:
         """The α grid of one feature loss, extended until its choice is interior (:mod:`.alpha_grid`)."""
@@ -191,7 +223,7 @@ class Study:
         setup = setup_key(r, self.preset)
         return {x["seed"]: x["dev_acc"] for x in self.runs.rows.values()
                 if x["regime"] == r.name and x["method"] == method and x["stage"] in ("sweep", "pilot")
-                and x["alpha"] == a and x.get("setup") == setup}
+                and x["alpha"] == a and x.get("setup") == setup and x.get("lr") == self.lr_of(r)}
 
     def power(self) -> None:
         """Per regime: the paired SD of the primary comparisons on the sweep + pilot seeds (dev), and the seeds for
