@@ -124,8 +124,9 @@ def _assets_ready() -> bool:
 @pytest.mark.skipif(not _assets_ready(), reason="run `repgeo fetch-assets` first")
 def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     """The v2 protocol on the packaged MiniLM (teacher fine-tuned, pretrained student truncated to 2 blocks) and
-    Rotten Tomatoes: every stage, then a killed run log (its last runs lost, a line cut) resumes without
-    duplicating a run or changing a decision; a complete one trains nothing."""
+    Rotten Tomatoes: every stage, then a killed run log (its last runs lost, a line cut) resumes -- in two worker
+    processes (``--workers 2``, :mod:`benchmarks.quality_study.pool`) -- without duplicating a run or changing a
+    decision; a complete one trains nothing."""
     work, out = tmp_path / "work", tmp_path / "out"
     assert cli.main(["--quick", "--work", str(work), "--out", str(out)]) == 0
     res = json.loads((out / "distill_quality_v2_quick.json").read_text())
@@ -173,7 +174,8 @@ def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     keys = [json.loads(x)["key"] for x in lines]
     log.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][: len(lines[-2]) // 2])  # killed mid-write
     decisions = (work / "decisions.json").read_text()
-    assert cli.main(["--quick", "--work", str(work), "--out", str(out), "--stage", "main"]) == 0
+    assert cli.main(["--quick", "--work", str(work), "--out", str(out), "--stage", "main", "--workers", "2",
+                     "--threads", "2"]) == 0
     again = [json.loads(x)["key"] for x in log.read_text().splitlines()]
     assert sorted(again) == sorted(keys) and len(again) == len(set(again))  # the two lost runs, once each
     assert (work / "decisions.json").read_text() == decisions

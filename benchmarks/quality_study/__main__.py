@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     ap.add_argument("--regimes", type=int, default=None, help="only the first N regimes of the preset")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="train each stage's runs in this many processes, sharing --threads (see pool.py)")
     ap.add_argument("--stage", default=None, help=f"run this stage only ({', '.join(STAGES)})")
     ap.add_argument("--until", default=None, help="run the stages up to and including this one")
     ap.add_argument("--plan", action="store_true",
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with FolderLock(work, "quality study"):
         st = Study(preset, work, log=log, limit_regimes=args.regimes)
-        st.run(stages)
+        st.run(stages, workers=args.workers, threads=args.threads or torch.get_num_threads())
         if "report" in stages:
             print(write_report(results(st), out, command))
     return 0

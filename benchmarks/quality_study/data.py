@@ -92,8 +92,10 @@ def _probe(ids: dict[str, list[list[int]]], pad_id: int, teacher: Any, student: 
     return GeometryProbe.take(ids, ["dev", "test", "train"], pad_id, width, student=student_ids)
 
 
-def prepare(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
-    return (prepare_causal if r.family == "causal" else prepare_encoder)(preset, r, work, log)
+def prepare(preset: Preset, r: Regime, work: Path, log: Any, *, references: bool = True) -> Prepared:
+    """The regime's :class:`Prepared`; ``references=False`` skips scoring the teacher and the initial student
+    (a worker process of :mod:`.pool`: the parent has recorded them)."""
+    return (prepare_causal if r.family == "causal" else prepare_encoder)(preset, r, work, log, references=references)
 
 
 def _encoder_teacher(r: Regime, data: Any, settings: Any, folder: Path, work: Path, log: Any) -> Any:
@@ -136,7 +138,7 @@ def pretrained_student(r: Regime, data: Any, folder: Path, probe_init: int) -> N
     tok.save_pretrained(folder)
 
 
-def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
+def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any, *, references: bool = True) -> Prepared:
     """Splits and data files, the teacher, the student initialisation and the scorer. Each model reads the texts
     with its own tokenizer; the geometry probe uses token rows when the two share a vocabulary, else one
     mean-pooled row per text (:mod:`.geometry`)."""
@@ -177,11 +179,12 @@ def prepare_encoder(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared
     probe.cache = folder
     p = Prepared(r, Path(teacher.path), init_path, files, score, "acc", labels,
                  {k: len(v) for k, v in y.items()}, teacher.seconds, probe=probe)
-    p.measure_references(teacher.model, student, log)
+    if references:
+        p.measure_references(teacher.model, student, log)
     return p
 
 
-def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
+def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any, *, references: bool = True) -> Prepared:
     """Instruction records from the labelled sets, the fine-tuned causal teacher and the truncated student."""
     import transformers
 
@@ -230,5 +233,6 @@ def prepare_causal(preset: Preset, r: Regime, work: Path, log: Any) -> Prepared:
     p = Prepared(r, teacher_path, init_path, files, score, "rougeL", None,
                  {k: len(v) for k, v in records.items()}, seconds,
                  probe=_probe(ids, tok.pad_token_id, teacher, student))
-    p.measure_references(teacher, student, log)
+    if references:
+        p.measure_references(teacher, student, log)
     return p

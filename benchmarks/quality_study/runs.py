@@ -147,8 +147,17 @@ class RunLog:
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in self.rows.values()).encode())
 
     def add(self, row: dict[str, Any]) -> None:
+        """Append ``row`` as one line: a single ``write`` on an append-only descriptor under an exclusive
+        ``flock``, then ``fsync`` -- worker processes (:mod:`.pool`) append to the same log."""
+        import fcntl
+
         self.rows[row["key"]] = row
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = (json.dumps(row) + "\n").encode()
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the lock

@@ -33,17 +33,22 @@ class Study:
     """One preset's study in the work folder ``work`` (see the module docstring)."""
 
     def __init__(self, preset_name: str, work: Path, *, execute: bool = True, log: Callable[[str], None] = print,
-                 limit_regimes: int | None = None) -> None:
+                 limit_regimes: int | None = None, worker: bool = False) -> None:
         self.name, self.preset, self.work = preset_name, PRESETS[preset_name], Path(work)
         self.regimes: list[Regime] = self.preset.regimes[:limit_regimes]
-        self.execute, self.log = execute, log
+        self.limit_regimes = limit_regimes
+        self.execute, self.log, self.worker = execute, log, worker  # worker: trains runs for .pool, decides nothing
         self.work.mkdir(parents=True, exist_ok=True)
-        self.runs = RunLog(self.work / "runs.jsonl", repair=execute)
+        self.reload_runs()
         self.pending: list[tuple[str, RunSpec, float]] = []  # (stage, spec, estimated seconds): --plan
         self._prepared: dict[str, Prepared] = {}
         self.decisions: dict[str, Any] = self._read_decisions()
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
+    def reload_runs(self) -> None:
+        """Read the run log again (worker processes append to it); only the deciding process repairs it."""
+        self.runs = RunLog(self.work / "runs.jsonl", repair=self.execute and not self.worker)
+
     def _read_decisions(self) -> dict[str, Any]:
         path = self.work / "decisions.json"
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -53,7 +58,7 @@ class Study:
         from repgeo.files import atomic_write_bytes
 
         mine = self.decisions.setdefault(regime, {})
-        if key not in mine and self.execute:
+        if key not in mine and self.execute and not self.worker:
             mine[key] = value
             mine.setdefault("decided_at", {})[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             atomic_write_bytes(self.work / "decisions.json", (json.dumps(self.decisions, indent=1) + "\n").encode())
@@ -61,8 +66,10 @@ class Study:
 
     def prepared(self, r: Regime) -> Prepared:
         if r.name not in self._prepared:
-            self._prepared[r.name] = prepare(self.preset, r, self.work, self.log)
+            self._prepared[r.name] = prepare(self.preset, r, self.work, self.log, references=not self.worker)
             p = self._prepared[r.name]
+            if self.worker:
+                return p
             self._decide(r.name, "references", {"teacher": p.teacher_scores, "student_init": p.student_init_scores,
                                                 "primary": p.primary, "n": p.n, "teacher_seconds": p.teacher_seconds,
                                                 "labels": len(p.labels) if p.labels else None})
@@ -279,11 +286,22 @@ class Study:
                     if m in primary or s < self.preset.min_seeds:
                         self.do(r, self.spec(r, m, s, self._alpha(r, m), "main"))
 
-    def run(self, stages: list[str]) -> None:
-        for stage in stages:
-            if stage != "report":
-                self.log(f"stage {stage}")
-                getattr(self, stage)()
+    def run(self, stages: list[str], *, workers: int = 1, threads: int = 1) -> None:
+        """Run ``stages`` in order; with ``workers`` > 1 each stage's runs are trained by a pool of processes
+        sharing ``threads`` (:mod:`.pool`), the decisions still made here."""
+        from .pool import PARALLEL_STAGES, Pool
+
+        pool = Pool(self, workers, threads) if workers > 1 and set(stages) & set(PARALLEL_STAGES) else None
+        try:
+            for stage in stages:
+                if stage != "report":
+                    self.log(f"stage {stage}")
+                    if pool is not None and stage in PARALLEL_STAGES:
+                        pool.train_stage(stage)
+                    getattr(self, stage)()
+        finally:
+            if pool is not None:
+                pool.close()
 
 
 def stages_to_run(stage: str | None, until: str | None) -> list[str]:
