@@ -13,7 +13,8 @@ stored results.) Modules, one concern each: :mod:`.regimes` (regimes, presets, m
 teacher, student initialisation, scorers), :mod:`.teachers` (teacher settings, the pinned teacher),
 :mod:`.plateau` (the stopping rule), :mod:`.runs` (one run, the run log), :mod:`.alpha_grid` (the α grid rule),
 :mod:`.power` (seeds for power, Holm, verdicts), :mod:`.geometry` (the final geometry probe), :mod:`.statistics`
-(paired tests, summaries), :mod:`.study` (the stages), :mod:`.report` (markdown, plot, summary paragraph),
+(paired tests, summaries), :mod:`.study` (the stages), :mod:`.pool` (a stage's runs in worker processes,
+``--workers``), :mod:`.report` (markdown, plot, summary paragraph),
 :mod:`.report_v1` (the first study's report), :mod:`.__main__` (command line).
 
 Protocol.
@@ -28,9 +29,11 @@ Protocol.
    contrast (MiniLM teacher → its blocks 0, 2, 4) and the instruction regime (SmolLM2-135M-Instruct → 10 of its
    blocks, ROUGE-L and exact match). The v1 held-out-task column (0 for every method) is dropped.
 2. **Converged training** (:mod:`.plateau`): AdamW at a constant learning rate after a warm-up of a tenth of an
-   epoch; the dev score is measured at every epoch end; training stops after ``patience`` (1) epoch without a
-   gain over the best, or at ``max_epochs``; the **best-on-dev weights are kept**. Each run records its dev
-   curve, epochs and *steps to the plateau* (the steps at the end of the best epoch).
+   epoch; the dev score is measured at every epoch end; training stops after ``patience`` (cpu2: 2) epochs
+   without a gain over the best, or at ``max_epochs`` (cpu2: 8); the **best-on-dev weights are kept**. Each run
+   records its dev curve, epochs and *steps to the plateau* (the steps at the end of the best epoch). The
+   students' **learning rate** is chosen first, on dev (the ``lr`` stage): KD on the sweep seeds at every point
+   of the preset's ``lr_grid``, extended like the α grid until the best is interior; every later run uses it.
 3. **Methods**: ``ft`` (task loss), ``kd`` (+ KL on the logits, T = 2), ``kd+proj_mse`` (learned projector,
    TinyBERT-style), ``kd+cka``, ``kd+pkd`` (Patient-KD: L2-normalised pooled rows, MSE), ``kd+procrustes``,
    ``kd+fg``; instruction regimes add ``rkd`` (MiniLLM-style reverse KL, ``loss.kd: reverse``) and ``rkd+<the
@@ -64,7 +67,7 @@ Protocol.
    loss", "conclusive: CI excludes +1 point", or "inconclusive". Comparisons with projection-MSE, CKA and
    Patient-KD are reported as secondary (unadjusted).
 
-Stages and resume: ``teacher`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S`` runs S
+Stages and resume: ``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S`` runs S
 alone, ``--until S`` every stage up to S); every finished run is appended (flushed, fsynced) to
 ``<work>/runs.jsonl``, keyed by its settings (method, seed, α, stage, and a hash of the regime's and preset's
 settings other than the cost estimates: an edited preset does not reuse old runs), so a killed command restarted
