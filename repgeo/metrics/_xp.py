@@ -335,9 +335,10 @@ def full_precision(fn: Any) -> Any:
 def in_float64(fn: Any) -> Any:
     """Run a metric in float64 on the torch backend too, returning the inputs' compute dtype.
 
-    For estimators whose float32 rounding errors are not small (debiased CKA cancels large U-statistic terms;
-    the closed-form projection squares the student's condition number), measured in
-    ``benchmarks/results/float32_accuracy.json``. Gradients flow through the casts.
+    For estimators whose float32 rounding errors are not small (debiased RBF CKA cancels large U-statistic terms
+    of n x n kernels; the closed-form projection squares the student's condition number), measured in
+    ``benchmarks/results/float32_accuracy.json``. Linear debiased CKA has its own mixed-precision route
+    (:func:`repgeo.metrics.cka._cka_debiased_float32`). Gradients flow through the casts.
     """
 
     @functools.wraps(fn)
