@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import repgeo
 from repgeo.metrics.cka import hsic_unbiased_from_rows
 
-U32 = float(torch.finfo(torch.float32).eps)
+U32 = 2.0**-24  # float32 unit roundoff
 N, P, Q = 2048, 192, 96  # token-like: n well above the widths
 
 
@@ -171,3 +171,20 @@ def test_float32_route_at_extreme_scales(scale, shape):
     got = float(repgeo.cka(torch.from_numpy(X32), torch.from_numpy(Y32), debiased=True))
     assert abs(want) > 0.1
     assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_sync_free_loss_gradient_matches_the_float64_gradient():
+    """The training loss's path (deferred checks: fused centring, no host reads) gives the float64 gradient too."""
+    from repgeo.metrics.stats import deferred_checks
+
+    X, Y = (torch.from_numpy(M.astype(np.float32)) for M in CASES["means_10x_linear_map"])
+    grads, values = [], []
+    for dtype in (torch.float32, torch.float64):
+        Yg = Y.to(dtype).clone().requires_grad_(True)
+        with deferred_checks():
+            loss = 1 - repgeo.cka(X.to(dtype), Yg, debiased=True)
+        loss.backward()
+        grads.append(Yg.grad.double())
+        values.append(float(loss.detach()))
+    assert values[0] == pytest.approx(values[1], abs=1e-6)
+    assert float(torch.linalg.norm(grads[0] - grads[1]) / torch.linalg.norm(grads[1])) < 1e-5

@@ -211,11 +211,12 @@ def _cka_debiased_float32(X: object, Y: object, *, center: bool, normalize: Norm
     * HSIC_u is exactly invariant under translating all rows of A (or of B) by a constant vector t: the Gram
       matrix changes by ``u 1^T + 1 u^T + c 1 1^T`` (``u = A t``) off its diagonal, which U-centring removes,
       and the diagonal is not used. So the rounding of the float32 column means, a constant offset per column,
-      changes nothing; only the relative rounding of each centred entry (<= u32 = 6e-8) perturbs the data. The
-      row sums ``K 1 = A (A^T 1)`` of the rounded centred matrix (tiny, not zero) are kept, so the estimator is
-      that of the matrix at hand. When the rows are centred (``center=True``, ``normalize`` not ``"rows"``) they
-      enter without a gradient: ``d(w.K1)/dA = w (A^T 1)^T + 1 (A^T w)^T``, whose second term the centring's
-      backward removes exactly and whose first is of the order of the rounded column sums ``A^T 1``.
+      changes nothing; only the relative rounding of each centred entry (<= u32 = 2^-24 = 6e-8) perturbs the
+      data. The row sums ``K 1 = A (A^T 1)`` of the rounded centred matrix (tiny, not zero) are kept, so the
+      estimator is that of the matrix at hand. When the rows are centred (``center=True``, ``normalize`` not
+      ``"rows"``) they enter without a gradient: ``d(w.K1)/dA = w (A^T 1)^T + 1 (A^T w)^T``, whose second term
+      the centring's backward removes exactly and whose first is of the order of the rounded column sums
+      ``A^T 1`` (the float64 gradient keeps it; the tests compare the two).
     * What remains is cancellation: ``N_KL = n (n - 3) HSIC_u(K, L) = <K, L> - da.db + (row-sum terms)``
       subtracts the diagonal energy ``da.db`` from ``<K, L> = ||A^T B||_F^2``. The float32 GEMM's error
       (Higham, Thm 3.5: ``|dC| <= g_n |A|^T |B|``, ``g_n = n u32 / (1 - n u32)``) gives
@@ -229,11 +230,14 @@ def _cka_debiased_float32(X: object, Y: object, *, center: bool, normalize: Norm
       are close to 1 (1.0-1.2 for real MPNet / MiniLM token features and random data at n = 4,096, widths 768
       and 384; errors 2e-11 to 5e-8 against a float64 reference, gradients within 1e-6): see
       ``tests/test_cka_float32.py``. The ratios grow when rows are nearly orthogonal (n at most the width) or a
-      few rows carry most of the energy; the refusal below then fires before the error can reach the result.
+      few rows carry most of the energy (4.2 at n = 64 rows of width 192; 3.9 with massive-activation rows).
+      The rounding floor below refuses ratios above ``1 / (128 sqrt(n) u32)``, where the typical error would
+      exceed 1/128. The analysis assumes IEEE float32 products: with TF32 matrix multiplication enabled on a GPU
+      (``torch.set_float32_matmul_precision("high")``) u32 becomes 2^-11 for the products.
 
-    A self-HSIC within ``64 sqrt(n) u32`` of ``<K, K> / (n (n - 3))`` is refused as rounding noise (the float64
-    route's ``64 n eps64`` scaled to float32's typical rounding; ``n u32`` would refuse every input from
-    n ~ 250,000 rows on).
+    A self-HSIC below ``64 sqrt(n) eps32`` (``eps32 = 2 u32``) times ``<K, K> / (n (n - 3))`` is refused as
+    rounding noise: the float64 route's ``64 n eps64`` with float32's typical ``sqrt(n)`` growth (``64 n eps32``
+    would refuse every input from n ~ 130,000 rows on, since ``N_KK <= <K, K>``).
     """
     import torch
 
