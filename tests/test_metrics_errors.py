@@ -110,7 +110,9 @@ def test_debiased_cka_refuses_a_self_hsic_at_rounding_level():
         repgeo.cka(X, rng.normal(size=(41, 18)), debiased=True)
 
 
-def test_float32_torch_inputs_of_row_wise_estimators_are_computed_in_float64():
+def test_float32_torch_inputs_of_row_wise_estimators_match_float64():
+    """Near-duplicate rows: closed-form projection-MSE is computed in float64, linear debiased CKA from float32
+    products of centred rows with float64 row terms (tests/test_cka_float32.py); both agree with float64."""
     rng = np.random.default_rng(4)
     X = rng.normal(size=(86, 9)).astype(np.float32)
     X[43:] = X[:43] + np.float32(1e-6) * rng.normal(size=(43, 9)).astype(np.float32)  # near-duplicate rows

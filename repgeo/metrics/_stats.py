@@ -210,6 +210,16 @@ class ArrayStats(FeatureStats):
             return d / s**2, xp.zeros_like(d)
         return d / s**2, (A @ xp.sum(A, axis=0)) / s**2
 
+    def centred_rows(self) -> tuple[Array, Array, Array | float, Array | float]:
+        """``(A, B, sx, sy)`` with the preprocessed matrices ``A / sx`` and ``B / sy``: the centring is applied to
+        copies where it was folded into the statistics (``mx``/``my``), the scales are not applied.
+
+        For estimators that must not subtract the rank-one mean correction from uncentred products (it cancels
+        the means' energy in the working precision; see :func:`repgeo.metrics.cka.cka`'s float32 route).
+        """
+        (X, Y), (mx, my) = self._raw, (self._mx, self._my)
+        return (X if mx is None else X - mx), (Y if my is None else Y - my), self._sx, self._sy
+
     @cached_property
     def grams(self) -> tuple[Array, Array]:
         X, Y = self.data

@@ -112,12 +112,39 @@ def eps(x: Array) -> float:
 
 
 def row_sq(a: Array) -> Array:
-    """Squared Euclidean norm of every row, without an n x p temporary (an einsum contraction)."""
-    if is_torch(a):
-        import torch
+    """Squared Euclidean norm of every row, without an n x p temporary in the forward pass.
 
-        return torch.einsum("ij,ij->i", a, a)
+    numpy: an einsum contraction. torch: ``vector_norm(a, dim=1)**2``, a plain reduction (torch's einsum runs this
+    contraction as n batched 1 x p x 1 products: 8.5 against 0.5 ms forward, 36 against 7.5 ms forward + backward
+    at 4,096 x 768 float32 on one CPU thread), with a one-pass backward ``2 a * grad[:, None]``.
+    """
+    if is_torch(a):
+        return _row_sq_function().apply(a) if a.requires_grad else _row_sq_torch(a)
     return np.einsum("ij,ij->i", a, a)
+
+
+def _row_sq_torch(a: Array) -> Array:
+    return _torch().linalg.vector_norm(a, dim=1).square()
+
+
+@functools.cache
+def _row_sq_function() -> Any:
+    torch = _torch()
+
+    class RowSq(torch.autograd.Function):
+        """Squared row norms with the one-pass backward ``2 a * grad[:, None]``."""
+
+        @staticmethod
+        def forward(ctx: Any, a: Array) -> Array:
+            ctx.save_for_backward(a)
+            return _row_sq_torch(a)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Array) -> Array:
+            (a,) = ctx.saved_tensors
+            return a * (2 * grad).unsqueeze(1)
+
+    return RowSq
 
 
 def col_mean(xp: Any, a: Array) -> Array:
@@ -308,9 +335,10 @@ def full_precision(fn: Any) -> Any:
 def in_float64(fn: Any) -> Any:
     """Run a metric in float64 on the torch backend too, returning the inputs' compute dtype.
 
-    For estimators whose float32 rounding errors are not small (debiased CKA cancels large U-statistic terms;
-    the closed-form projection squares the student's condition number), measured in
-    ``benchmarks/results/float32_accuracy.json``. Gradients flow through the casts.
+    For estimators whose float32 rounding errors are not small (debiased RBF CKA cancels large U-statistic terms
+    of n x n kernels; the closed-form projection squares the student's condition number), measured in
+    ``benchmarks/results/float32_accuracy.json``. Linear debiased CKA has its own mixed-precision route
+    (:func:`repgeo.metrics.cka._cka_debiased_float32`). Gradients flow through the casts.
     """
 
     @functools.wraps(fn)
