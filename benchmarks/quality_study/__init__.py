@@ -24,10 +24,11 @@ Protocol.
    on CPU, cached by its settings, ``repgeo.demo.teacher``); student the *pretrained* all-MiniLM-L6-v2 (384 wide:
    d_s < d_t, so the projection-MSE projector is a real 768 × 384 map), truncated to ``student_layers`` of its 6
    blocks (evenly spread, first and last kept) to fit the CPU budget, with its own tokenizer (each model tokenises
-   the text itself) and a linear-probe initialised head; mean-pooled features on the uniform layer map. The GPU
-   preset adds banking77, BoolQ (``text`` = question ``[SEP]`` passage, cut to 256 tokens), the v1 same-width
-   contrast (MiniLM teacher → its blocks 0, 2, 4) and the instruction regime (SmolLM2-135M-Instruct → 10 of its
-   blocks, ROUGE-L and exact match). The v1 held-out-task column (0 for every method) is dropped.
+   the text itself) and a linear-probe initialised head; mean-pooled features on the uniform layer map. ``gpu2``
+   is the primary regime at GPU sizes (6-block student, 4,000 texts); ``gpu2-all`` adds banking77, BoolQ
+   (``text`` = question ``[SEP]`` passage, cut to 256 tokens), the v1 same-width contrast (MiniLM teacher → its
+   blocks 0, 2, 4) and the instruction regime (SmolLM2-135M-Instruct → 10 of its blocks, ROUGE-L and exact
+   match). The v1 held-out-task column (0 for every method) is dropped.
 2. **Converged training** (:mod:`.plateau`): AdamW at a constant learning rate after a warm-up of a tenth of an
    epoch; the dev score is measured at every epoch end; training stops after ``patience`` (cpu2: 2) epochs
    without a gain over the best, or at ``max_epochs`` (cpu2: 8); the **best-on-dev weights are kept**. Each run
@@ -67,8 +68,8 @@ Protocol.
    loss", "conclusive: CI excludes +1 point", or "inconclusive". Comparisons with projection-MSE, CKA and
    Patient-KD are reported as secondary (unadjusted).
 
-Stages and resume: ``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S`` runs S
-alone, ``--until S`` every stage up to S); every finished run is appended (flushed, fsynced) to
+Stages and resume: ``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S``
+runs S alone, ``--until S`` every stage up to S); every finished run is appended (flushed, fsynced) to
 ``<work>/runs.jsonl``, keyed by its settings (method, seed, α, stage, and a hash of the regime's and preset's
 settings other than the cost estimates: an edited preset does not reuse old runs), so a killed command restarted
 with the same arguments trains only what is missing; a work folder is locked while a study runs in it; the teacher a

@@ -111,9 +111,19 @@ PRESETS: dict[str, Preset] = {
                         teacher_steps=2, teacher_freeze_embeddings=True, max_length=32, max_epochs=2)],
         alpha_grid=(1.0,), max_extend=0, sweep_seeds=1, pilot_seeds=1, min_seeds=2, max_seeds=2, batch=16,
         feature_methods=("pkd", "procrustes")),
-    # one H200: costs are ESTIMATES (no per-run cost measured on a GPU: ~0.03 s a step, 4 s a run outside the steps,
-    # 8 s of geometry assumed); --plan gives the total. It does not fit one 8-minute session: resumable across them
+    # the primary regime at GPU sizes (the full 6-block MiniLM student, 4,000 texts) for ONE H200 session: run with
+    # `--workers 8 --threads 16` (8 students share the GPU; each is launch-bound, not compute-bound). Costs are
+    # ESTIMATES (no per-run cost measured on a GPU: ~0.03 s a step, 4 s a run outside the steps, 8 s of geometry):
+    # --plan gives ~150 runs, ~40 min in one process, ~8 min if 8 workers overlap 5x -- unmeasured, so it resumes
+    # across sessions (commit runs.jsonl and decisions.json, as for cpu2)
     "gpu2": Preset(
+        regimes=[Regime("rotten_tomatoes", 4000, 1000, 2551, teacher="mpnet", student="pretrained",
+                        student_layers=6, teacher_steps=600, max_length=96, max_epochs=8, patience=2,
+                        sec_per_step=0.03, teacher_sec_per_step=0.08, **_GPU)],
+        alpha_grid=(0.1, 0.3, 1.0), lr_grid=(2.5e-5, 5e-5, 1e-4), sweep_seeds=3, pilot_seeds=2, min_seeds=5,
+        max_seeds=30, batch=64),
+    # every v2 regime at GPU sizes (the same estimates): hours of one H200, resumable across sessions
+    "gpu2-all": Preset(
         regimes=[Regime("rotten_tomatoes", 4000, 1000, 2551, teacher="mpnet", student="pretrained",
                         student_layers=6, teacher_steps=600, max_length=96, max_epochs=6, sec_per_step=0.03,
                         teacher_sec_per_step=0.08, **_GPU),
