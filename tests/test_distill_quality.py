@@ -165,7 +165,11 @@ def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     assert set(tests) == {f"kd+procrustes vs {d['comparator']['method']}"}
     assert set(s["secondary"]) == {f"kd+procrustes vs {m}" for m in ("kd+cka", "kd+pkd")} - set(tests)
     assert all(t["verdict"] in power.VERDICTS for t in tests.values())
+    (teacher,) = [json.loads(x) for x in (work / "teachers.jsonl").read_text().splitlines()]
+    assert teacher["regime"] == name and teacher["scores"] == d["references"]["teacher"]
+    assert {r["teacher"] for r in runs} == {teacher["fingerprint"]}  # every run names the teacher it learnt from
     md = (out / "distill_quality_v2_quick.md").read_text()
+    assert f"`{teacher['fingerprint']}`: {len(main)}" in md
     assert "## Summary" in md and "p (Holm)" in md and "steps to plateau" in md
     assert (out / "distill_quality_v2_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

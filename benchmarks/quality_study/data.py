@@ -59,6 +59,11 @@ class Prepared:
     probe: GeometryProbe | None = None  # the final-geometry probe (.geometry), the same for every run
 
     @property
+    def teacher_fingerprint(self) -> str:
+        """:func:`weights_fingerprint` of the teacher (a re-fine-tuned teacher on another machine can differ)."""
+        return weights_fingerprint(self.teacher_path)
+
+    @property
     def eval_splits(self) -> tuple[str, ...]:
         return ("dev", "test")
 
@@ -68,6 +73,28 @@ class Prepared:
             self.student_init_scores[name] = self.score(student, name)
         log(f"{self.regime.name}: teacher test {self.teacher_scores['test']}, student init test "
             f"{self.student_init_scores['test']}, train/dev/test {self.n}")
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """The first 12 hex digits of the SHA-256 of a model folder's weight files (``*.safetensors``, ``*.bin``, in
+    name order; read from the folder's ``repgeo_files.json`` manifest when it has one)."""
+    import hashlib
+
+    from repgeo.demo.teacher import CACHE_MANIFEST
+
+    names = sorted(p.name for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not names:
+        raise ValueError(f"folder {folder} has no weight files (*.safetensors, *.bin)")
+    manifest = Path(folder) / CACHE_MANIFEST
+    known = json.loads(manifest.read_text()).get("files", {}) if manifest.is_file() else {}
+    h = hashlib.sha256()
+    for name in names:
+        if name in known:
+            h.update(known[name]["sha256"].encode())
+        else:
+            with (Path(folder) / name).open("rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").hexdigest().encode())
+    return h.hexdigest()[:12]
 
 
 def regime_folder(work: Path, r: Regime) -> Path:

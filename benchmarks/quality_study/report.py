@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,13 @@ def _details(res: dict[str, Any], g: str) -> list[str]:
     last = [k for k in keys if k.split("/")[1] == top]
     probe = s.get("geometry_probe")
     lines = [f"### {g}: training, cost and final geometry", ""]
+    teachers = Counter(x.get("teacher", "not recorded") for x in res["runs"] if x["regime"] == g
+                       and x["stage"] == "main")
+    if teachers:
+        lines += ["Teacher of the main-stage runs (weights fingerprint: runs): "
+                  + ", ".join(f"`{t}`: {n}" for t, n in teachers.items())
+                  + (" — more than one: the teacher was fine-tuned again between sessions" if len(teachers) > 1
+                     else ""), ""]
     if probe:
         lines += [f"Geometry probe: {probe['rows']} {probe.get('unit', 'token')} rows of {probe['texts']} texts "
                   f"({', '.join(probe['splits'])}; needed ≥ {probe['rows_needed']}); bias-aware estimators at "

@@ -110,7 +110,8 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
                            callbacks=[stop])
     splits = ("dev", "test") if spec.stage == "main" else ("dev",)  # only the main stage looks at the test split
     scores = {name: p.score(done.model, name) for name in splits}
-    row = {**dataclasses.asdict(spec), "key": spec.key, "dev_acc": scores["dev"][p.primary],
+    row = {**dataclasses.asdict(spec), "key": spec.key, "teacher": p.teacher_fingerprint,
+           "dev_acc": scores["dev"][p.primary],
            "test_acc": scores["test"][p.primary] if "test" in scores else float("nan"), "scores": scores,
            "alpha_eff": done.alpha_eff, "feature_loss_init": done.feature_loss_init, "steps": done.steps,
            "steps_to_plateau": stop.best["step"], "epochs": len(stop.curve), "curve": stop.curve,

@@ -70,10 +70,23 @@ class Study:
             p = self._prepared[r.name]
             if self.worker:
                 return p
+            self._record_teacher(r, p)
             self._decide(r.name, "references", {"teacher": p.teacher_scores, "student_init": p.student_init_scores,
                                                 "primary": p.primary, "n": p.n, "teacher_seconds": p.teacher_seconds,
                                                 "labels": len(p.labels) if p.labels else None})
         return self._prepared[r.name]
+
+    def _record_teacher(self, r: Regime, p: Prepared) -> None:
+        """Append the teacher's fingerprint and scores to ``<work>/teachers.jsonl`` the first time this teacher is
+        seen: a teacher fine-tuned again in another session (another machine) need not be bit-identical, and each
+        run row records the fingerprint of the teacher it was distilled from (``"teacher"``)."""
+        path = self.work / "teachers.jsonl"
+        seen = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        fingerprint = p.teacher_fingerprint
+        if self.execute and not any(x["regime"] == r.name and x["fingerprint"] == fingerprint for x in seen):
+            with path.open("a") as f:
+                f.write(json.dumps({"regime": r.name, "fingerprint": fingerprint, "scores": p.teacher_scores,
+                                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
 
     def current_rows(self) -> list[dict[str, Any]]:
         """The recorded runs of this preset's regimes under their current settings (:func:`~.runs.setup_key`)."""
