@@ -285,19 +285,22 @@ class Study:
 
     def main(self) -> None:
         """Dev and test scores and final geometry: the primary comparison's methods (the geometric losses and the
-        comparator) on the decided seeds, every other method on the first ``min_seeds`` of them (the table and
-        the secondary comparisons); seeds in order, so a stopped stage has complete seeds."""
+        comparator) on the decided seeds, then every other method on the first ``min_seeds`` of them (the table
+        and the secondary comparisons); seeds in order, primary methods first, so a stopped stage has complete
+        seeds of the primary comparison."""
         for r in self.regimes:
             d = self.decisions.get(r.name, {})
             if "power" not in d and self.execute:
                 raise RuntimeError(f"{r.name}: no seed count decided yet; run the stages up to 'power' first")
             seeds = d.get("power", {}).get("seeds") or self._prior_seeds()
-            primary = {m for pair in self._primary_pairs(r) for m in pair}
+            primary = list(dict.fromkeys(m for pair in self._primary_pairs(r) for m in pair))
+            others = [m for m in dict.fromkeys(self._resolve(r, m) for m in self.methods(r)) if m not in primary]
             for s in range(seeds):
-                for m in self.methods(r):
-                    m = self._resolve(r, m)
-                    if m in primary or s < self.preset.min_seeds:
-                        self.do(r, self.spec(r, m, s, self._alpha(r, m), "main"))
+                for m in primary:
+                    self.do(r, self.spec(r, m, s, self._alpha(r, m), "main"))
+            for s in range(min(seeds, self.preset.min_seeds)):
+                for m in others:
+                    self.do(r, self.spec(r, m, s, self._alpha(r, m), "main"))
 
     def run(self, stages: list[str], *, workers: int = 1, threads: int = 1) -> None:
         """Run ``stages`` in order; with ``workers`` > 1 each stage's runs are trained by a pool of processes
