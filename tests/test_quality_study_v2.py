@@ -175,6 +175,35 @@ def test_summary_tests_each_geometric_loss_against_the_recorded_comparator_with_
     assert s["b"]["tests"]["kd+procrustes vs kd"]["verdict"] == "significant loss"
     assert s["a"]["tests"]["kd+fg vs kd+cka"]["verdict"] == "significant gain"  # +1 point, tiny spread
     assert s["a"]["methods"]["kd"]["steps_to_plateau"] == 45 and s["a"]["methods"]["kd"]["n"] == 8
+    # the family-wise (Bonferroni) upper end over the 3 primary comparisons, from the explicit formula
+    from scipy import stats
+
+    t = s["a"]["tests"]["kd+procrustes vs kd+cka"]
+    wide = {m: np.array([r["test_acc"] for r in rows if r["regime"] == "a" and r["method"] == m])
+            for m in ("kd+procrustes", "kd+cka")}
+    d = wide["kd+procrustes"] - wide["kd+cka"]
+    expected = d.mean() + stats.t.ppf(1 - 0.05 / 6, 7) * d.std(ddof=1) / np.sqrt(8)
+    assert t["ci_high_family"] == pytest.approx(expected) and t["ci_high_family"] > t["ci_high"]
+
+
+def test_a_null_difference_is_conclusive_only_when_the_family_wise_interval_excludes_one_point():
+    """Paired differences of mean exactly 0 and SD s over 25 seeds, two primary comparisons: the Bonferroni
+    interval's upper end is t(0.9875, 24) s / 5 = 0.478 s. At s = 1 point it lies below +1 point (conclusive); at
+    s = 2.3 points it does not (inconclusive), although the unadjusted 95 % interval's (0.413 s) would."""
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal(25)
+    z = (z - z.mean()) / z.std(ddof=1)
+    for sd, expected in ((0.01, "conclusive: CI excludes +1 point"), (0.023, "inconclusive")):
+        rows = []
+        for seed in range(25):
+            base = 0.8 + 0.02 * rng.standard_normal()
+            rows += [_row("a", "kd+cka", seed, base), _row("a", "kd+procrustes", seed, base + sd * z[seed]),
+                     _row("a", "kd+fg", seed, base - sd * z[seed])]
+        s = statistics.summarize(rows, {"a": {"comparator": {"method": "kd+cka"}}})
+        for t in s["a"]["tests"].values():
+            assert t["diff"] == pytest.approx(0.0, abs=1e-12) and t["ci_high"] < 0.01
+            assert t["ci_high_family"] == pytest.approx(0.478 * sd, rel=1e-3)
+            assert t["verdict"] == expected
 
 
 def test_a_changed_regime_or_training_setting_gets_new_run_keys_but_an_estimate_does_not():

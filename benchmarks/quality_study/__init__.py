@@ -65,7 +65,8 @@ Protocol.
    less the per-epoch dev scoring, over the steps).
 7. **Result** of each primary comparison (geometric loss − comparator, paired by seed): mean difference, 95 %
    t-interval, Holm-adjusted p over all primary comparisons, and a verdict: "significant gain", "significant
-   loss", "conclusive: CI excludes +1 point", or "inconclusive". Comparisons with projection-MSE, CKA and
+   loss", "conclusive: CI excludes +1 point" (read on the family-wise Bonferroni interval, level 0.05 / m, so
+   that the m primary intervals hold together), or "inconclusive". Comparisons with projection-MSE, CKA and
    Patient-KD are reported as secondary (unadjusted).
 
 Stages and resume: ``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S``

@@ -18,8 +18,10 @@ estimated from the pilot (paired dev differences of the same seeds); for large `
 
 **Verdict** of one comparison (difference ``d`` = method − comparator, in score units; ``delta`` the effect that
 matters, 1 point = 0.01): ``"significant gain"`` / ``"significant loss"`` when the Holm-adjusted p < ``a``
-(the sign of the mean difference); otherwise ``"conclusive: CI excludes +1 point"`` when the 95 % CI's upper end
-is below ``+delta`` (whatever the effect is, it is smaller than the one we care about); else ``"inconclusive"``.
+(the sign of the mean difference); otherwise ``"conclusive: CI excludes +1 point"`` when the upper end of the
+family-wise interval (two-sided, level ``level / m`` for m primary comparisons: Bonferroni, so the m intervals
+hold together) is below ``+delta`` (whatever the effect is, it is smaller than the one we care about); else
+``"inconclusive"``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def summary_paragraph(res: dict[str, Any]) -> str:
         power = s.get("power") or {}
         tests = "; ".join(
             f"{name.replace(' vs ', ' − ')} {_pts(t['diff'], True)} points [{_pts(t['ci_low'], True)}, "
-            f"{_pts(t['ci_high'], True)}], Holm p = {t['p_holm']:.3g}: **{t['verdict']}**"
+            f"{_pts(t['ci_high'], True)}] (family-wise upper end {_pts(t['ci_high_family'], True)}), "
+            f"Holm p = {t['p_holm']:.3g}: **{t['verdict']}**"
             for name, t in s["tests"].items())
         steps = np.median([m["steps_to_plateau"] for m in s["methods"].values()])
         parts.append(f"On {g} (comparator chosen on dev: {s['comparator']}; {power.get('seeds', '?')} seeds from a "
@@ -71,17 +72,20 @@ def _score_table(res: dict[str, Any], regimes: list[str]) -> list[str]:
 
 def _tests(res: dict[str, Any], regimes: list[str]) -> list[str]:
     lines = ["## Paired tests (test split, points)", "", "Primary: each geometric loss vs the comparator chosen on "
-             "dev, Holm-adjusted over every primary comparison of the preset. Secondary: unadjusted, exploratory.",
-             "", "| regime | comparison | diff | 95 % CI | p (t) | p (Holm) | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             "dev, Holm-adjusted over every primary comparison of the preset; *family upper*: the upper end of the "
+             "Bonferroni interval the verdict reads (the m primary intervals hold together at 95 %). Secondary: "
+             "unadjusted, exploratory.",
+             "", "| regime | comparison | diff | 95 % CI | family upper | p (t) | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for g in regimes:
         s = res["summary"][g]
         for name, t in s["tests"].items():
             lines.append(f"| {g} | **{name}** | {_pts(t['diff'], True)} | [{_pts(t['ci_low'], True)}, "
-                         f"{_pts(t['ci_high'], True)}] | {t['p_t']:.3g} | {t['p_holm']:.3g} | {t['verdict']} |")
+                         f"{_pts(t['ci_high'], True)}] | {_pts(t['ci_high_family'], True)} | {t['p_t']:.3g} | "
+                         f"{t['p_holm']:.3g} | {t['verdict']} |")
         for name, t in s["secondary"].items():
             lines.append(f"| {g} | {name} | {_pts(t['diff'], True)} | [{_pts(t['ci_low'], True)}, "
-                         f"{_pts(t['ci_high'], True)}] | {t['p_t']:.3g} | — | (secondary) |")
+                         f"{_pts(t['ci_high'], True)}] | — | {t['p_t']:.3g} | — | (secondary) |")
     return [*lines, ""]
 
 

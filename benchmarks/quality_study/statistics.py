@@ -12,14 +12,14 @@ from .regimes import GEOMETRIC
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """``a - b`` across seeds: mean, 95 % t-interval, paired t-test and Wilcoxon p-values, Cohen's d_z."""
+    """``a - b`` across seeds: mean, SD, 95 % t-interval, paired t-test and Wilcoxon p-values, Cohen's d_z."""
     from scipy import stats
 
     d = np.asarray(a, float) - np.asarray(b, float)
     n = len(d)
     mean = float(d.mean())
     sd = float(d.std(ddof=1)) if n > 1 else float("nan")
-    out = {"n": n, "diff": mean, "ci_low": float("nan"), "ci_high": float("nan"), "p_t": float("nan"),
+    out = {"n": n, "diff": mean, "sd": sd, "ci_low": float("nan"), "ci_high": float("nan"), "p_t": float("nan"),
            "p_wilcoxon": float("nan"), "d_z": float("nan")}
     if n > 1 and sd > 0:
         half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
@@ -34,12 +34,24 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 SECONDARY_REFS = ("kd+proj_mse", "kd+cka", "kd+pkd")
 
 
+def family_upper(t: dict[str, float], level: float, comparisons: int) -> float:
+    """Upper end of the two-sided ``1 - level / comparisons`` t-interval of a :func:`paired` result (Bonferroni:
+    the ``comparisons`` intervals hold together with probability >= ``1 - level``); NaN below two seeds."""
+    from scipy import stats
+
+    n, sd = t["n"], t["sd"]
+    if n < 2 or math.isnan(sd):
+        return float("nan")
+    return t["diff"] + float(stats.t.ppf(1 - level / (2 * comparisons), n - 1)) * sd / math.sqrt(n)
+
+
 def summarize(rows: list[dict[str, Any]], decisions: dict[str, Any], *, delta: float = 0.01,
               level: float = 0.05) -> dict[str, Any]:
     """Per regime, from the main stage's runs: per method the test score's mean ± SD, the dev mean, steps to the
     plateau (median), epochs (mean), seconds per step (median) and mean final geometry; the **primary**
     comparisons (each geometric loss vs the comparator recorded in ``decisions``), Holm-adjusted together over
-    every regime, with their verdicts (:func:`~.power.verdict`); and secondary comparisons (vs projection-MSE,
+    every regime, each with the upper end of its family-wise interval (:func:`family_upper`) and its verdict
+    (:func:`~.power.verdict`); and secondary comparisons (vs projection-MSE,
     CKA and Patient-KD, unadjusted p, exploratory)."""
     from .power import holm, verdict
 
@@ -69,7 +81,8 @@ def summarize(rows: list[dict[str, Any]], decisions: dict[str, Any], *, delta: f
     for (g, name), p_adj in zip(primary, adjusted, strict=True):
         t = out[g]["tests"][name]
         t["p_holm"] = p_adj
-        t["verdict"] = verdict(t["diff"], t["ci_high"], p_adj, delta=delta, level=level)
+        t["ci_high_family"] = family_upper(t, level, len(primary))
+        t["verdict"] = verdict(t["diff"], t["ci_high_family"], p_adj, delta=delta, level=level)
     return out
 
 
