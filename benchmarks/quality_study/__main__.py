@@ -74,8 +74,11 @@ def results(st: Study) -> dict[str, Any]:
 
     rows = st.current_rows()
     pre = st.preset
+    path = st.work / "teachers.jsonl"
+    teachers = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
     return {"preset": st.name, "protocol": 2, "settings": _settings(st), "decisions": st.decisions,
-            "summary": summarize(rows, st.decisions, delta=pre.delta, level=pre.level), "runs": rows,
+            "teachers": teachers, "summary": summarize(rows, st.decisions, delta=pre.delta, level=pre.level),
+            "runs": rows,
             "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 

@@ -65,7 +65,12 @@ def _score_table(res: dict[str, Any], regimes: list[str]) -> list[str]:
         cells = []
         for g in regimes:
             ref = res["decisions"].get(g, {}).get("references", {})
-            cells.append(_pts(ref.get(who, {}).get("test", {}).get(ref.get("primary", "acc"), float("nan"))))
+            scores = ref.get(who, {})
+            if who == "teacher":  # the teacher the main-stage runs learnt from, when it was recorded
+                used = {x.get("teacher") for x in res["runs"] if x["regime"] == g and x["stage"] == "main"}
+                found = [t["scores"] for t in res.get("teachers", []) if t["regime"] == g and t["fingerprint"] in used]
+                scores = found[0] if len(found) == 1 else scores
+            cells.append(_pts(scores.get("test", {}).get(ref.get("primary", "acc"), float("nan"))))
         lines.append(f"| *{who.replace('_', ' ')}* | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
