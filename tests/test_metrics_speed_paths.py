@@ -177,3 +177,45 @@ def test_gram_with_one_gemm_backward_matches_autograd():
     torch.testing.assert_close(A.grad, B.grad, atol=1e-12, rtol=0)
     torch.testing.assert_close(gram(A).detach(), B.T.detach() @ B.detach(), atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(gram, (A.detach().clone()[:8, :4].requires_grad_(True),))
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_float32_nuclear_norm_of_a_list_isolates_a_non_finite_matrix_without_host_reads(bad_value):
+    """A list of equally shaped float32 matrices (one per layer pair) is stacked by the float64 cast. Inside
+    deferred_checks a matrix with a NaN or Inf entry gets a NaN norm and no gradient, the others keep their exact
+    values and polar-factor gradients, and nothing is read back to the host (the test reads only C's trace)."""
+    torch = pytest.importorskip("torch")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from repgeo.metrics._xp import nuclear_norm
+    from repgeo.metrics.stats import deferred_checks
+
+    class CountReads(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                CountReads.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(3)
+    mats = [torch.randn(30, 18, generator=g).requires_grad_(True) for _ in range(3)]  # tall
+    wide = [m.detach().mT.contiguous().requires_grad_(True) for m in mats]  # the same matrices, wide
+    with torch.no_grad():
+        poisoned = mats[1].detach().clone()
+        poisoned[4, 7] = bad_value
+    mats[1] = poisoned.requires_grad_(True)
+    with deferred_checks(), CountReads():
+        nuc = nuclear_norm(torch, mats)
+        (nuc * torch.tensor([1.0, 3.0, 2.0])).sum().backward()  # a NaN total, as a poisoned loss is
+    assert CountReads.reads == 0
+    assert nuc.shape == (3,) and torch.isnan(nuc[1])
+    assert torch.equal(mats[1].grad, torch.zeros_like(mats[1]))
+    for i, w in ((0, 1.0), (2, 2.0)):
+        U, S, Vh = torch.linalg.svd(mats[i].detach().double(), full_matrices=False)
+        assert float(nuc[i].detach()) == pytest.approx(float(S.sum()), rel=1e-6)
+        torch.testing.assert_close(mats[i].grad.double(), w * U @ Vh, atol=2e-6, rtol=0)
+    # the list route equals the batched-tensor route, in either orientation
+    stacked = torch.stack([m.detach() for m in wide])
+    torch.testing.assert_close(nuclear_norm(torch, wide), nuclear_norm(torch, stacked))
+    torch.testing.assert_close(nuclear_norm(torch, wide)[[0, 2]], nuc.detach()[[0, 2]])

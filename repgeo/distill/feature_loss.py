@@ -321,7 +321,7 @@ class FeatureLoss(nn.Module):
             groups.setdefault(tuple(st.cross_matrix().shape), []).append(name)
         for names in groups.values():
             if len(names) > 1:
-                mats = torch.stack([stats[name].cross_matrix() for name in names])
+                mats = [stats[name].cross_matrix() for name in names]
                 for name, nuc in zip(names, nuclear_norm(torch, mats), strict=True):
                     stats[name].preset_nuclear = nuc
         loss = NUCLEAR_LOSSES[self.metric]

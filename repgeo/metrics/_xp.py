@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import array_api_compat
@@ -206,15 +206,21 @@ def _gram_function() -> Any:
     return Gram
 
 
-def nuclear_norm(xp: Any, a: Array) -> Array:
+def nuclear_norm(xp: Any, a: Array | Sequence[Array]) -> Array:
     """``||a||_*`` (sum of singular values) over the last two axes; torch float32 through :func:`_nuclear_eigh`.
 
     Float64 and numpy inputs sum ``svdvals`` (backward-stable to ``eps64``: the analysis accuracy). Float32
     tensors (a training loss) take the symmetric eigenvalue route, 2-3x faster than an SVD with vectors on a CPU
-    and much faster on a GPU, batched over leading axes.
+    and much faster on a GPU, batched over leading axes. ``a`` may also be a sequence of equally shaped matrices
+    (e.g. one per layer pair): the result is then 1-d, and float32 tensors are stacked by the float64 cast itself
+    (one copy, no stacked float32 intermediate).
     """
+    if isinstance(a, (list, tuple)):
+        if len(a) > 1 and all(is_torch(m) and m.dtype == _torch().float32 for m in a):
+            return _nuclear_norm_eigh_function().apply(*a)
+        a = xp.stack(list(a))
     if is_torch(a) and a.dtype == _torch().float32:
-        return _nan_safe(_nuclear_norm_eigh_function().apply, a)
+        return _nuclear_norm_eigh_function().apply(a)
     return xp.sum(svdvals(xp, a), axis=-1)
 
 
@@ -224,34 +230,46 @@ def _torch() -> Any:
     return torch
 
 
-def _nuclear_eigh(a: Array) -> tuple[Array, Array]:
-    """Nuclear norm and polar factor ``U_r V_r^T`` of float32 ``a`` (..., p, q) from the eigenvalues of a k x k
-    Gram matrix, k = min(p, q), formed and decomposed in float64.
+def _nuclear_eigh(A: Array) -> tuple[Array, Array]:
+    """Nuclear norm and polar factor ``U_r V_r^T`` of a float64 copy ``A`` (..., p, q) of float32 matrices, from
+    the eigenvalues of a k x k Gram matrix, k = min(p, q), formed and decomposed in float64.
 
-    ``C = A^T A`` (A the tall orientation of ``a``) has eigenvalues sigma_i^2 and eigenvectors V; then
-    ``||a||_* = sum sqrt(lambda_i)`` and ``U V^T = A V Lambda^-1/2 V^T``. Error bound: eigh is backward stable,
+    ``C = A^T A`` (A in its tall orientation) has eigenvalues sigma_i^2 and eigenvectors V; then
+    ``||A||_* = sum sqrt(lambda_i)`` and ``U V^T = A V Lambda^-1/2 V^T``. Error bound: eigh is backward stable,
     each computed eigenvalue is within ``c k eps64 sigma_1^2`` of the exact one, so each sigma_i is within
     ``min(sqrt(c k eps64) sigma_1, c k eps64 sigma_1^2 / sigma_i)`` and the nuclear norm within
     ``k sqrt(c k eps64) sigma_1`` (about 1.5e-4 sigma_1 at k = 384 if every sigma_i were tiny; ~1e-8 k sigma_1
-    observed at exact zeros). That is the size of the float32 rounding of ``a`` itself (Weyl: every sigma_i moves
-    by up to ``||E||_2``, E the GEMM's error, k of them), so the route loses nothing a float32 loss has. Directions
-    with ``lambda_i <= 16 k eps64 lambda_max`` (sigma_i below ~4e-7 sigma_1, where ``A v_i / sigma_i`` is noise) get
-    no gradient: the result is still a subgradient of the nuclear norm.
+    observed at exact zeros). That is the size of the float32 rounding of the matrix itself (Weyl: every sigma_i
+    moves by up to ``||E||_2``, E the GEMM's error, k of them), so the route loses nothing a float32 loss has.
+    Directions with ``lambda_i <= 16 k eps64 lambda_max`` (sigma_i below ~4e-7 sigma_1, where ``A v_i / sigma_i``
+    is noise) get no gradient: the result is still a subgradient of the nuclear norm.
+
+    Inside :func:`deferred_checks` a matrix with NaN or Inf entries gives a NaN norm and a zero polar factor
+    instead of an error (LAPACK refuses non-finite input, and reading its status is a host sync on a GPU); the
+    test reads only C's trace, which is non-finite exactly when A has a non-finite entry (squares of float32
+    values cannot overflow float64), so it costs O(k) rather than a pass over A.
+    Returns float64 ``(nuc, polar)``.
     """
     torch = _torch()
-    wide = a.shape[-2] < a.shape[-1]
-    A = a.double()
-    if wide:
+    if A.shape[-2] < A.shape[-1]:
         A = A.mT
-    lam, V = torch.linalg.eigh(A.mT @ A)  # ascending
+    C = A.mT @ A
+    ok = None
+    if checks_deferred():
+        ok = torch.isfinite(C.diagonal(dim1=-2, dim2=-1).sum(-1))
+        C.masked_fill_(~ok[..., None, None], 0.0)
+    lam, V = torch.linalg.eigh(C)  # ascending
     k = lam.shape[-1]
     keep = lam > 16 * k * torch.finfo(torch.float64).eps * lam[..., -1:]
     nuc = torch.sqrt(torch.clamp(lam, min=0.0)).sum(-1)
-    inv_root = torch.where(keep, torch.rsqrt(torch.where(keep, lam, torch.ones_like(lam))), torch.zeros_like(lam))
-    polar = A @ ((V * inv_root[..., None, :]) @ V.mT)
-    if wide:
-        polar = polar.mT
-    return nuc.to(a.dtype), polar.to(a.dtype)
+    # W = V Lambda^-1/2 V^T as (V Lambda^-1/4)(V Lambda^-1/4)^T, scaling eigh's own output in place
+    quarter = torch.where(keep, torch.where(keep, lam, torch.ones_like(lam)) ** -0.25, torch.zeros_like(lam))
+    Vs = V.mul_(quarter[..., None, :])
+    polar = A @ (Vs @ Vs.mT)
+    if ok is not None:
+        nuc = torch.where(ok, nuc, torch.full_like(nuc, float("nan")))
+        polar.masked_fill_(~ok[..., None, None], 0.0)
+    return nuc, polar
 
 
 @functools.cache
@@ -260,18 +278,29 @@ def _nuclear_norm_eigh_function() -> Any:
     torch = _torch()
 
     class NuclearNormEigh(torch.autograd.Function):
-        """Nuclear norm with gradient ``U_r V_r^T`` (see :func:`_nuclear_eigh`)."""
+        """Nuclear norm with gradient ``U_r V_r^T`` (see :func:`_nuclear_eigh`) of one batched float32 tensor, or
+        of several equally shaped ones (stacked while casting to float64; the result is then 1-d)."""
 
         @staticmethod
-        def forward(ctx: Any, a: Array) -> Array:
-            nuc, polar = _nuclear_eigh(a)
-            ctx.save_for_backward(polar)
-            return nuc
+        def forward(ctx: Any, *mats: Array) -> Array:
+            if len(mats) == 1:
+                A = mats[0].double()
+            else:
+                A = torch.empty((len(mats), *mats[0].shape), dtype=torch.float64, device=mats[0].device)
+                for dst, m in zip(A, mats, strict=True):
+                    dst.copy_(m)
+            nuc, polar = _nuclear_eigh(A)
+            if mats[0].shape[-2] < mats[0].shape[-1]:
+                polar = polar.mT
+            ctx.save_for_backward(polar.to(mats[0].dtype))
+            ctx.several = len(mats) > 1
+            return nuc.to(mats[0].dtype)
 
         @staticmethod
-        def backward(ctx: Any, grad: Array) -> Array:
+        def backward(ctx: Any, grad: Array) -> Array | tuple[Array, ...]:
             (polar,) = ctx.saved_tensors
-            return grad[..., None, None] * polar
+            scaled = grad[..., None, None] * polar
+            return tuple(scaled) if ctx.several else scaled
 
     return NuclearNormEigh
 
