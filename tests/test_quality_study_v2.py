@@ -290,3 +290,14 @@ def test_instruction_regime_run_with_reverse_kl_reaches_a_plateau(tmp_path, one_
     assert set(row["scores"]["test"]) == {"rougeL", "exact_match"} and row["test_acc"] == row["scores"]["test"][
         "rougeL"]
     assert row["geometry_probe"]["unit"] == "token" and row["feature_loss_init"] > 0
+
+
+def test_report_says_plainly_when_the_geometry_probe_is_short_of_its_rule():
+    from benchmarks.quality_study.report import probe_sentence
+
+    short = {"rows": 3066, "rows_needed": 3072, "unit": "text", "texts": 3066, "splits": ["dev", "test", "train"]}
+    text = probe_sentence(short, "s3_t12")
+    assert "6 short of the rule's 3072" in text and "3.99 rows per feature" in text and "768" in text
+    enough = dict(short, rows=4000, texts=4000)
+    text = probe_sentence(enough, "s3_t12")
+    assert "short" not in text and "the rule asks ≥ 3072" in text and text.endswith("at s3_t12.")

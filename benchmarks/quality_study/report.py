@@ -135,9 +135,7 @@ def _details(res: dict[str, Any], g: str) -> list[str]:
                   + (" — more than one: the teacher was fine-tuned again between sessions" if len(teachers) > 1
                      else ""), ""]
     if probe:
-        lines += [f"Geometry probe: {probe['rows']} {probe.get('unit', 'token')} rows of {probe['texts']} texts "
-                  f"({', '.join(probe['splits'])}; needed ≥ {probe['rows_needed']}); bias-aware estimators at "
-                  f"{top}.", ""]
+        lines += [probe_sentence(probe, top), ""]
     lines += ["| method | α | dev | steps to plateau | epochs | s/step | " + " | ".join(last) + " |",
               "|---" * (6 + len(last)) + "|"]
     for m, t in s["methods"].items():
@@ -145,6 +143,20 @@ def _details(res: dict[str, Any], g: str) -> list[str]:
                      f"{t['epochs']:.1f} | {t['sec_per_step']:.3f} | "
                      + " | ".join(f"{geo.get(m, {}).get(k, float('nan')):.3f}" for k in last) + " |")
     return [*lines, ""]
+
+
+def probe_sentence(probe: dict[str, Any], pair: str) -> str:
+    """How many rows the geometry probe had against the rule ``max(4 x width, 1000)``, said plainly when short."""
+    rows, need, unit = probe["rows"], probe["rows_needed"], probe.get("unit", "token")
+    where = ", ".join(probe["splits"])
+    if rows >= need:
+        enough = f"the rule asks ≥ {need}"
+    else:
+        width = need // 4
+        enough = (f"every text of those splits, {need - rows} short of the rule's {need} "
+                  f"({rows / width:.2f} rows per feature of the widest layer, {width}, against 4)")
+    return (f"Geometry probe: {rows} {unit} rows of {probe['texts']} texts ({where}; {enough}); bias-aware "
+            f"estimators at {pair}.")
 
 
 def _pair_order(pair: str) -> tuple[int, ...]:
