@@ -91,6 +91,10 @@ def test_pkd_bad_inputs_name_the_problem(rng):
         pkd_loss(X0, rng.normal(size=(4, 5)))
     with pytest.raises(ValueError, match="closed_form' does not apply to pkd"):
         FeatureLoss("pkd", {1: 1}, projector="closed_form")
+    for setting in ({"center": False}, {"normalize": "rows"}, {"normalize": None}):
+        with pytest.raises(ValueError, match=r"do not apply to pkd: it puts every row on the unit sphere"):
+            FeatureLoss("pkd", {1: 1}, **setting)
+    FeatureLoss("pkd", {1: 1}, center=True, normalize="frobenius")  # the defaults, spelt out: accepted
 
 
 # --------------------------------------------------------------------------- Patient-KD: the feature loss
@@ -112,9 +116,6 @@ def test_pkd_feature_loss_is_the_weighted_sum_over_pairs_of_cls_rows():
         want[s] = pkd_by_hand(teacher[t][:, 0].numpy(), student[s][:, 0].numpy())
         assert float(out.pairs[f"s{s}_t{t}"]) == pytest.approx(want[s], rel=1e-5)
     assert float(out.total) == pytest.approx(0.5 * want[1] + 2.0 * want[2], rel=1e-5)
-    # centre / normalize do not apply: the method normalises every row itself
-    other = FeatureLoss("pkd", {1: 2, 2: 4}, pooling="cls", center=False, normalize=None, weights=[0.5, 2.0])
-    assert float(other(teacher, student).total) == pytest.approx(float(out.total), rel=1e-6)
 
 
 def test_pkd_feature_loss_learns_a_projector_where_widths_differ():

@@ -46,6 +46,8 @@ def test_layer_map_errors(spec, message):
         (["student.keep_every=0"], r"^student\.keep_every: must be >= 1"),
         (["geometry.metrics=[cka, foo]"], r"^geometry\.metrics\[1\]: unknown metric"),
         (["loss.feature_tokens=response"], r"^loss\.feature_tokens"),
+        (["loss.metric=pkd", "loss.center=false"], r"^loss\.center: does not apply to pkd"),
+        (["loss.metric=pkd", "loss.normalize=rows"], r"^loss\.normalize: does not apply to pkd"),
         (["nonsense"], "section.key=value"),
     ],
 )

@@ -153,6 +153,10 @@ def _validate(cfg: RunConfig) -> None:
     elif loss.projector != "learned":
         raise ConfigError(f"loss.projector: {loss.metric} needs 'learned' (a pair of different widths learns its "
                           f"projector), got {loss.projector!r}")
+    elif loss.center is not True or loss.normalize != "frobenius":
+        key = "loss.center" if loss.center is not True else "loss.normalize"
+        raise ConfigError(f"{key}: does not apply to {loss.metric}, which puts every row on the unit sphere itself; "
+                          "remove it (defaults: center true, normalize frobenius)")
     if loss.temperature <= 0:
         raise ConfigError(f"loss.temperature: must be > 0, got {loss.temperature}")
     for name in ("alpha", "w_task", "w_kd"):

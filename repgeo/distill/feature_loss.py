@@ -24,9 +24,10 @@ ordinary parameters of this module (the trainer gives them their own optimizer g
 compares each row after putting it on the unit sphere, ``D = (1/n) sum_i ||y_i W_k^T / ||y_i W_k^T|| -
 x_i / ||x_i|| ||^2`` (:func:`repgeo.metrics.pkd_loss`: the mean over rows where Sun et al. sum over examples;
 they pool the ``[CLS]`` vector, ``pooling="cls"``). ``center`` and ``normalize`` do not apply (the per-row
-normalisation is the method's own). A pair whose widths differ gets a learned projector ``W_k`` as projection-MSE
-does (same initialisation, optimizer group and ``feature_loss.pt``); a pair of equal widths is compared directly,
-as in Sun et al. (whose student had the teacher's width), with no parameters.
+normalisation is the method's own; values other than the defaults are refused, not ignored). A pair whose widths
+differ gets a learned projector ``W_k`` as projection-MSE does (same initialisation, optimizer group and
+``feature_loss.pt``); a pair of equal widths is compared directly, as in Sun et al. (whose student had the
+teacher's width), with no parameters.
 
 **No host synchronisation.** The first forward call checks its inputs eagerly (clear errors at set-up). Every
 later call runs the metrics inside :func:`repgeo.metrics.stats.deferred_checks`: no check reads a value back from
@@ -147,6 +148,12 @@ class FeatureLoss(nn.Module):
             raise ValueError("layer_map is empty: map at least one student layer to a teacher layer")
         if projector not in ("learned", "closed_form"):
             raise ValueError(f"projector must be 'learned' or 'closed_form'; got {projector!r}")
+        if metric == "pkd" and (center is not True or normalize != "frobenius"):
+            raise ValueError(
+                f"center={center!r} and normalize={normalize!r} do not apply to pkd: it puts every row on the unit "
+                "sphere itself (Sun et al. 2019), so a setting would be ignored; leave both at their defaults "
+                "(center=True, normalize='frobenius') or use a registered metric"
+            )
         if metric == "pkd" and projector != "learned":
             raise ValueError("projector 'closed_form' does not apply to pkd (a pair of different widths needs a "
                              "learned projector); use projector='learned'")
