@@ -197,13 +197,21 @@ def test_a_null_difference_is_conclusive_only_when_the_family_wise_interval_excl
         rows = []
         for seed in range(25):
             base = 0.8 + 0.02 * rng.standard_normal()
-            rows += [_row("a", "kd+cka", seed, base), _row("a", "kd+procrustes", seed, base + sd * z[seed]),
-                     _row("a", "kd+fg", seed, base - sd * z[seed])]
+            rows += [_row("a", "kd+cka", seed, base, dev=base),
+                     _row("a", "kd+procrustes", seed, base + sd * z[seed], dev=base + 0.5 * sd * z[seed]),
+                     _row("a", "kd+fg", seed, base - sd * z[seed], dev=base)]
         s = statistics.summarize(rows, {"a": {"comparator": {"method": "kd+cka"}}})
         for t in s["a"]["tests"].values():
             assert t["diff"] == pytest.approx(0.0, abs=1e-12) and t["ci_high"] < 0.01
             assert t["ci_high_family"] == pytest.approx(0.478 * sd, rel=1e-3)
             assert t["verdict"] == expected
+            # the power check: the seeds the observed test SD needs, by the same rule the power stage uses
+            assert t["sd"] == pytest.approx(sd) and t["seeds_needed_observed"] == power.seeds_for_power(
+                sd, delta=0.01, level=0.05, comparisons=2)
+        assert s["a"]["tests"]["kd+procrustes vs kd+cka"]["sd_dev"] == pytest.approx(0.5 * sd)
+        assert s["a"]["tests"]["kd+fg vs kd+cka"]["sd_dev"] == pytest.approx(0.0, abs=1e-12)
+        need = s["a"]["tests"]["kd+fg vs kd+cka"]["seeds_needed_observed"]
+        assert (need <= 25) if sd == 0.01 else (need > 25)
 
 
 def test_a_changed_regime_or_training_setting_gets_new_run_keys_but_an_estimate_does_not():

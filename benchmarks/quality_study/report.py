@@ -43,7 +43,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
     regimes = list(res["summary"])
     if regimes:
         lines += _score_table(res, regimes)
-        lines += _tests(res, regimes)
+        lines += _tests(res, regimes) + _power_check(res, regimes)
     lines += _decisions(res)
     for g in regimes:
         lines += _details(res, g)
@@ -91,6 +91,25 @@ def _tests(res: dict[str, Any], regimes: list[str]) -> list[str]:
         for name, t in s["secondary"].items():
             lines.append(f"| {g} | {name} | {_pts(t['diff'], True)} | [{_pts(t['ci_low'], True)}, "
                          f"{_pts(t['ci_high'], True)}] | — | {t['p_t']:.3g} | — | (secondary) |")
+    return [*lines, ""]
+
+
+def _power_check(res: dict[str, Any], regimes: list[str]) -> list[str]:
+    """The power decision against what the main stage observed: the paired SD the pilot estimated (dev), the
+    paired SDs of the main runs on dev and on test, and the seeds the observed test SD would have needed."""
+    lines = ["## Power check", "", "The seed count was decided from the pilot's paired SD on dev; the verdict reads "
+             "paired differences on test. Below: both SDs over the main runs (points) and the seeds 80 % power at "
+             "1 point would need at the observed test SD (same level and family) — a check of the decision, not a "
+             "new one.", "",
+             "| regime | comparison | seeds | pilot SD (dev) | SD dev | SD test | seeds needed at SD test |",
+             "|---|---|---|---|---|---|---|"]
+    for g in regimes:
+        s = res["summary"][g]
+        pilot = (s.get("power") or {}).get("paired_sd", float("nan"))
+        for name, t in s["tests"].items():
+            need = t.get("seeds_needed_observed")
+            lines.append(f"| {g} | {name} | {t['n']} | {_pts(pilot)} | {_pts(t.get('sd_dev', float('nan')))} | "
+                         f"{_pts(t['sd'])} | {need if need is not None else '—'} |")
     return [*lines, ""]
 
 

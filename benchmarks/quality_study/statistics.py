@@ -60,6 +60,7 @@ def summarize(rows: list[dict[str, Any]], decisions: dict[str, Any], *, delta: f
     primary: list[tuple[str, str]] = []
     for regime, g in (df.groupby("regime", sort=False) if len(df) else []):
         wide = g.pivot_table(index="seed", columns="method", values="test_acc")
+        wide_dev = g.pivot_table(index="seed", columns="method", values="dev_acc")
         comparator = decisions.get(regime, {}).get("comparator", {}).get("method")
         tests, secondary = {}, {}
         for geo in (f"kd+{m}" for m in GEOMETRIC if f"kd+{m}" in wide):
@@ -69,6 +70,8 @@ def summarize(rows: list[dict[str, Any]], decisions: dict[str, Any], *, delta: f
                 both = wide[[geo, ref]].dropna()
                 t = paired(both[geo].to_numpy(), both[ref].to_numpy())
                 if ref == comparator:
+                    dev = wide_dev.loc[both.index, [geo, ref]].dropna()
+                    t["sd_dev"] = paired(dev[geo].to_numpy(), dev[ref].to_numpy())["sd"]
                     tests[f"{geo} vs {ref}"] = t
                     primary.append((regime, f"{geo} vs {ref}"))
                 else:
@@ -83,7 +86,21 @@ def summarize(rows: list[dict[str, Any]], decisions: dict[str, Any], *, delta: f
         t["p_holm"] = p_adj
         t["ci_high_family"] = family_upper(t, level, len(primary))
         t["verdict"] = verdict(t["diff"], t["ci_high_family"], p_adj, delta=delta, level=level)
+        t["seeds_needed_observed"] = _seeds_needed(t["sd"], delta, level, len(primary))
     return out
+
+
+def _seeds_needed(sd: float, delta: float, level: float, comparisons: int) -> int | None:
+    """Seeds the primary test would need for 80 % power at ``delta`` had the pilot seen the paired SD ``sd``
+    observed on the test split (a check of the power decision, not a new decision: None when not computable)."""
+    from .power import seeds_for_power
+
+    if not sd > 0:
+        return None
+    try:
+        return seeds_for_power(sd, delta=delta, level=level, comparisons=comparisons)
+    except ValueError:
+        return None
 
 
 def _method_table(g: pd.DataFrame) -> dict[str, dict[str, float]]:
