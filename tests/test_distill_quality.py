@@ -139,6 +139,8 @@ def test_quick_study_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     assert d["comparator"]["method"] in regimes.COMPARATOR_CANDIDATES
     assert set(d["comparator"]["dev"]) == {"kd", "kd+cka", "kd+pkd"}
     assert d["power"]["pairs"] == preset.sweep_seeds + preset.pilot_seeds and d["power"]["seeds"] == 2
+    assert d["power"]["paired_sd_upper"] == pytest.approx(  # seeds sized at the SD's upper confidence limit
+        power.sd_upper_limit(d["power"]["paired_sd"], d["power"]["pairs"] - 1, preset.sd_confidence))
     runs = res["runs"]
     stages = {r["stage"] for r in runs}
     assert stages == {"sweep", "pilot", "main"}

@@ -117,6 +117,25 @@ def test_seeds_for_power_matches_a_simulation(sd, comparisons):
     assert (z * sd / 0.01) ** 2 <= n <= (z * sd / 0.01) ** 2 + 6
 
 
+@pytest.mark.parametrize("pairs", [3, 5, 12])
+def test_sd_upper_limit_covers_the_true_sd_at_its_confidence(pairs):
+    """In a Monte-Carlo of pilots of k normal pairs, the upper limit lies above the true SD in 80 % of them; at
+    k = 5 it is the sample SD times sqrt(4 / chi2_0.2(4)) = 1.557."""
+    rng = np.random.default_rng(pairs)
+    sds = rng.normal(0.0, 0.02, size=(20000, pairs)).std(axis=1, ddof=1)
+    upper = np.array([power.sd_upper_limit(s, pairs - 1, 0.8) for s in sds[:2000]])
+    factor = upper / sds[:2000]
+    assert np.allclose(factor, factor[0])  # a fixed multiple of the sample SD
+    covered = np.mean(sds * factor[0] >= 0.02)
+    assert covered == pytest.approx(0.8, abs=4 * math.sqrt(0.8 * 0.2 / 20000))
+    if pairs == 5:
+        assert factor[0] == pytest.approx(1.557, abs=1e-3)
+    with pytest.raises(ValueError, match="df must be >= 1"):
+        power.sd_upper_limit(0.01, 0, 0.8)
+    with pytest.raises(ValueError, match="confidence"):
+        power.sd_upper_limit(0.01, 4, 1.0)
+
+
 def test_power_rejects_bad_input():
     with pytest.raises(ValueError, match="sd"):
         power.paired_power(5, 0.0, 0.01, 0.05)

@@ -50,13 +50,15 @@ Protocol.
    stage exists and are never recomputed.
 5. **Power** (:mod:`.power`): the pilot adds ``pilot_seeds`` (2) seeds of the primary methods (Procrustes, FG, the
    comparator) at the chosen α; with the sweep's seeds at that α these are ≥ 5 paired dev differences per primary
-   comparison. The larger paired SD of the two gives the seed count: the smallest n with 80 % power to detect a
+   comparison. The larger paired SD of the two, taken at its one-sided 80 % upper confidence limit (``sd_confidence``;
+   from 5 pairs ≈ 1.56 × the estimate), gives the seed count: the smallest n with 80 % power to detect a
    1-point paired difference with a two-sided paired t-test at level 0.05 / m, m = the primary comparisons of the
    preset (Holm's strictest step; formula in :mod:`.power`), bounded by ``min_seeds`` and ``max_seeds``
-   (recorded as capped). The SD estimate, its pairs and the seed count are in the results. The SD is a point
-   estimate from few pairs (from 5 pairs its one-sided 80 % upper bound is ≈ 1.56 × the estimate), so the
-   achieved power can fall short of 80 %; the verdicts below stay valid either way (an underpowered comparison
-   ends "inconclusive", never falsely conclusive).
+   (recorded as capped). The SD estimate, its upper limit, its pairs and the seed count are in the results, and
+   the report's *power check* sets them beside the paired SDs the main stage observed. (The cpu2 decision was
+   made from the point estimate, before this rule: 1.5 points from 5 pairs → 25 seeds, where the main runs then
+   showed 2–3 points.) The verdicts below stay valid either way (an underpowered comparison ends
+   "inconclusive", never falsely conclusive).
 6. **Main** (test split, used only here): the primary methods (Procrustes, FG, the comparator) on seeds 0 … n − 1,
    every other method on the first ``min_seeds`` (5) of them (the table, secondary comparisons on their common
    seeds); each run also giving its final geometry

@@ -76,6 +76,7 @@ class Preset:
     delta: float = 0.01  # the effect that matters: 1 point
     prior_sd: float = 0.015  # paired SD assumed by --plan until the pilot has measured it (v1: ~1.5 points)
     power: float = 0.8
+    sd_confidence: float = 0.8  # the seeds are sized at this upper confidence limit of the pilot's SD (power.py)
     level: float = 0.05
     batch: int = 32
     lr: float = 1e-4  # the students' learning rate when ``lr_grid`` is empty

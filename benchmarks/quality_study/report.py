@@ -130,7 +130,9 @@ def _decisions(res: dict[str, Any]) -> list[str]:
             lines.append(f"- comparator: **{d['comparator']['method']}** (dev: {dev})")
         if "power" in d:
             p = d["power"]
-            lines.append(f"- power: paired SD {_pts(p['paired_sd'])} points over {p['pairs']} seeds (dev); "
+            upper = (f", sized at its {100 * p['sd_confidence']:.0f} % upper confidence limit "
+                     f"{_pts(p['paired_sd_upper'])}" if "paired_sd_upper" in p else ", sized at that estimate")
+            lines.append(f"- power: paired SD {_pts(p['paired_sd'])} points over {p['pairs']} seeds (dev){upper}; "
                          f"{p['comparisons']} primary comparisons, level {p['level']:g}/{p['comparisons']}; "
                          f"{p['seeds_needed']} seeds needed for {100 * p['power']:.0f} % power at "
                          f"{100 * p['delta']:g} point → **{p['seeds']}** run" + (" (capped)" if p["capped"] else ""))

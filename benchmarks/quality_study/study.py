@@ -21,7 +21,7 @@ import numpy as np
 
 from .alpha_grid import choose, grid_ratio, is_interior, next_alpha
 from .data import Prepared, prepare
-from .power import seeds_for_power
+from .power import sd_upper_limit, seeds_for_power
 from .regimes import COMPARATOR_CANDIDATES, GEOMETRIC, METHODS, PRESETS, Regime
 from .runs import RunLog, RunSpec, epoch_steps, run_one, setup_key
 
@@ -262,14 +262,17 @@ class Study:
             if pairs < pre.sweep_seeds + pre.pilot_seeds or any(math.isnan(x) for x in sds):
                 continue  # pilot incomplete
             sd = max(sds)
-            needed = (seeds_for_power(sd, delta=pre.delta, level=pre.level, comparisons=comparisons,
-                                      power=pre.power) if sd > 0 else 2)
+            upper = sd_upper_limit(sd, pairs - 1, pre.sd_confidence)
+            needed = (seeds_for_power(upper, delta=pre.delta, level=pre.level, comparisons=comparisons,
+                                      power=pre.power) if upper > 0 else 2)
             seeds = int(min(max(needed, pre.min_seeds), pre.max_seeds))
-            d = self._decide(r.name, "power", {"paired_sd": sd, "pairs": pairs, "comparisons": comparisons,
-                                               "level": pre.level, "delta": pre.delta, "power": pre.power,
-                                               "seeds_needed": needed, "seeds": seeds, "capped": needed > seeds})
-            self.log(f"{r.name}: paired SD {100 * sd:.2f} points over {pairs} seeds -> {needed} seeds needed, "
-                     f"running {d['seeds']}")
+            d = self._decide(r.name, "power", {"paired_sd": sd, "paired_sd_upper": upper,
+                                               "sd_confidence": pre.sd_confidence, "pairs": pairs,
+                                               "comparisons": comparisons, "level": pre.level, "delta": pre.delta,
+                                               "power": pre.power, "seeds_needed": needed, "seeds": seeds,
+                                               "capped": needed > seeds})
+            self.log(f"{r.name}: paired SD {100 * sd:.2f} points over {pairs} seeds (upper limit "
+                     f"{100 * upper:.2f}) -> {needed} seeds needed, running {d['seeds']}")
 
     def methods(self, r: Regime) -> list[str]:
         extra = ["rkd", "rkd+best"] if r.family == "causal" else []
