@@ -5,6 +5,7 @@ stage selection."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -328,3 +329,83 @@ def test_report_says_plainly_when_the_geometry_probe_is_short_of_its_rule():
     enough = dict(short, rows=4000, texts=4000)
     text = probe_sentence(enough, "s3_t12")
     assert "short" not in text and "the rule asks ≥ 3072" in text and text.endswith("at s3_t12.")
+
+
+def _confirm_study(tmp_path, monkeypatch, diffs, main_seeds=6, execute=True):
+    """A cpu2-like preset whose main stage has ``main_seeds`` primary seeds decided, with the recorded main runs
+    giving the comparator 0.75 and each geometric loss 0.75 + ``diffs[seed]`` on test."""
+    import dataclasses
+
+    from benchmarks.quality_study import regimes
+    from benchmarks.quality_study.runs import RunLog
+    from benchmarks.quality_study.study import Study
+
+    pre = dataclasses.replace(regimes.PRESETS["cpu2"], confirm_max_seeds=60)
+    monkeypatch.setitem(regimes.PRESETS, "confirm-test", pre)
+    name = pre.regimes[0].name
+    decisions = {name: {"lr": {"lr": 5e-5}, "comparator": {"method": "kd+cka"}, "power": {"seeds": main_seeds},
+                        "alpha": {m: {"alpha": 0.3} for m in ("cka", "procrustes", "fg")}}}
+    (tmp_path / "decisions.json").write_text(json.dumps(decisions))
+    st = Study("confirm-test", tmp_path, execute=False, log=lambda s: None)
+    r = st.regimes[0]
+    log = RunLog(tmp_path / "runs.jsonl")
+    for seed, d in enumerate(diffs):
+        for method, test in (("kd+cka", 0.75), ("kd+procrustes", 0.75 + d), ("kd+fg", 0.75 + d)):
+            spec = st.spec(r, method, seed, 0.3, "main")
+            log.add({**dataclasses.asdict(spec), "key": spec.key, "dev_acc": 0.7, "test_acc": test,
+                     "scores": {"test": {"acc": test}}, "steps_to_plateau": 10, "epochs": 3, "sec_per_step": 0.1,
+                     "run_seconds": 10.0, "steps": 30})
+    messages = []
+    return Study("confirm-test", tmp_path, execute=execute, log=messages.append), messages
+
+
+def test_confirmation_runs_fresh_seeds_sized_from_the_main_stages_test_sd_when_a_verdict_is_inconclusive(
+        tmp_path, monkeypatch):
+    from benchmarks.quality_study.study import CONFIRM_SEED0, Study
+
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal(6)
+    diffs = 0.02 * (z - z.mean()) / z.std(ddof=1)  # mean 0, paired SD 2 points: inconclusive at 6 seeds
+    st, _ = _confirm_study(tmp_path, monkeypatch, diffs)
+    st.confirm_power()
+    c = json.loads((tmp_path / "decisions.json").read_text())[st.regimes[0].name]["confirm_power"]
+    upper = power.sd_upper_limit(0.02, 5, 0.8)
+    needed = power.seeds_for_power(upper, delta=0.01, level=0.05, comparisons=2)
+    assert c["paired_sd_test"] == pytest.approx(0.02) and c["paired_sd_test_upper"] == pytest.approx(upper)
+    assert c["seeds_needed"] == needed and c["seeds"] == min(needed, 60) and c["capped"] == (needed > 60)
+    assert sorted(c["inconclusive"]) == ["kd+fg vs kd+cka", "kd+procrustes vs kd+cka"]
+    planner = Study("confirm-test", tmp_path, execute=False, log=lambda s: None)
+    planner.confirm()
+    specs = [s for _, s, _ in planner.pending]
+    assert {s.stage for s in specs} == {"confirm"}
+    assert {s.method for s in specs} == {"kd+cka", "kd+procrustes", "kd+fg"}
+    assert sorted({s.seed for s in specs}) == list(range(CONFIRM_SEED0, CONFIRM_SEED0 + c["seeds"]))  # fresh seeds
+    # analysed alone: the confirmation's rows give its own tests, the main stage's rows are not in them
+    rows = [_row(st.regimes[0].name, m, CONFIRM_SEED0 + i, 0.75 + (0.004 if m != "kd+cka" else 0.0) + 0.001 * (i % 3))
+            for i in range(8) for m in ("kd+cka", "kd+procrustes", "kd+fg")]
+    for x in rows:
+        x["stage"] = "confirm"
+    conf = statistics.summarize(rows + [x for x in st.runs.rows.values()], st.decisions, stage="confirm")
+    t = conf[st.regimes[0].name]["tests"]["kd+procrustes vs kd+cka"]
+    assert t["n"] == 8 and t["diff"] == pytest.approx(0.004)
+    from benchmarks.quality_study.report import _confirmation
+
+    text = "\n".join(_confirmation({"decisions": st.decisions, "confirmation": conf}))
+    assert f"{c['seeds']} seeds from {CONFIRM_SEED0}" in text and "8 of " in text
+    assert "| **kd+procrustes vs kd+cka** | 8 | +0.40 |" in text
+
+
+@pytest.mark.parametrize(("case", "main_seeds"), [("significant", 6), ("incomplete", 7)])
+def test_no_confirmation_after_a_conclusive_main_stage_or_before_it_is_complete(tmp_path, monkeypatch, case,
+                                                                                 main_seeds):
+    diffs = 0.05 + 0.002 * np.arange(6)  # +5 points, tiny spread: significant gains
+    st, messages = _confirm_study(tmp_path, monkeypatch, diffs, main_seeds=main_seeds)
+    st.confirm_power()
+    decided = json.loads((tmp_path / "decisions.json").read_text())[st.regimes[0].name]
+    if case == "incomplete":  # 6 of 7 decided seeds: nothing decided yet, and the log says why
+        assert "confirm_power" not in decided and "incomplete" in messages[-1]
+    else:
+        assert decided["confirm_power"]["seeds"] == 0 and decided["confirm_power"]["inconclusive"] == []
+        assert "the main stage is conclusive" in messages[-1]
+    st.confirm()
+    assert st.pending == []

@@ -70,8 +70,16 @@ Protocol.
    loss", "conclusive: CI excludes +1 point" (read on the family-wise Bonferroni interval, level 0.05 / m, so
    that the m primary intervals hold together), or "inconclusive". Comparisons with projection-MSE, CKA and
    Patient-KD are reported as secondary (unadjusted).
+8. **Confirmation** (``confirm_power`` → ``confirm``; presets with ``confirm_max_seeds`` > 0): once the main
+   stage's primary seeds are complete, if any primary verdict is inconclusive the primary methods run again on
+   fresh seeds (1000 …), as many as 80 % power at 1 point needs at the ``sd_confidence`` upper limit of the
+   largest paired SD the main stage observed **on test** (only its spread is read, not the differences' sign or
+   size), capped at ``confirm_max_seeds``. The confirmation is analysed alone with the same tests, Holm family and
+   verdicts: a new test on new seeds, not a second look at the main stage's data. The main stage's verdicts stay
+   as they were; the report shows both.
 
-Stages and resume: ``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report`` (``--stage S``
+Stages and resume: ``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``confirm_power`` →
+``confirm`` → ``report`` (``--stage S``
 runs S alone, ``--until S`` every stage up to S); every finished run is appended (flushed, fsynced) to
 ``<work>/runs.jsonl``, keyed by its settings (method, seed, α, stage, and a hash of the regime's and preset's
 settings other than the cost estimates: an edited preset does not reuse old runs), so a killed command restarted

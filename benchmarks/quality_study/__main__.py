@@ -78,6 +78,7 @@ def results(st: Study) -> dict[str, Any]:
     teachers = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
     return {"preset": st.name, "protocol": 2, "settings": _settings(st), "decisions": st.decisions,
             "teachers": teachers, "summary": summarize(rows, st.decisions, delta=pre.delta, level=pre.level),
+            "confirmation": summarize(rows, st.decisions, delta=pre.delta, level=pre.level, stage="confirm"),
             "runs": rows,
             "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
 

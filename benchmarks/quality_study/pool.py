@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .study import Study
 
 #: the stages that train runs (the others decide from the log or write the report)
-PARALLEL_STAGES = ("lr", "sweep", "pilot", "main")
+PARALLEL_STAGES = ("lr", "sweep", "pilot", "main", "confirm")
 
 _WORKER: Study | None = None
 
@@ -91,7 +91,8 @@ class Pool:
         from .study import Study
 
         st = self.study
-        needs = {"lr": None, "sweep": "lr" if st.preset.lr_grid else None, "pilot": "comparator", "main": "power"}
+        needs = {"lr": None, "sweep": "lr" if st.preset.lr_grid else None, "pilot": "comparator", "main": "power",
+                 "confirm": "confirm_power"}
         if needs[stage] and not all(needs[stage] in st.decisions.get(r.name, {}) for r in st.regimes):
             return  # the stage runs in the deciding process alone (and says what is missing)
         while True:

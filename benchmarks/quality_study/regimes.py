@@ -77,6 +77,7 @@ class Preset:
     prior_sd: float = 0.015  # paired SD assumed by --plan until the pilot has measured it (v1: ~1.5 points)
     power: float = 0.8
     sd_confidence: float = 0.8  # the seeds are sized at this upper confidence limit of the pilot's SD (power.py)
+    confirm_max_seeds: int = 0  # fresh seeds a confirmation may take when the main stage is inconclusive (0: none)
     level: float = 0.05
     batch: int = 32
     lr: float = 1e-4  # the students' learning rate when ``lr_grid`` is empty
@@ -104,7 +105,7 @@ PRESETS: dict[str, Preset] = {
                         teacher_steps=150, teacher_freeze_embeddings=True, max_length=64, max_epochs=8, patience=2,
                         sec_per_step=0.4, teacher_sec_per_step=14.0, run_overhead=20.0, geometry_seconds=60.0)],
         alpha_grid=(0.1, 0.3, 1.0), lr_grid=(2.5e-5, 5e-5, 1e-4), sweep_seeds=3, pilot_seeds=2, min_seeds=5,
-        max_seeds=30),
+        max_seeds=30, confirm_max_seeds=80),
     # the primary regime's pipeline (MPNet teacher, MiniLM-L3 student with its own tokenizer) at tiny sizes, every
     # stage: a smoke run of minutes, not a test (it needs the study assets)
     "cpu2-smoke": Preset(
@@ -122,7 +123,7 @@ PRESETS: dict[str, Preset] = {
                         student_layers=6, teacher_steps=600, max_length=96, max_epochs=8, patience=2,
                         sec_per_step=0.03, teacher_sec_per_step=0.08, **_GPU)],
         alpha_grid=(0.1, 0.3, 1.0), lr_grid=(2.5e-5, 5e-5, 1e-4), sweep_seeds=3, pilot_seeds=2, min_seeds=5,
-        max_seeds=30, batch=64),
+        max_seeds=30, confirm_max_seeds=80, batch=64),
     # every v2 regime at GPU sizes (the same estimates): hours of one H200, resumable across sessions
     "gpu2-all": Preset(
         regimes=[Regime("rotten_tomatoes", 4000, 1000, 2551, teacher="mpnet", student="pretrained",

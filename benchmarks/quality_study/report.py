@@ -33,6 +33,11 @@ def summary_paragraph(res: dict[str, Any]) -> str:
         parts.append(f"On {g} (comparator chosen on dev: {s['comparator']}; {power.get('seeds', '?')} seeds from a "
                      f"pilot paired SD of {_pts(power.get('paired_sd', float('nan')))} points), {tests or 'no test'}. "
                      f"Students reached their dev plateau after a median {steps:.0f} steps.")
+    for g, s in (res.get("confirmation") or {}).items():
+        tests = "; ".join(f"{name.replace(' vs ', ' − ')} {_pts(t['diff'], True)} points "
+                          f"[{_pts(t['ci_low'], True)}, {_pts(t['ci_high'], True)}], {t['n']} seeds: "
+                          f"**{t['verdict']}**" for name, t in s["tests"].items())
+        parts.append(f"Confirmation on fresh seeds ({g}): {tests}.")
     return " ".join(parts)
 
 
@@ -43,7 +48,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
     regimes = list(res["summary"])
     if regimes:
         lines += _score_table(res, regimes)
-        lines += _tests(res, regimes) + _power_check(res, regimes)
+        lines += _tests(res, regimes) + _power_check(res, regimes) + _confirmation(res)
     lines += _decisions(res)
     for g in regimes:
         lines += _details(res, g)
@@ -110,6 +115,38 @@ def _power_check(res: dict[str, Any], regimes: list[str]) -> list[str]:
             need = t.get("seeds_needed_observed")
             lines.append(f"| {g} | {name} | {t['n']} | {_pts(pilot)} | {_pts(t.get('sd_dev', float('nan')))} | "
                          f"{_pts(t['sd'])} | {need if need is not None else '—'} |")
+    return [*lines, ""]
+
+
+def _confirmation(res: dict[str, Any]) -> list[str]:
+    """The confirmation stage: its decision per regime and, once its runs exist, its own paired tests."""
+    decided = {g: d["confirm_power"] for g, d in res["decisions"].items() if "confirm_power" in d}
+    if not decided:
+        return []
+    lines = ["## Confirmation on fresh seeds", "",
+             "Decided once the main stage's primary seeds were complete: where a primary verdict was inconclusive, "
+             "the primary methods run again on fresh seeds, as many as 80 % power at 1 point needs at the upper "
+             "confidence limit of the main stage's paired test SD; analysed alone (Holm over the same family), so "
+             "it is a new test, not a second look at the main stage's data.", ""]
+    conf = res.get("confirmation") or {}
+    for g, c in decided.items():
+        if not c["seeds"]:
+            lines.append(f"- {g}: none (" + ("every primary verdict was conclusive" if not c["inconclusive"]
+                                             else "the preset allows none") + ")")
+            continue
+        done = min((t["n"] for t in conf.get(g, {}).get("tests", {}).values()), default=0)
+        lines.append(f"- {g}: {c['seeds']} seeds from {c['seed0']} ({', '.join(c['inconclusive'])} inconclusive; "
+                     f"paired test SD {_pts(c['paired_sd_test'])} points, upper limit "
+                     f"{_pts(c['paired_sd_test_upper'])}; {c['seeds_needed']} needed"
+                     + (", capped" if c["capped"] else "") + f"); {done} of {c['seeds']} done")
+    if conf:
+        lines += ["", "| regime | comparison | seeds | diff | 95 % CI | family upper | p (Holm) | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for g, s in conf.items():
+            for name, t in s["tests"].items():
+                lines.append(f"| {g} | **{name}** | {t['n']} | {_pts(t['diff'], True)} | [{_pts(t['ci_low'], True)}, "
+                             f"{_pts(t['ci_high'], True)}] | {_pts(t['ci_high_family'], True)} | {t['p_holm']:.3g} | "
+                             f"{t['verdict']} |")
     return [*lines, ""]
 
 

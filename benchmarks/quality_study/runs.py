@@ -16,13 +16,16 @@ from .data import Prepared, regime_folder
 from .plateau import Plateau, PlateauStop
 from .regimes import Preset, Regime
 
+#: the stages whose runs are scored on the test split (every earlier one decides on dev alone)
+TEST_STAGES = ("main", "confirm")
+
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: ``stage`` ``"sweep"`` (α grid, dev only), ``"pilot"`` (extra seeds at the chosen α, dev only) or
-    ``"main"`` (dev and test, final geometry). ``method``: ``ft`` (task loss), ``kd`` (+ forward KL on the
-    logits, T = preset temperature), ``rkd`` (reverse KL instead, ``loss.kd: reverse``), ``<kd|rkd>+<loss>``
-    (+ α × the feature loss, relative α)."""
+    """One run: ``stage`` ``"sweep"`` (α grid, dev only), ``"pilot"`` (extra seeds at the chosen α, dev only),
+    ``"main"`` (dev and test, final geometry) or ``"confirm"`` (fresh seeds, dev and test). ``method``: ``ft``
+    (task loss), ``kd`` (+ forward KL on the logits, T = preset temperature), ``rkd`` (reverse KL instead,
+    ``loss.kd: reverse``), ``<kd|rkd>+<loss>`` (+ α × the feature loss, relative α)."""
 
     regime: str
     method: str
@@ -108,7 +111,7 @@ def run_one(preset: Preset, p: Prepared, spec: RunSpec, work: Path) -> dict[str,
     t0 = time.perf_counter()
     done = distill_student(run_config(preset, p, spec, out, folder / f"teacher_cache_mean-{kind}.pt"),
                            callbacks=[stop])
-    splits = ("dev", "test") if spec.stage == "main" else ("dev",)  # only the main stage looks at the test split
+    splits = ("dev", "test") if spec.stage in TEST_STAGES else ("dev",)  # only these stages look at the test split
     scores = {name: p.score(done.model, name) for name in splits}
     row = {**dataclasses.asdict(spec), "key": spec.key, "teacher": p.teacher_fingerprint,
            "dev_acc": scores["dev"][p.primary],

@@ -46,16 +46,17 @@ def family_upper(t: dict[str, float], level: float, comparisons: int) -> float:
 
 
 def summarize(rows: list[dict[str, Any]], decisions: dict[str, Any], *, delta: float = 0.01,
-              level: float = 0.05) -> dict[str, Any]:
+              level: float = 0.05, stage: str = "main") -> dict[str, Any]:
     """Per regime, from the main stage's runs: per method the test score's mean ± SD, the dev mean, steps to the
     plateau (median), epochs (mean), seconds per step (median) and mean final geometry; the **primary**
     comparisons (each geometric loss vs the comparator recorded in ``decisions``), Holm-adjusted together over
     every regime, each with the upper end of its family-wise interval (:func:`family_upper`) and its verdict
     (:func:`~.power.verdict`); and secondary comparisons (vs projection-MSE,
-    CKA and Patient-KD, unadjusted p, exploratory)."""
+    CKA and Patient-KD, unadjusted p, exploratory). ``stage="confirm"``: the same analysis of the confirmation's
+    fresh seeds alone."""
     from .power import holm, verdict
 
-    df = pd.DataFrame([r for r in rows if r["stage"] == "main"])
+    df = pd.DataFrame([r for r in rows if r["stage"] == stage])
     out: dict[str, Any] = {}
     primary: list[tuple[str, str]] = []
     for regime, g in (df.groupby("regime", sort=False) if len(df) else []):

@@ -1,4 +1,5 @@
-"""The protocol's stages (``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``report``), resumable.
+"""The protocol's stages (``teacher`` → ``lr`` → ``sweep`` → ``pilot`` → ``power`` → ``main`` → ``confirm_power`` →
+``confirm`` → ``report``), resumable.
 
 Every run is looked up in the run log first (:class:`~.runs.RunLog`, keyed by its :class:`~.runs.RunSpec`): a
 restarted stage trains only what is missing. Decisions (chosen α per loss, the comparator, the seed count) are
@@ -23,10 +24,10 @@ from .alpha_grid import choose, grid_ratio, is_interior, next_alpha
 from .data import Prepared, prepare
 from .power import sd_upper_limit, seeds_for_power
 from .regimes import COMPARATOR_CANDIDATES, GEOMETRIC, METHODS, PRESETS, Regime
-from .runs import RunLog, RunSpec, epoch_steps, run_one, setup_key
+from .runs import TEST_STAGES, RunLog, RunSpec, epoch_steps, run_one, setup_key
 
-STAGES = ("teacher", "lr", "sweep", "pilot", "power", "main", "report")
-SWEEP_SEED0, PILOT_SEED0 = 100, 200  # sweep seeds 100.., pilot seeds 200.., main seeds 0..
+STAGES = ("teacher", "lr", "sweep", "pilot", "power", "main", "confirm_power", "confirm", "report")
+SWEEP_SEED0, PILOT_SEED0, CONFIRM_SEED0 = 100, 200, 1000  # sweep 100.., pilot 200.., main 0.., confirmation 1000..
 
 
 class Study:
@@ -116,7 +117,7 @@ class Study:
         row = run_one(self.preset, self.prepared(r), spec, self.work)
         self.runs.add(row)
         self.log(f"  {r.name} {spec.stage} {spec.method} seed {spec.seed} α {spec.alpha:g}: dev {row['dev_acc']:.3f}"
-                 + (f" test {row['test_acc']:.3f}" if spec.stage == "main" else "")
+                 + (f" test {row['test_acc']:.3f}" if spec.stage in TEST_STAGES else "")
                  + f" ({row['epochs']} epochs, plateau at step {row['steps_to_plateau']}, "
                  f"{row['sec_per_step']:.2f} s/step, {row['run_seconds']:.0f} s)")
         return row
@@ -304,6 +305,56 @@ class Study:
             for s in range(min(seeds, self.preset.min_seeds)):
                 for m in others:
                     self.do(r, self.spec(r, m, s, self._alpha(r, m), "main"))
+
+    def confirm_power(self) -> None:
+        """Per regime, once every primary seed of the main stage exists: whether a confirmation runs, and on how
+        many fresh seeds. None when every primary verdict is conclusive (significant, or the family-wise interval
+        excludes +1 point) or the preset allows none (``confirm_max_seeds`` = 0); otherwise sized like the power
+        stage (same δ, level, family and power) from the largest paired SD the main stage observed **on test**, at
+        its ``sd_confidence`` upper limit (n − 1 degrees of freedom). Only the SDs are read, not which way the
+        differences went, and the confirmation is analysed alone, on seeds no earlier stage used, so its verdict
+        is not a second look at the main stage's data."""
+        from .statistics import summarize
+
+        pre = self.preset
+        summary = summarize(self.current_rows(), self.decisions, delta=pre.delta, level=pre.level)
+        for r in self.regimes:
+            d = self.decisions.get(r.name, {})
+            tests = summary.get(r.name, {}).get("tests", {})
+            seeds = d.get("power", {}).get("seeds")
+            if not tests or seeds is None or any(t["n"] < seeds for t in tests.values()):
+                self.log(f"{r.name}: the main stage's primary seeds are incomplete; no confirmation decided yet")
+                continue
+            inconclusive = [name for name, t in tests.items() if t["verdict"] == "inconclusive"]
+            sd = max(t["sd"] for t in tests.values())
+            decision: dict[str, Any] = {"inconclusive": inconclusive, "main_seeds": seeds, "paired_sd_test": sd,
+                                        "seeds": 0, "seed0": CONFIRM_SEED0}
+            if inconclusive and pre.confirm_max_seeds > 0 and sd > 0:
+                comparisons = sum(len(self._primary_pairs(x)) for x in self.regimes)
+                upper = sd_upper_limit(sd, seeds - 1, pre.sd_confidence)
+                needed = seeds_for_power(upper, delta=pre.delta, level=pre.level, comparisons=comparisons,
+                                         power=pre.power)
+                decision.update(paired_sd_test_upper=upper, sd_confidence=pre.sd_confidence, seeds_needed=needed,
+                                seeds=int(min(max(needed, 2), pre.confirm_max_seeds)),
+                                capped=needed > pre.confirm_max_seeds)
+            d = self._decide(r.name, "confirm_power", decision)
+            self.log(f"{r.name}: " + (f"confirmation on {d['seeds']} fresh seeds (paired test SD "
+                                      f"{100 * d['paired_sd_test']:.2f} points)" if d["seeds"] else
+                                      "no confirmation (" + ("the main stage is conclusive" if not inconclusive
+                                                             else "the preset allows none") + ")"))
+
+    def confirm(self) -> None:
+        """The primary methods on the decided fresh seeds (``confirm_power``), scored on dev and test."""
+        for r in self.regimes:
+            c = self.decisions.get(r.name, {}).get("confirm_power")
+            if c is None:
+                if self.execute:
+                    self.log(f"{r.name}: no confirmation decided yet; run the stages up to 'confirm_power' first")
+                continue
+            primary = list(dict.fromkeys(m for pair in self._primary_pairs(r) for m in pair))
+            for s in range(c["seed0"], c["seed0"] + c["seeds"]):
+                for m in primary:
+                    self.do(r, self.spec(r, m, s, self._alpha(r, m), "confirm"))
 
     def run(self, stages: list[str], *, workers: int = 1, threads: int = 1) -> None:
         """Run ``stages`` in order; with ``workers`` > 1 each stage's runs are trained by a pool of processes
