@@ -278,7 +278,8 @@ def test_learning_rate_stage_runs_kd_on_the_grid_then_every_run_uses_the_decided
 
 
 def test_stage_selection():
-    assert stages_to_run(None, None) == ["teacher", "lr", "sweep", "pilot", "power", "main", "report"]
+    assert stages_to_run(None, None) == ["teacher", "lr", "sweep", "pilot", "power", "main", "confirm_power", "confirm",
+                                         "report"]
     assert stages_to_run("main", None) == ["main"]
     assert stages_to_run(None, "pilot") == ["teacher", "lr", "sweep", "pilot"]
     with pytest.raises(ValueError, match="--until must be one of"):
