@@ -63,5 +63,15 @@ def run(args: argparse.Namespace) -> int:
         if args.print_config:
             print(config_yaml(cfg), end="")
             return 0
-        run_distillation(cfg, resume=args.resume, verbose=logger.isEnabledFor(20))
+        try:
+            run_distillation(cfg, resume=args.resume, verbose=logger.isEnabledFor(20))
+        finally:  # under torchrun: leave the process group before exit (gloo's threads can abort the interpreter)
+            _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
