@@ -246,11 +246,24 @@ class Study:
                 if x["regime"] == r.name and x["method"] == method and x["stage"] in ("sweep", "pilot")
                 and x["alpha"] == a and x.get("setup") == setup and x.get("lr") == self.lr_of(r)}
 
+    def _comparisons(self) -> int:
+        """The primary comparisons of the preset: the family the seeds are sized for and Holm corrects over."""
+        return sum(len(self._primary_pairs(r)) for r in self.regimes)
+
+    def _seeds_for(self, sd: float, df: int, low: int, high: int) -> tuple[float, int, int]:
+        """``(upper, needed, seeds)``: the ``sd_confidence`` upper limit of a paired SD ``sd`` with ``df`` degrees of
+        freedom, the seeds 80 % power at ``delta`` needs there (:func:`~.power.seeds_for_power`, 2 when the SD is 0),
+        and that count bounded to [low, high]."""
+        pre = self.preset
+        upper = sd_upper_limit(sd, df, pre.sd_confidence)
+        needed = (seeds_for_power(upper, delta=pre.delta, level=pre.level, comparisons=self._comparisons(),
+                                  power=pre.power) if upper > 0 else 2)
+        return upper, needed, int(min(max(needed, low), high))
+
     def power(self) -> None:
         """Per regime: the paired SD of the primary comparisons on the sweep + pilot seeds (dev), and the seeds for
         80 % power to detect ``delta`` at the Holm-corrected level over every primary comparison of the preset."""
         pre = self.preset
-        comparisons = sum(len(self._primary_pairs(r)) for r in self.regimes)
         for r in self.regimes:
             if "comparator" not in self.decisions.get(r.name, {}):
                 continue
@@ -263,15 +276,12 @@ class Study:
             if pairs < pre.sweep_seeds + pre.pilot_seeds or any(math.isnan(x) for x in sds):
                 continue  # pilot incomplete
             sd = max(sds)
-            upper = sd_upper_limit(sd, pairs - 1, pre.sd_confidence)
-            needed = (seeds_for_power(upper, delta=pre.delta, level=pre.level, comparisons=comparisons,
-                                      power=pre.power) if upper > 0 else 2)
-            seeds = int(min(max(needed, pre.min_seeds), pre.max_seeds))
+            upper, needed, seeds = self._seeds_for(sd, pairs - 1, pre.min_seeds, pre.max_seeds)
             d = self._decide(r.name, "power", {"paired_sd": sd, "paired_sd_upper": upper,
                                                "sd_confidence": pre.sd_confidence, "pairs": pairs,
-                                               "comparisons": comparisons, "level": pre.level, "delta": pre.delta,
-                                               "power": pre.power, "seeds_needed": needed, "seeds": seeds,
-                                               "capped": needed > seeds})
+                                               "comparisons": self._comparisons(), "level": pre.level,
+                                               "delta": pre.delta, "power": pre.power, "seeds_needed": needed,
+                                               "seeds": seeds, "capped": needed > seeds})
             self.log(f"{r.name}: paired SD {100 * sd:.2f} points over {pairs} seeds (upper limit "
                      f"{100 * upper:.2f}) -> {needed} seeds needed, running {d['seeds']}")
 
@@ -283,8 +293,8 @@ class Study:
     def _prior_seeds(self) -> int:
         """The seed count ``--plan`` assumes before the pilot: from the preset's ``prior_sd``."""
         pre = self.preset
-        comparisons = sum(len(self._primary_pairs(r)) for r in self.regimes)
-        n = seeds_for_power(pre.prior_sd, delta=pre.delta, level=pre.level, comparisons=comparisons, power=pre.power)
+        n = seeds_for_power(pre.prior_sd, delta=pre.delta, level=pre.level, comparisons=self._comparisons(),
+                            power=pre.power)
         return int(min(max(n, pre.min_seeds), pre.max_seeds))
 
     def main(self) -> None:
@@ -330,13 +340,9 @@ class Study:
             decision: dict[str, Any] = {"inconclusive": inconclusive, "main_seeds": seeds, "paired_sd_test": sd,
                                         "seeds": 0, "seed0": CONFIRM_SEED0}
             if inconclusive and pre.confirm_max_seeds > 0 and sd > 0:
-                comparisons = sum(len(self._primary_pairs(x)) for x in self.regimes)
-                upper = sd_upper_limit(sd, seeds - 1, pre.sd_confidence)
-                needed = seeds_for_power(upper, delta=pre.delta, level=pre.level, comparisons=comparisons,
-                                         power=pre.power)
+                upper, needed, fresh = self._seeds_for(sd, seeds - 1, 2, pre.confirm_max_seeds)
                 decision.update(paired_sd_test_upper=upper, sd_confidence=pre.sd_confidence, seeds_needed=needed,
-                                seeds=int(min(max(needed, 2), pre.confirm_max_seeds)),
-                                capped=needed > pre.confirm_max_seeds)
+                                seeds=fresh, capped=needed > pre.confirm_max_seeds)
             d = self._decide(r.name, "confirm_power", decision)
             self.log(f"{r.name}: " + (f"confirmation on {d['seeds']} fresh seeds (paired test SD "
                                       f"{100 * d['paired_sd_test']:.2f} points)" if d["seeds"] else

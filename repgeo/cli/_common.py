@@ -111,3 +111,11 @@ def report(command: str, exc: BaseException) -> int:
     status = exc.status if isinstance(exc, CommandError) else 2
     print(one_line(f"repgeo {command}: {describe(exc)}"), file=sys.stderr)
     return status
+
+
+def leave_process_group() -> None:
+    """Destroy the default ``torch.distributed`` process group if one is up (under torchrun, before exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

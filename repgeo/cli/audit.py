@@ -22,7 +22,7 @@ import argparse
 import os
 from typing import Any
 
-from ._common import CommandError, Formatter, count
+from ._common import CommandError, Formatter, count, leave_process_group
 
 DEFAULT_OUT = "repgeo-audit"
 
@@ -203,10 +203,7 @@ def run(args: argparse.Namespace) -> int:
         with locked_output(args.out, "audit", "--out") if rank == 0 else contextlib.nullcontext():
             return _audit(args, rank)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
 
 
 def _audit(args: argparse.Namespace, rank: int) -> int:

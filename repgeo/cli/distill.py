@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import Formatter
+from ._common import Formatter, leave_process_group
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -66,12 +66,5 @@ def run(args: argparse.Namespace) -> int:
         try:
             run_distillation(cfg, resume=args.resume, verbose=logger.isEnabledFor(20))
         finally:  # under torchrun: leave the process group before exit (gloo's threads can abort the interpreter)
-            _leave_process_group()
+            leave_process_group()
     return 0
-
-
-def _leave_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

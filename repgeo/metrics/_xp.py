@@ -248,10 +248,11 @@ def _nuclear_eigh(A: Array) -> tuple[Array, Array]:
     instead of an error (LAPACK refuses non-finite input, and reading its status is a host sync on a GPU); the
     test reads only C's trace, which is non-finite exactly when A has a non-finite entry (squares of float32
     values cannot overflow float64), so it costs O(k) rather than a pass over A.
-    Returns float64 ``(nuc, polar)``.
+    Returns float64 ``(nuc, polar)``, the polar factor in ``A``'s own orientation.
     """
     torch = _torch()
-    if A.shape[-2] < A.shape[-1]:
+    wide = A.shape[-2] < A.shape[-1]
+    if wide:
         A = A.mT
     C = A.mT @ A
     ok = None
@@ -269,7 +270,7 @@ def _nuclear_eigh(A: Array) -> tuple[Array, Array]:
     if ok is not None:
         nuc = torch.where(ok, nuc, torch.full_like(nuc, float("nan")))
         polar.masked_fill_(~ok[..., None, None], 0.0)
-    return nuc, polar
+    return nuc, (polar.mT if wide else polar)
 
 
 @functools.cache
@@ -290,8 +291,6 @@ def _nuclear_norm_eigh_function() -> Any:
                 for dst, m in zip(A, mats, strict=True):
                     dst.copy_(m)
             nuc, polar = _nuclear_eigh(A)
-            if mats[0].shape[-2] < mats[0].shape[-1]:
-                polar = polar.mT
             ctx.save_for_backward(polar.to(mats[0].dtype))
             ctx.several = len(mats) > 1
             return nuc.to(mats[0].dtype)
